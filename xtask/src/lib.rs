@@ -1,0 +1,305 @@
+//! Architecture checks ("tidy") for the gptimage workspace, shared by `cargo xtask tidy` and tests.
+//!
+//! Each check returns the list of violations it found, each a sentence naming the file or crate
+//! and the rule; an empty list means the rule holds. The rules are the checkable invariants of
+//! ARCHITECTURE.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The workspace root (the parent of this crate's folder).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one folder below the workspace root")
+        .to_path_buf()
+}
+
+/// Folders never searched for source files.
+const SKIPPED_DIRS: &[&str] = &["target", ".git", "node_modules", "out"];
+
+/// Every `.rs` file below `root`, outside build output and VCS folders, sorted.
+pub fn rust_files(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                if !SKIPPED_DIRS.iter().any(|s| name == *s) {
+                    pending.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Every `.rs` file must open with a `//!` line saying what it is.
+pub fn check_file_headers(root: &Path) -> Vec<String> {
+    rust_files(root)
+        .into_iter()
+        .filter_map(|path| {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let first = text.lines().next().unwrap_or_default();
+            (!first.starts_with("//! ") || first.trim() == "//!").then(|| {
+                format!(
+                    "{}: the first line must be a `//! ` line saying what the file is",
+                    relative(root, &path)
+                )
+            })
+        })
+        .collect()
+}
+
+/// Source patterns that mean IO, a clock, threads or the environment.
+pub const IO_PATTERNS: &[&str] = &[
+    "std::fs",
+    "std::net",
+    "std::process",
+    "std::thread",
+    "std::time",
+    "std::env",
+    "std::io::stdin",
+    "std::io::stdout",
+    "SystemTime",
+    "Instant::now",
+    "println!",
+    "eprintln!",
+];
+
+/// `gptimage-types` does no IO and reads no clock: its sources name none of [`IO_PATTERNS`].
+pub fn check_types_is_pure(root: &Path) -> Vec<String> {
+    let dir = root.join("crates/types/src");
+    rust_files(&dir)
+        .into_iter()
+        .flat_map(|path| {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let shown = relative(root, &path);
+            text.lines()
+                .enumerate()
+                .filter(|(_, line)| !line.trim_start().starts_with("//"))
+                .flat_map(|(n, line)| {
+                    IO_PATTERNS
+                        .iter()
+                        .filter(|p| line.contains(*p))
+                        .map(|p| {
+                            format!(
+                                "{shown}:{}: gptimage-types must do no IO, but uses `{p}`",
+                                n + 1
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// What a crate may and may not depend on (normal dependencies, transitively).
+pub struct DependencyRule {
+    /// The package the rule is about.
+    pub package: &'static str,
+    /// If set, the only packages it may depend on directly.
+    pub direct_allowlist: Option<&'static [&'static str]>,
+    /// Packages it must not reach through any chain of normal dependencies.
+    pub forbidden: &'static [&'static str],
+}
+
+/// Crates that do network, async or HTTP work.
+pub const IO_CRATES: &[&str] = &[
+    "tokio",
+    "mio",
+    "socket2",
+    "hyper",
+    "reqwest",
+    "ureq",
+    "axum",
+    "http",
+    "async-trait",
+    "futures",
+    "futures-util",
+    "rustls",
+    "native-tls",
+];
+
+/// The dependency invariants of ARCHITECTURE.md. A rule about a package that does not exist yet is
+/// skipped.
+pub const DEPENDENCY_RULES: &[DependencyRule] = &[
+    DependencyRule {
+        package: "gptimage-types",
+        direct_allowlist: Some(&["serde", "serde_json", "thiserror"]),
+        forbidden: IO_CRATES,
+    },
+    DependencyRule {
+        package: "gptimage-transport",
+        direct_allowlist: None,
+        forbidden: &["gptimage-emulator", "gptimage-cli", "axum"],
+    },
+    DependencyRule {
+        package: "gptimage",
+        direct_allowlist: None,
+        forbidden: &["gptimage-emulator", "gptimage-cli", "axum"],
+    },
+    DependencyRule {
+        package: "gptimage-emulator",
+        direct_allowlist: None,
+        forbidden: &["gptimage-transport", "gptimage", "gptimage-cli"],
+    },
+];
+
+/// The resolved workspace graph: for each package name, its normal (non-dev, non-build)
+/// dependencies by name.
+pub struct Graph {
+    normal: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Graph {
+    /// Reads the graph from `cargo metadata` (offline: it needs no network once `Cargo.lock` is
+    /// resolved and the sources are fetched).
+    pub fn load(root: &Path) -> Result<Self, String> {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let output = Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--all-features"])
+            .current_dir(root)
+            .output()
+            .map_err(|e| format!("could not run cargo metadata: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "cargo metadata failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let metadata: Value = serde_json::from_slice(&output.stdout)
+            .map_err(|e| format!("cargo metadata printed something that is not JSON: {e}"))?;
+        Ok(Self::from_metadata(&metadata))
+    }
+
+    /// Builds the graph from parsed `cargo metadata` output.
+    pub fn from_metadata(metadata: &Value) -> Self {
+        let names: BTreeMap<&str, &str> = metadata["packages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p["id"].as_str()?, p["name"].as_str()?)))
+            .collect();
+        let mut normal = BTreeMap::new();
+        for node in metadata["resolve"]["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let Some(name) = node["id"].as_str().and_then(|id| names.get(id)) else {
+                continue;
+            };
+            let deps = node["deps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|dep| {
+                    dep["dep_kinds"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|k| k["kind"].is_null())
+                })
+                .filter_map(|dep| names.get(dep["pkg"].as_str()?).map(|n| (*n).to_owned()))
+                .collect::<BTreeSet<_>>();
+            normal
+                .entry((*name).to_owned())
+                .or_insert_with(BTreeSet::new)
+                .extend(deps);
+        }
+        Self { normal }
+    }
+
+    /// Whether the graph has the package.
+    pub fn has(&self, package: &str) -> bool {
+        self.normal.contains_key(package)
+    }
+
+    /// The direct normal dependencies of `package`.
+    pub fn direct(&self, package: &str) -> BTreeSet<String> {
+        self.normal.get(package).cloned().unwrap_or_default()
+    }
+
+    /// Every package reachable from `package` through normal dependencies, with one path to it.
+    pub fn reachable(&self, package: &str) -> BTreeMap<String, Vec<String>> {
+        let mut paths: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut queue = std::collections::VecDeque::from([vec![package.to_owned()]]);
+        while let Some(path) = queue.pop_front() {
+            let last = path.last().expect("paths are never empty");
+            for dep in self.direct(last) {
+                if dep != package && !paths.contains_key(&dep) {
+                    let mut next = path.clone();
+                    next.push(dep.clone());
+                    paths.insert(dep, next.clone());
+                    queue.push_back(next);
+                }
+            }
+        }
+        paths
+    }
+}
+
+/// Checks [`DEPENDENCY_RULES`] against `graph`.
+pub fn check_dependencies(graph: &Graph) -> Vec<String> {
+    let mut violations = Vec::new();
+    for rule in DEPENDENCY_RULES {
+        if !graph.has(rule.package) {
+            continue;
+        }
+        if let Some(allowed) = rule.direct_allowlist {
+            for dep in graph.direct(rule.package) {
+                if !allowed.contains(&dep.as_str()) {
+                    violations.push(format!(
+                        "{} may depend directly only on {allowed:?}, but depends on {dep}",
+                        rule.package
+                    ));
+                }
+            }
+        }
+        for (dep, path) in graph.reachable(rule.package) {
+            if rule.forbidden.contains(&dep.as_str()) {
+                violations.push(format!(
+                    "{} must not depend on {dep}, but does through {}",
+                    rule.package,
+                    path.join(" -> ")
+                ));
+            }
+        }
+    }
+    violations
+}
+
+/// Runs every check; the violations of all of them.
+pub fn check_all(root: &Path) -> Vec<String> {
+    let mut violations = check_file_headers(root);
+    violations.extend(check_types_is_pure(root));
+    match Graph::load(root) {
+        Ok(graph) => violations.extend(check_dependencies(&graph)),
+        Err(e) => violations.push(e),
+    }
+    violations
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}

@@ -1,0 +1,106 @@
+//! `cargo xtask`: the project's own automation. `ci` runs exactly what CI runs; `tidy` checks the
+//! architecture invariants.
+
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+const USAGE: &str = "usage: cargo xtask <ci|tidy>
+
+  ci    what CI runs: fmt check, clippy (-D warnings), tests, docs (-D warnings),
+        each feature combination of the facade, and the tidy checks
+  tidy  the architecture invariants of ARCHITECTURE.md";
+
+/// The facade's feature combinations that must each build on their own.
+const FACADE_FEATURE_SETS: &[&[&str]] = &[
+    &["--no-default-features"],
+    &["--no-default-features", "--features", "blocking"],
+    &["--no-default-features", "--features", "async"],
+    &[],
+    &["--all-features"],
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("tidy") => tidy(),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tidy() -> Result<(), String> {
+    let violations = xtask::check_all(&xtask::workspace_root());
+    if violations.is_empty() {
+        eprintln!("tidy: every architecture invariant holds");
+        return Ok(());
+    }
+    for violation in &violations {
+        eprintln!("tidy: {violation}");
+    }
+    Err(format!(
+        "{} architecture invariant(s) broken",
+        violations.len()
+    ))
+}
+
+fn ci() -> Result<(), String> {
+    let started = Instant::now();
+    cargo("format", &["fmt", "--all", "--check"], &[])?;
+    cargo(
+        "lints",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    cargo("tests", &["test", "--workspace", "--all-features"], &[])?;
+    cargo(
+        "docs",
+        &["doc", "--workspace", "--no-deps", "--all-features"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    if xtask::workspace_root().join("crates/gptimage").exists() {
+        for features in FACADE_FEATURE_SETS {
+            let mut args = vec!["check", "--package", "gptimage"];
+            args.extend_from_slice(features);
+            cargo(&format!("facade {}", features.join(" ")), &args, &[])?;
+        }
+    }
+    tidy()?;
+    eprintln!("ci: all green in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn cargo(step: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    eprintln!("ci: {step}: cargo {}", args.join(" "));
+    let started = Instant::now();
+    let status = Command::new(cargo)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(xtask::workspace_root())
+        .status()
+        .map_err(|e| format!("{step}: could not run cargo: {e}"))?;
+    eprintln!("ci: {step}: {status} after {:.1?}", started.elapsed());
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{step} failed"))
+    }
+}

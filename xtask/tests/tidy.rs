@@ -1,0 +1,100 @@
+//! The architecture invariants of ARCHITECTURE.md, checked on the real workspace, and the checks
+//! themselves shown to catch what they are for.
+
+use std::fs;
+
+use serde_json::json;
+
+#[test]
+fn the_workspace_keeps_its_invariants() {
+    let violations = xtask::check_all(&xtask::workspace_root());
+    assert!(
+        violations.is_empty(),
+        "broken invariants:\n{}",
+        violations.join("\n")
+    );
+}
+
+#[test]
+fn the_workspace_has_the_files_it_describes() {
+    let root = xtask::workspace_root();
+    for file in [
+        "README.md",
+        "ARCHITECTURE.md",
+        ".ci/run",
+        "Cargo.toml",
+        "crates/types/Cargo.toml",
+    ] {
+        assert!(root.join(file).is_file(), "{file} is missing");
+    }
+    assert!(
+        xtask::rust_files(&root).len() > 5,
+        "the walk found too few source files"
+    );
+}
+
+#[test]
+fn a_file_without_a_header_is_reported() {
+    let dir = std::env::temp_dir().join(format!("xtask-tidy-{}", std::process::id()));
+    fs::create_dir_all(dir.join("src")).unwrap();
+    fs::create_dir_all(dir.join("target")).unwrap();
+    fs::write(dir.join("src/good.rs"), "//! Does a thing.\nfn f() {}\n").unwrap();
+    fs::write(dir.join("src/bad.rs"), "// not a doc line\nfn f() {}\n").unwrap();
+    fs::write(dir.join("src/empty.rs"), "").unwrap();
+    fs::write(dir.join("target/ignored.rs"), "fn f() {}\n").unwrap();
+    let violations = xtask::check_file_headers(&dir);
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(violations.len(), 2, "{violations:?}");
+    assert!(violations.iter().any(|v| v.contains("bad.rs")));
+    assert!(violations.iter().any(|v| v.contains("empty.rs")));
+}
+
+#[test]
+fn io_in_the_types_crate_is_reported() {
+    let dir = std::env::temp_dir().join(format!("xtask-pure-{}", std::process::id()));
+    fs::create_dir_all(dir.join("crates/types/src")).unwrap();
+    fs::write(
+        dir.join("crates/types/src/lib.rs"),
+        "//! Types.\n// std::fs in a comment is fine\nfn f() { let _ = std::fs::read(\"x\"); }\n",
+    )
+    .unwrap();
+    let violations = xtask::check_types_is_pure(&dir);
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].contains("lib.rs:3"), "{violations:?}");
+}
+
+#[test]
+fn a_forbidden_dependency_is_reported_with_its_path() {
+    let metadata = json!({
+        "packages": [
+            {"id": "t", "name": "gptimage-types"},
+            {"id": "s", "name": "serde"},
+            {"id": "x", "name": "sneaky"},
+            {"id": "k", "name": "tokio"},
+            {"id": "p", "name": "proptest"}
+        ],
+        "resolve": {"nodes": [
+            {"id": "t", "deps": [
+                {"pkg": "s", "dep_kinds": [{"kind": null}]},
+                {"pkg": "x", "dep_kinds": [{"kind": null}]},
+                {"pkg": "p", "dep_kinds": [{"kind": "dev"}]}
+            ]},
+            {"id": "x", "deps": [{"pkg": "k", "dep_kinds": [{"kind": null}]}]},
+            {"id": "p", "deps": [{"pkg": "k", "dep_kinds": [{"kind": null}]}]},
+            {"id": "s", "deps": []},
+            {"id": "k", "deps": []}
+        ]}
+    });
+    let graph = xtask::Graph::from_metadata(&metadata);
+    let violations = xtask::check_dependencies(&graph);
+    assert_eq!(violations.len(), 2, "{violations:?}");
+    assert!(
+        violations[0].contains("depends on sneaky"),
+        "{violations:?}"
+    );
+    assert!(
+        violations[1].contains("gptimage-types -> sneaky -> tokio"),
+        "{violations:?}"
+    );
+}
