@@ -1,0 +1,392 @@
+//! The API's endpoints: `POST /api/generate`, `GET /api/status`, the result images, the OpenAPI
+//! document and the counters, every answer in the API's JSON envelope.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use gptimage_types::{CreatedTask, Envelope, GenerateRequest, RawGenerateRequest, TaskStatus};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::App;
+use crate::config::{Endpoint, FaultKind};
+use crate::server::Kill;
+use crate::store::Refusal;
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/api/generate", any(generate))
+        .route("/api/status", any(status))
+        .route("/files/{task_id}/{file}", any(file))
+        .route("/openapi.json", any(openapi))
+        .route("/_emulator/counters", any(counters))
+        .fallback(fallback)
+        .with_state(app)
+}
+
+async fn generate(State(app): State<Arc<App>>, request: Request) -> Response {
+    app.store.count(|c| c.generate_requests += 1);
+    if request.method() != Method::POST {
+        return method_not_allowed(&app, "POST");
+    }
+    let fault = app.store.fault(Endpoint::Generate);
+    if let Some(answer) = fault.as_ref().and_then(|f| fault_before(&app, f)) {
+        return answer;
+    }
+    let (parts, body) = request.into_parts();
+    let key = match authenticate(&app, &parts.headers) {
+        Ok(key) => key,
+        Err(answer) => return answer,
+    };
+    if !is_json(&parts.headers) {
+        return error(
+            &app,
+            StatusCode::BAD_REQUEST,
+            "Bad Request: send the body as JSON with 'Content-Type: application/json'.",
+        );
+    }
+    let bytes = match read_body(&app, &parts.headers, body).await {
+        Ok(bytes) => bytes,
+        Err(answer) => return answer,
+    };
+    let generate = match parse_request(&bytes) {
+        Ok(request) => request,
+        Err(message) => {
+            return error(
+                &app,
+                StatusCode::BAD_REQUEST,
+                format!("Bad Request: {message}."),
+            );
+        }
+    };
+    let now = Instant::now();
+    let id = match app.store.create(&key, generate, now) {
+        Ok(id) => id,
+        Err(Refusal::RateLimited { retry_after }) => {
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            return rate_limited(&app, seconds);
+        }
+        Err(Refusal::InsufficientCredits { balance }) => {
+            return error(
+                &app,
+                StatusCode::PAYMENT_REQUIRED,
+                format!(
+                    "Insufficient credits: a task costs {} credits and the balance is {balance}.",
+                    gptimage_types::CREDITS_PER_TASK
+                ),
+            );
+        }
+    };
+    tokio::spawn(crate::worker::run(app.clone(), id.clone()));
+    let answer = json(
+        StatusCode::OK,
+        &Envelope::success(CreatedTask::new(id, TaskStatus::Pending)),
+    );
+    finish(fault, answer, &parts.extensions).await
+}
+
+async fn status(State(app): State<Arc<App>>, request: Request) -> Response {
+    app.store.count(|c| c.status_requests += 1);
+    if request.method() != Method::GET {
+        return method_not_allowed(&app, "GET");
+    }
+    let fault = app.store.fault(Endpoint::Status);
+    if let Some(answer) = fault.as_ref().and_then(|f| fault_before(&app, f)) {
+        return answer;
+    }
+    let key = match authenticate(&app, request.headers()) {
+        Ok(key) => key,
+        Err(answer) => return answer,
+    };
+    let owner = app.store.account(&key).unwrap_or_default();
+    let query = Query::<HashMap<String, String>>::try_from_uri(request.uri())
+        .map(|Query(q)| q)
+        .unwrap_or_default();
+    let Some(id) = query
+        .get("task_id")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    else {
+        return error(
+            &app,
+            StatusCode::BAD_REQUEST,
+            "Bad Request: 'task_id' is required.",
+        );
+    };
+    let answer = match app.store.status(&owner, id, Instant::now()) {
+        Some(info) => json(StatusCode::OK, &Envelope::success(info)),
+        None => error(
+            &app,
+            StatusCode::NOT_FOUND,
+            format!("Not Found: no task with id '{}'.", shorten(id)),
+        ),
+    };
+    finish(fault, answer, request.extensions()).await
+}
+
+async fn file(State(app): State<Arc<App>>, request: Request) -> Response {
+    let leaked = request.headers().contains_key(header::AUTHORIZATION);
+    app.store.count(|c| {
+        c.file_requests += 1;
+        c.file_requests_with_authorization += u64::from(leaked);
+    });
+    if request.method() != Method::GET {
+        return method_not_allowed(&app, "GET");
+    }
+    let fault = app.store.fault(Endpoint::Files);
+    if let Some(answer) = fault.as_ref().and_then(|f| fault_before(&app, f)) {
+        return answer;
+    }
+    let mut segments = request
+        .uri()
+        .path()
+        .trim_start_matches("/files/")
+        .split('/');
+    let (id, name) = (segments.next().unwrap_or(""), segments.next().unwrap_or(""));
+    let index = name
+        .strip_suffix(".png")
+        .and_then(|n| n.parse::<usize>().ok());
+    let image = index.and_then(|i| app.store.image(id, i, Instant::now()));
+    let answer = match image {
+        Some(png) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "image/png"),
+                (header::CACHE_CONTROL, "private, max-age=3600"),
+            ],
+            Body::from(png.as_ref().clone()),
+        )
+            .into_response(),
+        None => error(
+            &app,
+            StatusCode::NOT_FOUND,
+            "Not Found: no such image; result images expire with their task.",
+        ),
+    };
+    finish(fault, answer, request.extensions()).await
+}
+
+async fn openapi(State(app): State<Arc<App>>, request: Request) -> Response {
+    app.store.count(|c| c.other_requests += 1);
+    if request.method() != Method::GET {
+        return method_not_allowed(&app, "GET");
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        app.openapi.clone(),
+    )
+        .into_response()
+}
+
+async fn counters(State(app): State<Arc<App>>, request: Request) -> Response {
+    if request.method() != Method::GET {
+        return method_not_allowed(&app, "GET");
+    }
+    json(StatusCode::OK, &app.store.counters())
+}
+
+async fn fallback(State(app): State<Arc<App>>, request: Request) -> Response {
+    app.store.count(|c| c.other_requests += 1);
+    error(
+        &app,
+        StatusCode::NOT_FOUND,
+        format!(
+            "Not Found: no endpoint at '{}'; the API serves POST /api/generate and GET /api/status.",
+            shorten(request.uri().path())
+        ),
+    )
+}
+
+/// The fault's answer when it acts before the request is processed.
+fn fault_before(app: &App, fault: &FaultKind) -> Option<Response> {
+    match fault {
+        FaultKind::ServerError => Some(error(
+            app,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error: please try again or contact support.",
+        )),
+        FaultKind::RateLimited { retry_after_secs } => Some(rate_limited(app, *retry_after_secs)),
+        _ => None,
+    }
+}
+
+/// Sends `answer`, unless a fault that acts after processing says otherwise.
+async fn finish(
+    fault: Option<FaultKind>,
+    answer: Response,
+    extensions: &axum::http::Extensions,
+) -> Response {
+    match fault {
+        Some(FaultKind::Latency(delay)) => {
+            tokio::time::sleep(delay).await;
+            answer
+        }
+        Some(FaultKind::DropConnection) => {
+            if let Some(kill) = extensions.get::<Kill>() {
+                kill.fire();
+                std::future::pending::<()>().await;
+            }
+            answer
+        }
+        Some(FaultKind::GatewayError(status)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let page = format!(
+                "<html><head><title>{status}</title></head><body><center><h1>{status}</h1></center><hr><center>nginx</center></body></html>\n"
+            );
+            (status, [(header::CONTENT_TYPE, "text/html")], page).into_response()
+        }
+        _ => answer,
+    }
+}
+
+/// The account key of the request's bearer token, or the 401 answer.
+fn authenticate(app: &App, headers: &HeaderMap) -> Result<String, Response> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(error(
+            app,
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: missing API key; send 'Authorization: Bearer <key>'.",
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .unwrap_or_default();
+    if token.is_empty() || app.store.account(token).is_none() {
+        return Err(error(
+            app,
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: invalid API key.",
+        ));
+    }
+    Ok(token.to_owned())
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|mime| mime == "application/json" || mime.ends_with("+json"))
+}
+
+async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Response> {
+    let limit = app.store.config.max_body_bytes;
+    let too_large = || {
+        error(
+            app,
+            StatusCode::BAD_REQUEST,
+            format!("Bad Request: the body is larger than {limit} bytes."),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(_) => Err(too_large()),
+    }
+}
+
+/// Reads a generation request, naming the field at fault when it is not one.
+fn parse_request(bytes: &[u8]) -> Result<GenerateRequest, String> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("the body is not valid JSON ({e})"))?;
+    let Value::Object(fields) = value else {
+        return Err("the body must be a JSON object".to_owned());
+    };
+    for field in [
+        "prompt",
+        "size",
+        "quality",
+        "input_fidelity",
+        "callback_url",
+    ] {
+        if !matches!(
+            fields.get(field),
+            None | Some(Value::Null | Value::String(_))
+        ) {
+            return Err(format!("'{field}' must be a string"));
+        }
+    }
+    match fields.get("images") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+        Some(_) => return Err("'images' must be an array of URL strings".to_owned()),
+    }
+    let raw: RawGenerateRequest =
+        serde_json::from_value(Value::Object(fields)).map_err(|e| e.to_string())?;
+    raw.validate().map_err(|e| e.to_string())
+}
+
+fn method_not_allowed(app: &App, allow: &'static str) -> Response {
+    let mut answer = error(
+        app,
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("Method Not Allowed: this endpoint takes {allow}."),
+    );
+    answer
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    answer
+}
+
+fn rate_limited(app: &App, seconds: u64) -> Response {
+    let mut answer = error(
+        app,
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("Too Many Requests: slow down; retry after {seconds} seconds."),
+    );
+    answer
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    answer
+}
+
+/// An error in the API's envelope. The HTTP status mirrors the code, unless the emulator is
+/// configured to answer every envelope with HTTP 200, as some services do.
+fn error(app: &App, status: StatusCode, message: impl Into<String>) -> Response {
+    let body = Envelope::<Value>::error(i64::from(status.as_u16()), message);
+    let http = if app.store.config.errors_with_http_200 {
+        StatusCode::OK
+    } else {
+        status
+    };
+    json(http, &body)
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).expect("the API's types always serialize");
+    (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+/// Cuts a user-supplied value for an error message.
+fn shorten(s: &str) -> String {
+    if s.chars().count() <= 100 {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(100).collect::<String>())
+    }
+}
