@@ -248,6 +248,10 @@ async fn finish(
 }
 
 /// The account key of the request's bearer token, or the 401 answer.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the response, returned at once"
+)]
 fn authenticate(app: &App, headers: &HeaderMap) -> Result<String, Response> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(error(
@@ -288,6 +292,10 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|mime| mime == "application/json" || mime.ends_with("+json"))
 }
 
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the response, returned at once"
+)]
 async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Response> {
     let limit = app.store.config.max_body_bytes;
     let too_large = || {

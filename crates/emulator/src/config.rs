@@ -223,7 +223,7 @@ impl Default for Config {
             running_for: Duration::from_secs(3),
             fail_phrase: "policy-violation".to_owned(),
             faults: Vec::new(),
-            seed: 0x5EED_0F_1A_6E,
+            seed: 0x005E_ED0F_1A6E,
             rate_limit: None,
             max_body_bytes: 64 * 1024,
             task_ttl: Duration::from_secs(3600),

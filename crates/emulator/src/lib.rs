@@ -25,8 +25,10 @@
 //! From synchronous code (a blocking client's test, a command-line tool), [`Emulator::spawn`]
 //! runs it on a thread of its own.
 //!
-//! The crate's README shows how to inject faults, and the binary `gptimage-emulator` serves it
-//! from a terminal.
+//! The binary `gptimage-emulator` serves it from a terminal.
+//!
+//! # Faults, counters, and the rest
+#![doc = include_str!("../README.md")]
 
 mod api;
 mod config;

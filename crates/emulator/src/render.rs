@@ -79,7 +79,7 @@ fn scene(width: u32, height: u32, quality: Quality, rng: &mut SplitMix) -> RgbIm
         .collect();
     let ridge = (
         rng.unit() * 6.0 + 2.0,
-        rng.unit() * 6.28,
+        rng.unit() * std::f32::consts::TAU,
         rng.unit() * 0.1 + 0.05,
     );
     let ridge_color = hsv(rng.unit(), 0.5, 0.25);
