@@ -1,0 +1,547 @@
+//! Client configuration: key, base URL, timeouts, retry policy, poll schedule and limits, with a
+//! builder that reads the environment and checks everything before a client exists.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use gptimage_types::ApiKey;
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// The service's base URL; requests go to `{base}/generate` and `{base}/status`.
+pub const DEFAULT_BASE_URL: &str = "https://gptimage15.ai/api";
+
+/// The environment variable holding the API key.
+pub const API_KEY_ENV: &str = "GPTIMAGE_API_KEY";
+
+/// The environment variable overriding the base URL.
+pub const BASE_URL_ENV: &str = "GPTIMAGE_BASE_URL";
+
+/// When and how often a failed request is tried again.
+///
+/// Only requests that cannot have created a task are retried: a submission is retried after a
+/// refused connection, a 429, or an error in the API's own envelope, never after a timeout or a
+/// reset once it was sent. Status requests and downloads are retried on timeouts, resets, 429
+/// and 5xx. Delays grow exponentially with jitter, from [`initial_backoff`](Self::initial_backoff)
+/// to [`max_backoff`](Self::max_backoff); a `Retry-After` up to
+/// [`max_retry_after`](Self::max_retry_after) is honoured, and a longer one ends the retries.
+///
+/// ```
+/// use std::time::Duration;
+/// use gptimage_transport::RetryPolicy;
+///
+/// let policy = RetryPolicy::default().max_retries(4).backoff(Duration::from_millis(100), Duration::from_secs(2));
+/// assert_eq!(policy.max_retries, 4);
+/// assert_eq!(RetryPolicy::none().max_retries, 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (default 2).
+    pub max_retries: u32,
+    /// The delay before the first retry, before jitter (default 0.5 s).
+    pub initial_backoff: Duration,
+    /// The longest delay between attempts, before jitter (default 8 s).
+    pub max_backoff: Duration,
+    /// The longest `Retry-After` honoured (default 120 s).
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries at all.
+    pub fn none() -> Self {
+        Self {
+            max_retries: 0,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the number of retries.
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Sets the first and the longest backoff delay.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_backoff = initial;
+        self.max_backoff = max.max(initial);
+        self
+    }
+
+    /// Sets the longest `Retry-After` honoured.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+}
+
+/// How often a waiting client polls a task: from `initial`, growing by `factor` each poll, up to
+/// `max`.
+///
+/// The real service asks for a poll every 5 to 10 seconds, which is the default. Against a
+/// loopback base URL (the emulator), the default is quicker: 100 ms growing to 1 s.
+///
+/// ```
+/// use std::time::Duration;
+/// use gptimage_transport::PollSchedule;
+///
+/// let schedule = PollSchedule::default();
+/// assert_eq!(schedule.delay(0), Duration::from_secs(5));
+/// assert_eq!(schedule.delay(100), Duration::from_secs(10));
+/// assert_eq!(PollSchedule::fixed(Duration::from_millis(20)).delay(7), Duration::from_millis(20));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct PollSchedule {
+    /// The delay before the second poll.
+    pub initial: Duration,
+    /// The longest delay between polls.
+    pub max: Duration,
+    /// How much the delay grows after each poll (1 for a fixed interval).
+    pub factor: f64,
+}
+
+impl Default for PollSchedule {
+    fn default() -> Self {
+        Self::exponential(Duration::from_secs(5), Duration::from_secs(10), 1.25)
+    }
+}
+
+impl PollSchedule {
+    /// The same delay between every poll.
+    pub fn fixed(interval: Duration) -> Self {
+        Self::exponential(interval, interval, 1.0)
+    }
+
+    /// A delay growing from `initial` by `factor` up to `max`.
+    pub fn exponential(initial: Duration, max: Duration, factor: f64) -> Self {
+        let factor = if factor.is_finite() {
+            factor.clamp(1.0, 10.0)
+        } else {
+            1.0
+        };
+        Self {
+            initial,
+            max: max.max(initial),
+            factor,
+        }
+    }
+
+    /// The schedule used against a loopback base URL unless another is set.
+    pub fn local() -> Self {
+        Self::exponential(Duration::from_millis(100), Duration::from_secs(1), 1.5)
+    }
+
+    /// The delay after poll number `polls` (from 0).
+    pub fn delay(&self, polls: u32) -> Duration {
+        let grown = self.initial.as_secs_f64() * self.factor.powi(polls.min(64) as i32);
+        Duration::from_secs_f64(grown.min(self.max.as_secs_f64()))
+    }
+}
+
+/// The base URL, split into what the client needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BaseUrl {
+    /// `scheme://host[:port]`, the only place the key is sent.
+    pub(crate) origin: String,
+    /// The base as given, without a trailing slash.
+    pub(crate) base: String,
+    pub(crate) loopback: bool,
+}
+
+impl BaseUrl {
+    pub(crate) fn parse(text: &str, allow_insecure_http: bool) -> Result<Self> {
+        let url = Url::parse(text.trim()).map_err(|e| {
+            Error::config(format!(
+                "the base URL {text:?} is not an absolute URL ({e}); use one such as {DEFAULT_BASE_URL}"
+            ))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::config(format!(
+                "the base URL must be http or https, not {}",
+                url.scheme()
+            )));
+        }
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            return Err(Error::config(
+                "the base URL must not have a query, a fragment or credentials",
+            ));
+        }
+        let loopback = is_loopback(&url);
+        if url.scheme() == "http" && !loopback && !allow_insecure_http {
+            return Err(Error::config(format!(
+                "refusing to send the API key over plain http to {}; use https, or allow it \
+                 explicitly with allow_insecure_http(true)",
+                url.host_str().unwrap_or_default()
+            )));
+        }
+        Ok(Self {
+            origin: url.origin().ascii_serialization(),
+            base: url.as_str().trim_end_matches('/').to_owned(),
+            loopback,
+        })
+    }
+}
+
+/// Whether a URL's host is this machine: `localhost`, 127.0.0.0/8 or ::1.
+pub(crate) fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// A checked client configuration. Build one with a client's `builder()`.
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) api_key: ApiKey,
+    pub(crate) base: BaseUrl,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) poll: PollSchedule,
+    pub(crate) wait_timeout: Duration,
+    pub(crate) user_agent: String,
+    pub(crate) max_response_bytes: u64,
+    pub(crate) max_download_bytes: u64,
+    pub(crate) proxy: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("api_key", &self.api_key)
+            .field("base_url", &self.base.base)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .field("poll", &self.poll)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("user_agent", &self.user_agent)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("max_download_bytes", &self.max_download_bytes)
+            .field("proxy", &self.proxy.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl Config {
+    /// The base URL requests go under.
+    pub fn base_url(&self) -> &str {
+        &self.base.base
+    }
+
+    /// The retry policy.
+    pub fn retry(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// The poll schedule.
+    pub fn poll(&self) -> PollSchedule {
+        self.poll
+    }
+
+    /// How long a wait lasts at most.
+    pub fn wait_timeout(&self) -> Duration {
+        self.wait_timeout
+    }
+
+    /// The timeout of one HTTP request.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The timeout for connecting.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The proxy all requests go through, if one is set.
+    pub fn proxy(&self) -> Option<&str> {
+        self.proxy.as_deref()
+    }
+
+    pub(crate) fn endpoint(&self, name: &str) -> String {
+        format!("{}/{name}", self.base.base)
+    }
+}
+
+/// Builds a client of type `C` (the async [`Client`](crate::Client) or the
+/// [`blocking::Client`](crate::blocking::Client)). Every setting has a bounded default; `build`
+/// checks them all.
+///
+/// ```
+/// # #[cfg(feature = "blocking")] {
+/// use std::time::Duration;
+/// use gptimage_transport::{RetryPolicy, blocking};
+///
+/// let client = blocking::Client::builder()
+///     .api_key("sk-example")
+///     .base_url("https://gptimage15.ai/api")
+///     .request_timeout(Duration::from_secs(30))
+///     .retry(RetryPolicy::default().max_retries(3))
+///     .wait_timeout(Duration::from_secs(300))
+///     .build()?;
+/// assert_eq!(client.config().base_url(), "https://gptimage15.ai/api");
+/// # }
+/// # Ok::<(), gptimage_transport::Error>(())
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ClientBuilder<C> {
+    api_key: Option<String>,
+    base_url: Option<String>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    retry: RetryPolicy,
+    poll: Option<PollSchedule>,
+    wait_timeout: Duration,
+    user_agent: Option<String>,
+    allow_insecure_http: bool,
+    max_response_bytes: u64,
+    max_download_bytes: u64,
+    proxy: Option<String>,
+    client: PhantomData<fn() -> C>,
+}
+
+impl<C> std::fmt::Debug for ClientBuilder<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> Default for ClientBuilder<C> {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            base_url: None,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
+            poll: None,
+            wait_timeout: Duration::from_secs(600),
+            user_agent: None,
+            allow_insecure_http: false,
+            max_response_bytes: 4 * 1024 * 1024,
+            max_download_bytes: 64 * 1024 * 1024,
+            proxy: None,
+            client: PhantomData,
+        }
+    }
+}
+
+/// A client that a [`ClientBuilder`] can build. Implemented by the crate's clients only.
+pub trait FromConfig: Sized + sealed::Sealed {
+    /// Builds the client over its default transport.
+    fn from_config(config: Config) -> Result<Self>;
+}
+
+pub(crate) mod sealed {
+    pub trait Sealed {}
+}
+
+impl<C: FromConfig> ClientBuilder<C> {
+    /// A builder with every default and no key.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder that takes the key from `GPTIMAGE_API_KEY` and the base URL from
+    /// `GPTIMAGE_BASE_URL` when they are set. Later calls override them.
+    pub fn from_env() -> Self {
+        let var = |name| {
+            std::env::var(name)
+                .ok()
+                .filter(|v: &String| !v.trim().is_empty())
+        };
+        Self {
+            api_key: var(API_KEY_ENV),
+            base_url: var(BASE_URL_ENV),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the API key.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Sets the base URL (default [`DEFAULT_BASE_URL`]).
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = Some(url.into());
+        self
+    }
+
+    /// Sets the timeout for establishing a connection (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the timeout of each HTTP request, from sending to the last byte (default 60 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the retry policy (default: 2 retries, 0.5 s doubling to 8 s).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Sets the poll schedule of waits (default 5 s growing to 10 s; 100 ms to 1 s on loopback).
+    pub fn poll(mut self, schedule: PollSchedule) -> Self {
+        self.poll = Some(schedule);
+        self
+    }
+
+    /// Polls at a fixed interval.
+    pub fn poll_interval(self, interval: Duration) -> Self {
+        self.poll(PollSchedule::fixed(interval))
+    }
+
+    /// Sets how long a wait lasts before it gives up with [`ErrorKind::DeadlinePassed`]
+    /// (default 10 minutes).
+    ///
+    /// [`ErrorKind::DeadlinePassed`]: crate::ErrorKind::DeadlinePassed
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
+        self
+    }
+
+    /// Sets the `User-Agent` (default `gptimage-rust/VERSION`).
+    pub fn user_agent(mut self, agent: impl Into<String>) -> Self {
+        self.user_agent = Some(agent.into());
+        self
+    }
+
+    /// Allows sending the key over plain `http` to a host that is not loopback.
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
+        self
+    }
+
+    /// Sets the largest result image downloaded (default 64 MiB).
+    pub fn max_download_bytes(mut self, bytes: u64) -> Self {
+        self.max_download_bytes = bytes;
+        self
+    }
+
+    /// Sends every request, downloads included, through this proxy (`http://host:port`).
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = Some(url.into());
+        self
+    }
+
+    /// Checks the settings and returns the configuration, without building a client.
+    pub fn config(self) -> Result<Config> {
+        let key = self.api_key.ok_or_else(|| {
+            Error::config(format!(
+                "no API key; set {API_KEY_ENV} or pass one to the builder"
+            ))
+        })?;
+        let api_key = ApiKey::new(key).map_err(|e| Error::config(e.to_string()))?;
+        let base = BaseUrl::parse(
+            self.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL),
+            self.allow_insecure_http,
+        )?;
+        for (name, value) in [
+            ("connect timeout", self.connect_timeout),
+            ("request timeout", self.request_timeout),
+        ] {
+            if value.is_zero() || value > Duration::from_secs(3600) {
+                return Err(Error::config(format!(
+                    "the {name} must be between 1 ms and 1 hour, not {value:?}"
+                )));
+            }
+        }
+        if let Some(proxy) = &self.proxy {
+            Url::parse(proxy).map_err(|e| {
+                Error::config(format!("the proxy URL is not an absolute URL ({e})"))
+            })?;
+        }
+        let poll = self.poll.unwrap_or(if base.loopback {
+            PollSchedule::local()
+        } else {
+            PollSchedule::default()
+        });
+        Ok(Config {
+            api_key,
+            base,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            retry: self.retry,
+            poll,
+            wait_timeout: self.wait_timeout,
+            user_agent: self
+                .user_agent
+                .unwrap_or_else(|| concat!("gptimage-rust/", env!("CARGO_PKG_VERSION")).to_owned()),
+            max_response_bytes: self.max_response_bytes,
+            max_download_bytes: self.max_download_bytes,
+            proxy: self.proxy,
+        })
+    }
+
+    /// Checks the settings and builds the client.
+    pub fn build(self) -> Result<C> {
+        C::from_config(self.config()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        let ok = BaseUrl::parse("https://gptimage15.ai/api/", false).unwrap();
+        assert_eq!(ok.base, "https://gptimage15.ai/api");
+        assert_eq!(ok.origin, "https://gptimage15.ai");
+        assert!(!ok.loopback);
+        let local = BaseUrl::parse("http://127.0.0.1:8080/api", false).unwrap();
+        assert!(local.loopback);
+        assert!(
+            BaseUrl::parse("http://[::1]:8080/api", false)
+                .unwrap()
+                .loopback
+        );
+        assert!(
+            BaseUrl::parse("http://localhost:1/api", false)
+                .unwrap()
+                .loopback
+        );
+        let refused = BaseUrl::parse("http://example.com/api", false).unwrap_err();
+        assert!(refused.to_string().contains("plain http"), "{refused}");
+        assert!(BaseUrl::parse("http://example.com/api", true).is_ok());
+        for bad in [
+            "gptimage15.ai/api",
+            "ftp://x/api",
+            "https://x/api?k=1",
+            "https://u:p@x/api",
+        ] {
+            assert!(BaseUrl::parse(bad, false).is_err(), "{bad}");
+        }
+    }
+}

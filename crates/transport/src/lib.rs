@@ -1,0 +1,80 @@
+//! HTTP clients of the GPT Image 1.5 API: an async [`Client`] on reqwest and a
+//! [`blocking::Client`] on ureq, driven by one shared core.
+//!
+//! # Design
+//!
+//! The API's knowledge lives once, in a core that does no IO and reads no clock: it builds each
+//! request (URL under the base, headers, JSON body), turns a raw response into a typed result or
+//! a typed [`Error`], and decides what happens next (retry after how long, poll after how long,
+//! give up). Time, attempt numbers, jitter and the server's `Retry-After` are its inputs, so it
+//! is tested table by table without sleeping. Each client is a short loop around it over a
+//! transport: [`AsyncTransport`] or [`BlockingTransport`], one HTTP exchange each in plain `http`
+//! types, so another HTTP stack, or a function in a test, can stand in for reqwest or ureq.
+//!
+//! # The rules it keeps
+//!
+//! - **Never pay twice.** `POST /generate` is retried only when no task can have been created: a
+//!   connection that failed before the request was sent, a 429, or an error in the API's own
+//!   envelope. After a timeout or a reset once the request was sent, or a gateway's non-API 502 or
+//!   504, it returns [`ErrorKind::OutcomeUnknown`]: a task may exist; check before resubmitting.
+//!   Status requests and downloads are retried freely on timeouts, resets, 429 and 5xx.
+//! - **Bounded.** Connect and request timeouts, a retry budget with capped jittered backoff,
+//!   `Retry-After` honoured up to 120 s, a wait deadline: nothing waits without a bound.
+//! - **The key stays home.** It is sent only to the API's origin; never with downloads, never
+//!   along a redirect, never over plain `http` to a host that is not loopback (unless allowed),
+//!   and never in a `Debug`, `Display` or error.
+//! - **Nothing the server sends can panic the client.** Bodies are read with a size limit; the
+//!   envelope's `code` is authoritative when the body is the envelope.
+//!
+//! # Features
+//!
+//! - `async` (default): [`Client`], on reqwest and tokio.
+//! - `blocking`: [`blocking::Client`], on ureq; builds no tokio or reqwest.
+//! - `rustls` (default): TLS through rustls. `native-tls`: TLS through the platform library.
+//! - `tracing`: `tracing` spans for each request and wait; the key is never recorded.
+//!
+//! ```no_run
+//! # #[cfg(feature = "async")]
+//! # async fn run() -> Result<(), gptimage_transport::Error> {
+//! use gptimage_transport::Client;
+//! use gptimage_types::GenerateRequest;
+//!
+//! let client = Client::builder().api_key("sk-...").build()?;
+//! let task = client.generate(&GenerateRequest::text_to_image("a red fox").build()?).await?;
+//! client.download_to_dir(&task, ".").await?;
+//! # Ok(())
+//! # }
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod core;
+mod error;
+mod files;
+mod transport;
+
+#[cfg(feature = "async")]
+mod client;
+#[cfg(feature = "async")]
+mod reqwest_transport;
+#[cfg(feature = "blocking")]
+mod ureq_transport;
+
+/// The blocking client, for synchronous programs (feature `blocking`).
+#[cfg(feature = "blocking")]
+pub mod blocking;
+
+#[cfg(feature = "async")]
+pub use client::Client;
+pub use config::{
+    API_KEY_ENV, BASE_URL_ENV, ClientBuilder, Config, DEFAULT_BASE_URL, FromConfig, PollSchedule,
+    RetryPolicy,
+};
+pub use core::Image;
+pub use error::{Error, ErrorKind, RequestSent, Result, TransportError, TransportErrorKind};
+#[cfg(feature = "async")]
+pub use reqwest_transport::ReqwestTransport;
+pub use transport::{AsyncTransport, BlockingTransport, HttpRequest, HttpResponse, SendOptions};
+#[cfg(feature = "blocking")]
+pub use ureq_transport::UreqTransport;

@@ -1,0 +1,105 @@
+//! The async transport on reqwest: no redirects, no retries, limits enforced while reading.
+
+use crate::config::Config;
+use crate::error::{Error, RequestSent, Result, TransportError, TransportErrorKind};
+use crate::transport::{AsyncTransport, HttpRequest, HttpResponse, SendOptions};
+
+/// An [`AsyncTransport`] on a shared `reqwest::Client` (connection pool, TLS, proxy).
+///
+/// ```
+/// # #[cfg(feature = "async")] {
+/// use gptimage_transport::{Client, ReqwestTransport};
+///
+/// let config = Client::builder().api_key("sk-example").config()?;
+/// let transport = ReqwestTransport::new(&config)?;
+/// let client = Client::with_transport(config, transport);
+/// # let _ = client;
+/// # }
+/// # Ok::<(), gptimage_transport::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ReqwestTransport {
+    client: reqwest::Client,
+}
+
+impl ReqwestTransport {
+    /// A transport with the configuration's connect timeout and proxy, following no redirects.
+    pub fn new(config: &Config) -> Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout())
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .no_proxy();
+        if let Some(proxy) = config.proxy() {
+            let proxy = reqwest::Proxy::all(proxy)
+                .map_err(|e| Error::config(format!("the proxy URL is not usable: {e}")))?;
+            builder = builder.proxy(proxy);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| Error::config(format!("the HTTP client could not be built: {e}")))?;
+        Ok(Self { client })
+    }
+
+    /// A transport over a `reqwest::Client` the caller configured. It must not follow
+    /// redirects (build it with `redirect::Policy::none()`), or the clients cannot keep the key
+    /// on the API's origin.
+    pub fn from_client(client: reqwest::Client) -> Self {
+        Self { client }
+    }
+}
+
+#[async_trait::async_trait]
+impl AsyncTransport for ReqwestTransport {
+    async fn send(
+        &self,
+        request: HttpRequest,
+        options: SendOptions,
+    ) -> std::result::Result<HttpResponse, TransportError> {
+        let mut request = reqwest::Request::try_from(request)
+            .map_err(|e| TransportError::new(TransportErrorKind::Other, RequestSent::No, e))?;
+        *request.timeout_mut() = Some(options.timeout);
+        let mut response = self.client.execute(request).await.map_err(classify)?;
+        let too_large = || {
+            TransportError::new(
+                TransportErrorKind::BodyTooLarge,
+                RequestSent::Maybe,
+                format!("the body is larger than {} bytes", options.max_body_bytes),
+            )
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > options.max_body_bytes)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(classify)? {
+            if (body.len() + chunk.len()) as u64 > options.max_body_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let mut answer = http::Response::new(body);
+        *answer.status_mut() = response.status();
+        *answer.version_mut() = response.version();
+        *answer.headers_mut() = std::mem::take(response.headers_mut());
+        Ok(answer)
+    }
+}
+
+/// Sorts a reqwest error by whether the request can have reached the server.
+fn classify(error: reqwest::Error) -> TransportError {
+    let (kind, sent) = if error.is_connect() {
+        (TransportErrorKind::Connect, RequestSent::No)
+    } else if error.is_timeout() {
+        (TransportErrorKind::Timeout, RequestSent::Maybe)
+    } else if error.is_builder() {
+        (TransportErrorKind::Other, RequestSent::No)
+    } else if error.is_body() || error.is_request() || error.is_decode() {
+        (TransportErrorKind::Reset, RequestSent::Maybe)
+    } else {
+        (TransportErrorKind::Other, RequestSent::Maybe)
+    };
+    TransportError::new(kind, sent, error)
+}
