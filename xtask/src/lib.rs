@@ -286,10 +286,90 @@ pub fn check_dependencies(graph: &Graph) -> Vec<String> {
     violations
 }
 
+/// The facade `gptimage` adds nothing of its own: its `lib.rs` holds only docs, attributes and
+/// re-exports (`pub use`), no item of its own.
+pub fn check_facade_only_reexports(root: &Path) -> Vec<String> {
+    let path = root.join("crates/gptimage/src/lib.rs");
+    let Ok(text) = fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    let mut violations = Vec::new();
+    let mut in_use = false;
+    for (n, line) in text.lines().enumerate() {
+        let code = line.trim();
+        let allowed = code.is_empty()
+            || code.starts_with("//")
+            || code.starts_with("#[")
+            || code.starts_with("#![")
+            || code.starts_with("pub use ")
+            || in_use;
+        if code.starts_with("pub use ") || in_use {
+            in_use = !code.ends_with(';');
+        }
+        if !allowed {
+            violations.push(format!(
+                "crates/gptimage/src/lib.rs:{}: the facade only re-exports, but declares `{code}`",
+                n + 1
+            ));
+        }
+    }
+    violations
+}
+
+/// Packages that a blocking-only build of the facade must not contain.
+pub const ASYNC_CRATES: &[&str] = &["tokio", "reqwest", "hyper", "mio", "axum"];
+
+/// A blocking-only build of the facade (`--no-default-features --features blocking,rustls`)
+/// builds no async runtime and no reqwest, as `cargo tree` resolves it.
+pub fn check_blocking_build(root: &Path) -> Vec<String> {
+    if !root.join("crates/gptimage").exists() {
+        return Vec::new();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args(["tree", "--package", "gptimage", "--no-default-features"])
+        .args([
+            "--features",
+            "blocking,rustls",
+            "--edges",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(root)
+        .output();
+    let output = match output {
+        Ok(output) if output.status.success() => output,
+        Ok(output) => {
+            return vec![format!(
+                "cargo tree failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )];
+        }
+        Err(e) => return vec![format!("could not run cargo tree: {e}")],
+    };
+    let tree = String::from_utf8_lossy(&output.stdout);
+    let names: BTreeSet<&str> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    let mut violations: Vec<String> = ASYNC_CRATES
+        .iter()
+        .filter(|name| names.contains(**name))
+        .map(|name| format!("a blocking-only build of gptimage contains {name}"))
+        .collect();
+    if !names.contains("ureq") {
+        violations.push("a blocking-only build of gptimage does not contain ureq".to_owned());
+    }
+    violations
+}
+
 /// Runs every check; the violations of all of them.
 pub fn check_all(root: &Path) -> Vec<String> {
     let mut violations = check_file_headers(root);
     violations.extend(check_types_is_pure(root));
+    violations.extend(check_facade_only_reexports(root));
+    violations.extend(check_blocking_build(root));
     match Graph::load(root) {
         Ok(graph) => violations.extend(check_dependencies(&graph)),
         Err(e) => violations.push(e),

@@ -15,6 +15,8 @@ const FACADE_FEATURE_SETS: &[&[&str]] = &[
     &["--no-default-features"],
     &["--no-default-features", "--features", "blocking"],
     &["--no-default-features", "--features", "async"],
+    &["--no-default-features", "--features", "blocking,native-tls"],
+    &["--no-default-features", "--features", "async,native-tls,tracing"],
     &[],
     &["--all-features"],
 ];

@@ -98,3 +98,18 @@ fn a_forbidden_dependency_is_reported_with_its_path() {
         "{violations:?}"
     );
 }
+
+#[test]
+fn an_item_in_the_facade_is_reported() {
+    let dir = std::env::temp_dir().join(format!("xtask-facade-{}", std::process::id()));
+    fs::create_dir_all(dir.join("crates/gptimage/src")).unwrap();
+    fs::write(
+        dir.join("crates/gptimage/src/lib.rs"),
+        "//! Facade.\n#![forbid(unsafe_code)]\npub use a::{\n    B,\n    C,\n};\n\npub fn helper() {}\n",
+    )
+    .unwrap();
+    let violations = xtask::check_facade_only_reexports(&dir);
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].contains(":8:"), "{violations:?}");
+}

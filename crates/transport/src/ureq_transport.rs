@@ -24,6 +24,9 @@ use crate::transport::{BlockingTransport, HttpRequest, HttpResponse, SendOptions
 #[derive(Debug, Clone)]
 pub struct UreqTransport {
     agent: ureq::Agent,
+    /// The agent's own overall timeout; a request with another one gets a per-request config
+    /// (which costs a copy of the agent's configuration, so it is avoided when possible).
+    timeout: Option<std::time::Duration>,
 }
 
 impl UreqTransport {
@@ -40,6 +43,7 @@ impl UreqTransport {
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_connect(Some(config.connect_timeout()))
+            .timeout_global(Some(config.request_timeout()))
             .proxy(proxy);
         #[cfg(all(feature = "native-tls", not(feature = "rustls")))]
         let builder = builder.tls_config(
@@ -49,13 +53,15 @@ impl UreqTransport {
         );
         Ok(Self {
             agent: builder.build().into(),
+            timeout: Some(config.request_timeout()),
         })
     }
 
     /// A transport over an agent the caller configured. It must not follow redirects and must
     /// not turn HTTP statuses into errors (`max_redirects(0)`, `http_status_as_error(false)`).
     pub fn from_agent(agent: ureq::Agent) -> Self {
-        Self { agent }
+        let timeout = agent.config().timeouts().global;
+        Self { agent, timeout }
     }
 }
 
@@ -65,13 +71,13 @@ impl BlockingTransport for UreqTransport {
         request: HttpRequest,
         options: SendOptions,
     ) -> std::result::Result<HttpResponse, TransportError> {
-        let response = request
-            .with_agent(&self.agent)
-            .configure()
-            .timeout_global(Some(options.timeout))
-            .build()
-            .run()
-            .map_err(classify)?;
+        let response = if request.body().is_empty() {
+            // An empty body is sent as none at all: ureq then writes the request in one go.
+            self.run(request.map(|_| ()), options.timeout)
+        } else {
+            self.run(request, options.timeout)
+        }
+        .map_err(classify)?;
         let (parts, mut body) = response.into_parts();
         let bytes = body
             .with_config()
@@ -79,6 +85,25 @@ impl BlockingTransport for UreqTransport {
             .read_to_vec()
             .map_err(classify)?;
         Ok(http::Response::from_parts(parts, bytes))
+    }
+}
+
+impl UreqTransport {
+    fn run(
+        &self,
+        request: http::Request<impl ureq::AsSendBody>,
+        timeout: std::time::Duration,
+    ) -> std::result::Result<http::Response<ureq::Body>, ureq::Error> {
+        if self.timeout == Some(timeout) {
+            self.agent.run(request)
+        } else {
+            request
+                .with_agent(&self.agent)
+                .configure()
+                .timeout_global(Some(timeout))
+                .build()
+                .run()
+        }
     }
 }
 

@@ -1,0 +1,76 @@
+//! The Rust SDK for the GPT Image 1.5 API: submit a generation, wait for it, download the images,
+//! from async or blocking code, without ever paying twice by accident.
+//!
+//! This crate only re-exports: the API's types from [`gptimage-types`](gptimage_types) and the
+//! clients from [`gptimage-transport`](gptimage_transport). A crate that wants only the types
+//! depends on `gptimage-types` alone.
+//!
+//! ```no_run
+//! # #[cfg(feature = "async")]
+//! # async fn run() -> Result<(), gptimage::Error> {
+//! use gptimage::{Client, GenerateRequest, Quality, Size};
+//!
+//! let client = Client::from_env()?; // GPTIMAGE_API_KEY, and GPTIMAGE_BASE_URL if set
+//! let request = GenerateRequest::text_to_image("a lighthouse at dawn, oil painting")
+//!     .size(Size::Landscape)
+//!     .quality(Quality::High)
+//!     .build()?; // checked here: nothing invalid is ever sent
+//! let task = client.generate(&request).await?; // submit, then poll until it ends
+//! let files = client.download_to_dir(&task, "out").await?;
+//! println!("saved {files:?}");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The same from synchronous code, with the `blocking` feature:
+//!
+//! ```no_run
+//! # #[cfg(feature = "blocking")]
+//! # fn run() -> Result<(), gptimage::Error> {
+//! use gptimage::{GenerateRequest, blocking::Client};
+//!
+//! let client = Client::from_env()?;
+//! let task = client.generate(&GenerateRequest::text_to_image("a red fox").build()?)?;
+//! client.download_to_dir(&task, "out")?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Cargo features
+//!
+//! | feature | default | what it gives |
+//! |---|---|---|
+//! | `async` | yes | [`Client`], on reqwest and tokio |
+//! | `blocking` | no | [`blocking::Client`], on ureq; builds no tokio or reqwest |
+//! | `rustls` | yes | TLS through rustls |
+//! | `native-tls` | no | TLS through the platform's library instead (turn `default-features` off) |
+//! | `tracing` | no | `tracing` spans for each request and wait; the key is never recorded |
+//!
+//! A blocking-only build: `gptimage = { version = "0.1", default-features = false, features =
+//! ["blocking", "rustls"] }`.
+//!
+//! # Errors
+//!
+//! Every call returns [`Error`]; match on [`Error::kind`]. The one to know:
+//! [`ErrorKind::OutcomeUnknown`] means a submission was sent but its answer was lost, so a task
+//! may exist and be charged: the client never resubmits it by itself, and neither should you
+//! without checking.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use gptimage_types::*;
+
+pub use gptimage_transport::{
+    API_KEY_ENV, AsyncTransport, BASE_URL_ENV, BlockingTransport, ClientBuilder, Config,
+    DEFAULT_BASE_URL, Error, ErrorKind, FromConfig, HttpRequest, HttpResponse, Image, PollSchedule,
+    RequestSent, Result, RetryPolicy, SendOptions, TransportError, TransportErrorKind,
+};
+
+#[cfg(feature = "async")]
+pub use gptimage_transport::{Client, ReqwestTransport};
+
+#[cfg(feature = "blocking")]
+pub use gptimage_transport::{UreqTransport, blocking};
+
+/// The API's types, also re-exported at the crate root.
+pub use gptimage_types as types;
