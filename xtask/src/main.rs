@@ -16,7 +16,11 @@ const FACADE_FEATURE_SETS: &[&[&str]] = &[
     &["--no-default-features", "--features", "blocking"],
     &["--no-default-features", "--features", "async"],
     &["--no-default-features", "--features", "blocking,native-tls"],
-    &["--no-default-features", "--features", "async,native-tls,tracing"],
+    &[
+        "--no-default-features",
+        "--features",
+        "async,native-tls,tracing",
+    ],
     &[],
     &["--all-features"],
 ];

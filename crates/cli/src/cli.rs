@@ -1,0 +1,165 @@
+//! The command line: commands, options and their help, as clap reads them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  gptimage generate \"a lighthouse at dawn\" --size landscape --quality high
+  gptimage generate \"make it night\" --image https://example.com/day.png --fidelity high
+  gptimage generate \"a red fox\" --emulator              (offline, no key needed)
+  gptimage generate \"a red fox\" --no-wait --json        (prints the task id and returns)
+  gptimage wait n36abc123def456gptimg --out images/       (resume waiting for a task)
+  gptimage status n36abc123def456gptimg --json
+  gptimage batch prompts.jsonl --out results/ --concurrency 4
+
+The API key comes from --api-key or GPTIMAGE_API_KEY; --emulator needs none.
+Exit codes: 0 success, 1 task failed, 2 usage or validation error (nothing sent),
+3 the API refused the request, 4 transport or server error (or unknown outcome),
+5 wait deadline passed, 130 interrupted.";
+
+/// Generate and edit images with the GPT Image 1.5 API from a terminal or a script.
+#[derive(Debug, Parser)]
+#[command(name = "gptimage", version, about, after_help = EXAMPLES, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// The API key (prefer the environment variable: command lines are visible to other users).
+    #[arg(long, env = "GPTIMAGE_API_KEY", global = true, hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
+    /// The API's base URL.
+    #[arg(long, env = "GPTIMAGE_BASE_URL", global = true)]
+    pub(crate) base_url: Option<String>,
+    /// Give up waiting for a task after this many seconds (the task goes on; resume with `wait`).
+    #[arg(long, value_name = "SECONDS", global = true, value_parser = seconds)]
+    pub(crate) timeout: Option<f64>,
+    /// Timeout of each HTTP request, in seconds.
+    #[arg(long, value_name = "SECONDS", global = true, value_parser = seconds)]
+    pub(crate) request_timeout: Option<f64>,
+    /// Seconds between status polls (fractions allowed).
+    #[arg(long, value_name = "SECONDS", global = true, value_parser = seconds)]
+    pub(crate) poll_interval: Option<f64>,
+    /// Run against a local emulator started in-process: offline, free, no key needed.
+    #[arg(long, global = true)]
+    pub(crate) emulator: bool,
+    /// Print nothing on stderr but errors, and draw no progress.
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+    /// Say more about what is happening.
+    #[arg(long, short, global = true)]
+    pub(crate) verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Submit a text-to-image or image-to-image task, wait for it and download its images.
+    Generate(Generate),
+    /// Print a task's status (one request).
+    Status(Status),
+    /// Wait for an existing task and download its images (how to resume after an interruption).
+    Wait(Wait),
+    /// Run many requests from a JSON-lines file, resumably, with bounded concurrency.
+    Batch(Batch),
+    /// Print a shell completion script.
+    Completions(Completions),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Generate {
+    /// What to draw (at most 2000 characters).
+    pub(crate) prompt: String,
+    /// 1024*1024, 1024*1536, 1536*1024, or square, portrait, landscape (also 1536x1024).
+    #[arg(long)]
+    pub(crate) size: Option<String>,
+    /// low, medium or high.
+    #[arg(long)]
+    pub(crate) quality: Option<String>,
+    /// URL of an image to edit (repeat for several); makes the task image-to-image.
+    #[arg(long = "image", value_name = "URL")]
+    pub(crate) images: Vec<String>,
+    /// How closely an edit follows its input: low or high.
+    #[arg(long)]
+    pub(crate) fidelity: Option<String>,
+    /// A webhook URL the service notifies when the task ends.
+    #[arg(long, value_name = "URL")]
+    pub(crate) callback_url: Option<String>,
+    /// Print the task id and return without waiting.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+    #[command(flatten)]
+    pub(crate) output: Output,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Status {
+    /// The task id `generate` printed.
+    pub(crate) task_id: String,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Wait {
+    /// The task id `generate` printed.
+    pub(crate) task_id: String,
+    #[command(flatten)]
+    pub(crate) output: Output,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Batch {
+    /// A file of JSON lines, one request per line: prompt, size, quality, images,
+    /// input_fidelity, callback_url, and an optional name for the output files.
+    pub(crate) file: PathBuf,
+    #[command(flatten)]
+    pub(crate) output: Output,
+    /// How many tasks run at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) concurrency: u16,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Output {
+    /// The folder images (and a batch's journal and index.html) go to.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub(crate) out: PathBuf,
+    /// Print one JSON object per task on stdout, and nothing else there.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Completions {
+    /// The shell.
+    pub(crate) shell: Shell,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+}
+
+fn seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if value.is_finite() && value > 0.0 && value <= 86_400.0 {
+        Ok(value)
+    } else {
+        Err("give a number of seconds above 0 and at most 86400".to_owned())
+    }
+}

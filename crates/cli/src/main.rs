@@ -1,0 +1,87 @@
+//! `gptimage`: generate, edit, check, wait for and batch GPT Image 1.5 tasks from a terminal.
+
+mod batch;
+mod cli;
+mod commands;
+mod progress;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use crate::cli::{Cli, Command, Shell};
+use crate::report::{code, describe};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Completions(args) = &cli.command {
+        let shell = match args.shell {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+            Shell::Elvish => clap_complete::Shell::Elvish,
+            Shell::Powershell => clap_complete::Shell::PowerShell,
+        };
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "gptimage",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    // Requests are checked before anything else, so a bad one needs no key and sends nothing.
+    let request = match &cli.command {
+        Command::Generate(args) => match commands::request(args) {
+            Ok(request) => Some(request),
+            Err(error) => {
+                let error = gptimage::Error::from(error);
+                eprintln!("error: {}", describe(&error, None));
+                if args.output.json {
+                    println!("{}", report::Report::failure(None, &error).to_json());
+                }
+                return ExitCode::from(code::USAGE);
+            }
+        },
+        _ => None,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::from(code::TRANSPORT);
+        }
+    };
+    ExitCode::from(runtime.block_on(run(cli, request)))
+}
+
+async fn run(cli: Cli, request: Option<gptimage::GenerateRequest>) -> u8 {
+    let context = match commands::Context::new(&cli.global).await {
+        Ok(context) => context,
+        Err((message, exit)) => {
+            eprintln!("error: {message}");
+            return exit;
+        }
+    };
+    let quiet = cli.global.quiet;
+    let (report, json) = match &cli.command {
+        Command::Generate(args) => {
+            let request = request.expect("a generate command has its request");
+            (
+                commands::generate(&context, args, request).await,
+                args.output.json,
+            )
+        }
+        Command::Status(args) => (commands::status(&context, args).await, args.json),
+        Command::Wait(args) => (commands::wait(&context, args).await, args.output.json),
+        Command::Batch(args) => return batch::run(&context, args).await,
+        Command::Completions(_) => return code::OK,
+    };
+    report.print(json, quiet);
+    report.exit_code()
+}

@@ -1,0 +1,165 @@
+//! What a command says about a task: one JSON object for scripts, or lines for people; and the
+//! exit code each outcome maps to.
+
+use std::path::{Path, PathBuf};
+
+use gptimage::{ApiCode, Error, ErrorKind, TaskInfo};
+use serde_json::{Value, json};
+
+/// Exit codes, as the help lists them.
+pub(crate) mod code {
+    pub(crate) const OK: u8 = 0;
+    pub(crate) const TASK_FAILED: u8 = 1;
+    pub(crate) const USAGE: u8 = 2;
+    pub(crate) const REFUSED: u8 = 3;
+    pub(crate) const TRANSPORT: u8 = 4;
+    pub(crate) const DEADLINE: u8 = 5;
+    pub(crate) const INTERRUPTED: u8 = 130;
+}
+
+/// The exit code of an error.
+pub(crate) fn exit_code(error: &Error) -> u8 {
+    match error.kind() {
+        ErrorKind::InvalidRequest | ErrorKind::Config => code::USAGE,
+        ErrorKind::TaskFailed => code::TASK_FAILED,
+        ErrorKind::DeadlinePassed => code::DEADLINE,
+        ErrorKind::Api => match error.api_code() {
+            Some(ApiCode::RateLimited | ApiCode::ServerError(_)) => code::TRANSPORT,
+            _ => code::REFUSED,
+        },
+        _ => code::TRANSPORT,
+    }
+}
+
+/// A stable name of an error's kind, for `--json`.
+pub(crate) fn kind_name(error: &Error) -> &'static str {
+    match error.kind() {
+        ErrorKind::InvalidRequest => "invalid_request",
+        ErrorKind::Config => "config",
+        ErrorKind::Api => "api",
+        ErrorKind::Transport => "transport",
+        ErrorKind::OutcomeUnknown => "outcome_unknown",
+        ErrorKind::TaskFailed => "task_failed",
+        ErrorKind::DeadlinePassed => "deadline",
+        ErrorKind::InvalidResponse => "invalid_response",
+        ErrorKind::Download => "download",
+        _ => "other",
+    }
+}
+
+/// An error as a person reads it: the error, its causes, and what to do next.
+pub(crate) fn describe(error: &Error, out: Option<&Path>) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(&format!(": {cause_text}"));
+        }
+        source = cause.source();
+    }
+    match (error.kind(), error.task_id()) {
+        (ErrorKind::DeadlinePassed, Some(id)) => {
+            let out = out.map(|o| format!(" --out {}", o.display())).unwrap_or_default();
+            text.push_str(&format!("\n  resume with: gptimage wait {id}{out}"));
+        }
+        (ErrorKind::Transport | ErrorKind::Api | ErrorKind::InvalidResponse, Some(id)) => {
+            text.push_str(&format!("\n  the task may still finish: gptimage wait {id}"));
+        }
+        (ErrorKind::OutcomeUnknown, _) => text.push_str(
+            "\n  the API has no way to list tasks: check the account's usage before submitting again",
+        ),
+        _ => {}
+    }
+    text
+}
+
+/// What one command (or one batch line) reports about its task.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Report {
+    pub(crate) line: Option<usize>,
+    pub(crate) name: Option<String>,
+    pub(crate) task_id: Option<String>,
+    pub(crate) status: Option<String>,
+    pub(crate) images: Vec<String>,
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) credits: Option<u64>,
+    pub(crate) error: Option<(String, String, u8)>,
+}
+
+impl Report {
+    pub(crate) fn task(info: &TaskInfo, files: Vec<PathBuf>) -> Self {
+        Self {
+            task_id: Some(info.task_id.clone()),
+            status: Some(info.status.to_string()),
+            images: info.images().to_vec(),
+            files,
+            credits: info.consumed_credits,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn failure(task_id: Option<&str>, error: &Error) -> Self {
+        let status = (error.kind() == ErrorKind::TaskFailed).then(|| "FAILED".to_owned());
+        let credits = (error.kind() == ErrorKind::TaskFailed).then_some(0);
+        Self {
+            task_id: task_id.or(error.task_id()).map(str::to_owned),
+            status,
+            credits,
+            error: Some((
+                kind_name(error).to_owned(),
+                error.to_string(),
+                exit_code(error),
+            )),
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn exit_code(&self) -> u8 {
+        self.error.as_ref().map_or(code::OK, |(_, _, code)| *code)
+    }
+
+    /// The JSON object for `--json`: `task_id`, `status`, `images`, `files`, `credits`, `error`
+    /// (and `line`, `name` for batch lines).
+    pub(crate) fn to_json(&self) -> Value {
+        let mut object = json!({
+            "task_id": self.task_id,
+            "status": self.status,
+            "images": self.images,
+            "files": self.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+            "credits": self.credits,
+            "error": self.error.as_ref().map(|(kind, message, _)| json!({"kind": kind, "message": message})),
+        });
+        if let Some(line) = self.line {
+            object["line"] = json!(line);
+            object["name"] = json!(self.name);
+        }
+        object
+    }
+
+    /// Prints the report: JSON on stdout, or files on stdout and the rest on stderr.
+    pub(crate) fn print(&self, json_mode: bool, quiet: bool) {
+        if json_mode {
+            println!("{}", self.to_json());
+            return;
+        }
+        for file in &self.files {
+            println!("{}", file.display());
+        }
+        if quiet {
+            return;
+        }
+        if let (Some(id), Some(status)) = (&self.task_id, &self.status) {
+            let credits = self
+                .credits
+                .map(|c| format!(", {c} credits"))
+                .unwrap_or_default();
+            eprintln!("task {id}: {status}{credits}");
+            if self.files.is_empty() {
+                for image in &self.images {
+                    eprintln!("  {image}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! The built `gptimage` binary, run against the emulator over real loopback: every command,
+//! every exit code, `--json` parsed as JSON, validation before sending, and batch resumption
+//! after a real kill.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use gptimage_emulator::{Config, Emulator, Endpoint, Fault, FaultKind, KeyConfig};
+use serde_json::Value;
+
+fn gptimage() -> Command {
+    let mut command = Command::new(assert_cmd::cargo::cargo_bin!("gptimage"));
+    command
+        .env_remove("GPTIMAGE_API_KEY")
+        .env_remove("GPTIMAGE_BASE_URL")
+        .stdin(Stdio::null());
+    command
+}
+
+/// The command, pointed at `emulator`.
+fn against(emulator: &Emulator) -> Command {
+    let mut command = gptimage();
+    command
+        .env("GPTIMAGE_API_KEY", emulator.api_key())
+        .env("GPTIMAGE_BASE_URL", emulator.base_url())
+        .args(["--poll-interval", "0.02"]);
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("the binary runs")
+}
+
+/// The one JSON object a `--json` run printed; stdout must hold nothing else.
+fn json(output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout must be one JSON line: {stdout:?}");
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let image = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (image.width(), image.height())
+}
+
+#[test]
+fn generate_with_the_in_process_emulator_leaves_a_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(gptimage()
+        .args([
+            "generate",
+            "a lighthouse at dawn",
+            "--emulator",
+            "--size",
+            "portrait",
+        ])
+        .arg("--out")
+        .arg(dir.path()));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let path = Path::new(stdout.trim());
+    assert!(path.starts_with(dir.path()), "{stdout}");
+    assert_eq!(png_size(path), (1024, 1536));
+}
+
+#[test]
+fn generate_json_reports_the_task_and_its_files() {
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(against(&emulator)
+        .args([
+            "generate",
+            "a red fox",
+            "--size",
+            "1536x1024",
+            "--quality",
+            "LOW",
+            "--json",
+            "--out",
+        ])
+        .arg(dir.path()));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report = json(&output);
+    assert_eq!(report["status"], "SUCCESS");
+    assert_eq!(report["credits"], 10);
+    assert_eq!(report["error"], Value::Null);
+    assert_eq!(report["images"].as_array().unwrap().len(), 1);
+    let file = report["files"][0].as_str().unwrap();
+    assert_eq!(png_size(Path::new(file)), (1536, 1024));
+    assert!(report["task_id"].as_str().unwrap().ends_with("gptimg"));
+    assert_eq!(emulator.counters().tasks_created, 1);
+}
+
+#[test]
+fn no_wait_then_status_then_wait() {
+    let config = Config::instant().with_timings(Duration::from_millis(300), Duration::ZERO);
+    let emulator = Emulator::spawn(config).unwrap();
+    let created = run(against(&emulator).args(["generate", "later", "--no-wait", "--json"]));
+    assert_eq!(created.status.code(), Some(0), "{}", stderr(&created));
+    let created = json(&created);
+    assert_eq!(created["status"], "PENDING");
+    let id = created["task_id"].as_str().unwrap().to_owned();
+
+    let status = run(against(&emulator).args(["status", &id, "--json"]));
+    assert_eq!(status.status.code(), Some(0));
+    assert_eq!(json(&status)["task_id"], id.as_str());
+
+    let dir = tempfile::tempdir().unwrap();
+    let waited = run(against(&emulator)
+        .args(["wait", &id, "--json", "--out"])
+        .arg(dir.path()));
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
+    let waited = json(&waited);
+    assert_eq!(waited["status"], "SUCCESS");
+    assert!(Path::new(waited["files"][0].as_str().unwrap()).is_file());
+    assert_eq!(emulator.counters().tasks_created, 1);
+}
+
+#[test]
+fn invalid_requests_exit_2_and_send_nothing() {
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    for (args, message) in [
+        (vec!["generate", "   "], "'prompt' is blank"),
+        (
+            vec!["generate", "a", "--size", "huge"],
+            "'size' \"huge\" is not supported",
+        ),
+        (
+            vec!["generate", "a", "--quality", "ultra"],
+            "use low, medium or high",
+        ),
+        (
+            vec!["generate", "a", "--fidelity", "high"],
+            "'input_fidelity' applies only to image-to-image",
+        ),
+        (vec!["generate", "a", "--image", "cat.png"], "'images'[0]"),
+        (
+            vec!["generate", "a", "--callback-url", "ftp://x/hook"],
+            "'callback_url'",
+        ),
+    ] {
+        let output = run(against(&emulator).args(&args));
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&output).contains(message),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    let long = "é".repeat(2001);
+    let output = run(against(&emulator).args(["generate", &long, "--json"]));
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(json(&output)["error"]["kind"], "invalid_request");
+    assert_eq!(emulator.counters().generate_requests, 0, "nothing was sent");
+
+    // A usage error is 2 too, and so is a missing key, whose message names the fixes.
+    assert_eq!(run(gptimage().args(["generate"])).status.code(), Some(2));
+    let output = run(gptimage().args(["generate", "a fox"]));
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.contains("GPTIMAGE_API_KEY") && text.contains("--emulator"),
+        "{text}"
+    );
+}
+
+#[test]
+fn refusals_exit_3_with_a_clear_message() {
+    let config = Config::instant().with_keys([
+        KeyConfig::new("rich", "sk-rich", 100),
+        KeyConfig::new("broke", "sk-broke", 0),
+    ]);
+    let emulator = Emulator::spawn(config).unwrap();
+    let with_key = |key: &str| {
+        let mut command = against(&emulator);
+        command.env("GPTIMAGE_API_KEY", key);
+        command
+    };
+    let cases = [
+        (
+            with_key("sk-super-secret-xyz")
+                .args(["generate", "a", "--json"])
+                .output()
+                .unwrap(),
+            401,
+            "check the API key",
+        ),
+        (
+            with_key("sk-broke")
+                .args(["generate", "a", "--json"])
+                .output()
+                .unwrap(),
+            402,
+            "out of credits",
+        ),
+        (
+            with_key("sk-rich")
+                .args(["status", "n0000000000000gptimg", "--json"])
+                .output()
+                .unwrap(),
+            404,
+            "no such task",
+        ),
+    ];
+    for (output, code, advice) in cases {
+        assert_eq!(output.status.code(), Some(3), "{code}: {}", stderr(&output));
+        let report = json(&output);
+        assert_eq!(report["error"]["kind"], "api");
+        assert!(
+            report["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&code.to_string())
+        );
+        assert!(stderr(&output).contains(advice), "{}", stderr(&output));
+        let everything = format!(
+            "{} {}",
+            String::from_utf8_lossy(&output.stdout),
+            stderr(&output)
+        );
+        assert!(
+            !everything.contains("super-secret"),
+            "the key leaked: {everything}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_task_exits_1() {
+    let emulator = Emulator::spawn(Config::instant().with_fail_phrase("forbidden")).unwrap();
+    let output = run(against(&emulator).args(["generate", "something forbidden", "--json"]));
+    assert_eq!(output.status.code(), Some(1));
+    let report = json(&output);
+    assert_eq!(report["status"], "FAILED");
+    assert_eq!(report["credits"], 0);
+    assert_eq!(report["error"]["kind"], "task_failed");
+    assert!(
+        report["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Content policy violation detected")
+    );
+    let status = run(against(&emulator).args(["status", report["task_id"].as_str().unwrap()]));
+    assert_eq!(status.status.code(), Some(1));
+}
+
+#[test]
+fn transport_trouble_and_unknown_outcomes_exit_4() {
+    let fault = Fault::new(FaultKind::DropConnection).on(Endpoint::Generate);
+    let emulator = Emulator::spawn(Config::instant().with_fault(fault)).unwrap();
+    let output = run(against(&emulator).args(["generate", "paid, unanswered", "--json"]));
+    assert_eq!(output.status.code(), Some(4));
+    assert_eq!(json(&output)["error"]["kind"], "outcome_unknown");
+    assert!(
+        stderr(&output).contains("a task may have been created"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        emulator.counters().generate_requests,
+        1,
+        "never resubmitted"
+    );
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let output = run(gptimage()
+        .env("GPTIMAGE_API_KEY", "sk-x")
+        .env("GPTIMAGE_BASE_URL", format!("http://{closed}/api"))
+        .args(["status", "t1", "--json"]));
+    assert_eq!(output.status.code(), Some(4));
+    assert_eq!(json(&output)["error"]["kind"], "transport");
+}
+
+#[test]
+fn a_passed_deadline_exits_5_and_says_how_to_resume() {
+    let config = Config::instant().with_timings(Duration::from_secs(30), Duration::ZERO);
+    let emulator = Emulator::spawn(config).unwrap();
+    let output = run(against(&emulator).args([
+        "generate",
+        "slow",
+        "--timeout",
+        "0.3",
+        "--out",
+        "somewhere",
+    ]));
+    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.contains("gptimage wait n") && text.contains("--out somewhere"),
+        "{text}"
+    );
+}
+
+#[test]
+fn help_shows_examples_and_completions_are_generated() {
+    let help = run(gptimage().arg("--help"));
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("Examples:") && text.contains("gptimage batch"),
+        "{text}"
+    );
+    let completions = run(gptimage().args(["completions", "bash"]));
+    assert_eq!(completions.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&completions.stdout).contains("gptimage"));
+}
+
+fn write_batch(dir: &Path, lines: &[String]) -> std::path::PathBuf {
+    let path = dir.join("batch.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+#[test]
+fn a_batch_reports_each_line_and_writes_an_index() {
+    let emulator = Emulator::spawn(Config::instant().with_fail_phrase("forbidden")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(
+        dir.path(),
+        &[
+            r#"{"prompt": "a cat", "name": "cat", "size": "landscape"}"#.into(),
+            r#"{"prompt": ""}"#.into(),
+            r#"{"prompt": "something forbidden"}"#.into(),
+            r#"{"prompt": "a dog", "quality": "low"}"#.into(),
+        ],
+    );
+    let out = dir.path().join("out");
+    let output = run(against(&emulator)
+        .arg("batch")
+        .arg(&file)
+        .arg("--json")
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a line failed: {}",
+        stderr(&output)
+    );
+    let reports: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 4);
+    let by_line = |n: u64| reports.iter().find(|r| r["line"] == n).unwrap();
+    assert_eq!(by_line(1)["status"], "SUCCESS");
+    assert_eq!(
+        png_size(Path::new(by_line(1)["files"][0].as_str().unwrap())),
+        (1536, 1024)
+    );
+    assert!(
+        by_line(1)["files"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("cat-1.png")
+    );
+    assert_eq!(by_line(2)["error"]["kind"], "invalid_request");
+    assert!(stderr(&output).contains("line 2: 'prompt' is blank"));
+    assert_eq!(by_line(3)["error"]["kind"], "task_failed");
+    assert_eq!(by_line(4)["status"], "SUCCESS");
+    let index = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert_eq!(index.matches("<img").count(), 2);
+    assert!(index.contains("a cat") && index.contains("Content policy violation detected"));
+    assert_eq!(emulator.counters().tasks_created, 3);
+}
+
+/// Counts the journal's events of one kind.
+fn journal_events(out: &Path, event: &str) -> usize {
+    std::fs::read_to_string(out.join("gptimage-batch.journal"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == event)
+        .count()
+}
+
+#[test]
+fn a_killed_batch_resumes_without_submitting_any_line_twice() {
+    let config = Config::instant().with_timings(Duration::ZERO, Duration::from_millis(1500));
+    let emulator = Emulator::spawn(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..6)
+        .map(|i| format!(r#"{{"prompt": "picture {i}", "quality": "low", "name": "p{i}"}}"#))
+        .collect();
+    let file = write_batch(dir.path(), &lines);
+    let out = dir.path().join("out");
+
+    // Start, let a few lines be submitted, then kill the process outright (SIGKILL).
+    let mut child = against(&emulator)
+        .arg("batch")
+        .arg(&file)
+        .args(["--concurrency", "3", "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while journal_events(&out, "submitted") < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no line was submitted in time"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = emulator.counters().tasks_created;
+    assert!(
+        (3..6).contains(&before),
+        "the kill came part way: {before} tasks"
+    );
+
+    // Run the same command again: it finishes every line, and submits only the missing ones.
+    let output = run(against(&emulator)
+        .arg("batch")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    for i in 0..6 {
+        assert_eq!(png_size(&out.join(format!("p{i}-1.png"))), (1024, 1024));
+    }
+    let counters = emulator.counters();
+    assert_eq!(counters.tasks_created, 6, "exactly one task per line");
+    assert_eq!(counters.generate_requests, 6);
+
+    // A third run does nothing new.
+    let output = run(against(&emulator)
+        .arg("batch")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(emulator.counters().tasks_created, 6);
+}
+
+#[test]
+fn ctrl_c_stops_a_batch_with_130_and_it_resumes() {
+    let config = Config::instant().with_timings(Duration::ZERO, Duration::from_secs(2));
+    let emulator = Emulator::spawn(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..3)
+        .map(|i| format!(r#"{{"prompt": "slow {i}", "quality": "low"}}"#))
+        .collect();
+    let file = write_batch(dir.path(), &lines);
+    let out = dir.path().join("out");
+    let child = against(&emulator)
+        .arg("batch")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while journal_events(&out, "submitted") < 3 {
+        assert!(started.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    assert!(stderr(&output).contains("run the same command again"));
+
+    let output = run(against(&emulator)
+        .arg("batch")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(emulator.counters().tasks_created, 3);
+}
