@@ -383,6 +383,36 @@ fn journal_events(out: &Path, event: &str) -> usize {
         .count()
 }
 
+/// Starts `gptimage batch FILE --out OUT` with `extra` arguments, and returns once the journal
+/// shows `submitted` lines submitted (within 20 s).
+fn start_batch(
+    emulator: &Emulator,
+    file: &Path,
+    out: &Path,
+    extra: &[&str],
+    submitted: usize,
+) -> std::process::Child {
+    let child = against(emulator)
+        .arg("batch")
+        .arg(file)
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while journal_events(out, "submitted") < submitted {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "lines were not submitted in time"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
 #[test]
 fn a_killed_batch_resumes_without_submitting_any_line_twice() {
     let config = Config::instant().with_timings(Duration::ZERO, Duration::from_millis(1500));
@@ -395,23 +425,7 @@ fn a_killed_batch_resumes_without_submitting_any_line_twice() {
     let out = dir.path().join("out");
 
     // Start, let a few lines be submitted, then kill the process outright (SIGKILL).
-    let mut child = against(&emulator)
-        .arg("batch")
-        .arg(&file)
-        .args(["--concurrency", "3", "--out"])
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while journal_events(&out, "submitted") < 3 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no line was submitted in time"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = start_batch(&emulator, &file, &out, &["--concurrency", "3"], 3);
     child.kill().unwrap();
     child.wait().unwrap();
     let before = emulator.counters().tasks_created;
@@ -454,20 +468,7 @@ fn ctrl_c_stops_a_batch_with_130_and_it_resumes() {
         .collect();
     let file = write_batch(dir.path(), &lines);
     let out = dir.path().join("out");
-    let child = against(&emulator)
-        .arg("batch")
-        .arg(&file)
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while journal_events(&out, "submitted") < 3 {
-        assert!(started.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let child = start_batch(&emulator, &file, &out, &[], 3);
     let interrupted = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -105,36 +105,21 @@ async fn every_size_has_its_dimensions_and_the_picture_depends_on_the_request() 
         ("1024*1536", (1024, 1536)),
         ("1536*1024", (1536, 1024)),
     ] {
-        let id = api
-            .submit(json!({"prompt": "a lighthouse", "size": size, "quality": "low"}))
-            .await;
-        let data = api.wait(&id).await;
         let png = api
-            .download(data["response"][0].as_str().unwrap())
-            .await
-            .body;
+            .render(json!({"prompt": "a lighthouse", "size": size, "quality": "low"}))
+            .await;
         assert_eq!(decode(&png).dimensions(), dimensions, "{size}");
         pictures.push(png);
     }
     // The default size is square.
-    let id = api
-        .submit(json!({"prompt": "a lighthouse", "quality": "low"}))
-        .await;
-    let data = api.wait(&id).await;
     let default = api
-        .download(data["response"][0].as_str().unwrap())
-        .await
-        .body;
+        .render(json!({"prompt": "a lighthouse", "quality": "low"}))
+        .await;
     // Deterministic: the same request gives the same bytes; another prompt gives another picture.
     assert_eq!(default, pictures[0]);
-    let id = api
-        .submit(json!({"prompt": "a windmill", "quality": "low"}))
-        .await;
-    let data = api.wait(&id).await;
     let other = api
-        .download(data["response"][0].as_str().unwrap())
-        .await
-        .body;
+        .render(json!({"prompt": "a windmill", "quality": "low"}))
+        .await;
     assert_ne!(other, pictures[0]);
 }
 
@@ -159,14 +144,9 @@ async fn quality_makes_a_visible_difference() {
     let api = Api::start(Config::instant()).await;
     let mut shares = Vec::new();
     for quality in ["low", "medium", "high"] {
-        let id = api
-            .submit(json!({"prompt": "a harbour at dusk", "quality": quality}))
-            .await;
-        let data = api.wait(&id).await;
         let png = api
-            .download(data["response"][0].as_str().unwrap())
-            .await
-            .body;
+            .render(json!({"prompt": "a harbour at dusk", "quality": quality}))
+            .await;
         shares.push(flat_block_share(&decode(&png)));
     }
     assert!(shares[0] > 0.9, "low quality should be blocky: {shares:?}");
@@ -430,31 +410,16 @@ async fn an_edit_derives_visibly_from_its_input() {
 
     let mut pictures = Vec::new();
     for fidelity in ["high", "low"] {
-        let id = api
-            .submit(
-                json!({"prompt": "add a rainbow", "images": [input_url], "size": "1024*1536",
-                           "input_fidelity": fidelity}),
-            )
-            .await;
-        let data = api.wait(&id).await;
-        assert_eq!(data["status"], "SUCCESS", "{data}");
-        let png = api
-            .download(data["response"][0].as_str().unwrap())
-            .await
-            .body;
-        let picture = decode(&png);
+        let body = json!({"prompt": "add a rainbow", "images": [input_url], "size": "1024*1536",
+                          "input_fidelity": fidelity});
+        let picture = decode(&api.render(body).await);
         assert_eq!(picture.dimensions(), (1024, 1536));
         pictures.push(picture);
     }
     // The same prompt without an input, for comparison.
-    let id = api
-        .submit(json!({"prompt": "add a rainbow", "size": "1024*1536"}))
-        .await;
-    let data = api.wait(&id).await;
     let scene = decode(
-        &api.download(data["response"][0].as_str().unwrap())
-            .await
-            .body,
+        &api.render(json!({"prompt": "add a rainbow", "size": "1024*1536"}))
+            .await,
     );
 
     let (high, low) = (

@@ -71,5 +71,8 @@ fn requests_and_waits_have_spans_without_the_key() {
     assert!(spans.contains("gptimage.request op=Submit"), "{spans}");
     assert!(spans.contains("gptimage.request op=Status"), "{spans}");
     assert!(spans.contains("gptimage.wait task_id="), "{spans}");
-    assert!(!spans.contains(emulator.api_key()), "the key was recorded: {spans}");
+    assert!(
+        !spans.contains(emulator.api_key()),
+        "the key was recorded: {spans}"
+    );
 }

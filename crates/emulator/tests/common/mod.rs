@@ -135,6 +135,16 @@ impl Api {
         panic!("task {id} did not end within 10 s");
     }
 
+    /// Submits `body`, waits for the task to succeed, and returns its first image's PNG bytes.
+    pub async fn render(&self, body: Value) -> Vec<u8> {
+        let id = self.submit(body).await;
+        let data = self.wait(&id).await;
+        assert_eq!(data["status"], "SUCCESS", "{data}");
+        self.download(data["response"][0].as_str().unwrap())
+            .await
+            .body
+    }
+
     /// Downloads a result image (its answer is filed under the document's path template).
     pub async fn download(&self, url: &str) -> Answer {
         self.send("get", "/files/{task_id}/{file}", self.http.get(url))
