@@ -516,6 +516,12 @@ fn write_index(out: &Path, reports: &BTreeMap<usize, (Report, String)>) -> std::
         .prefix(".index-")
         .tempfile_in(out)?;
     file.write_all(html.as_bytes())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
     file.as_file().sync_all()?;
     file.persist(out.join("index.html")).map_err(|e| e.error)?;
     Ok(())

@@ -368,6 +368,14 @@ fn a_batch_reports_each_line_and_writes_an_index() {
     assert_eq!(by_line(3)["error"]["kind"], "task_failed");
     assert_eq!(by_line(4)["status"], "SUCCESS");
     let index = std::fs::read_to_string(out.join("index.html")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for file in [out.join("index.html"), out.join("cat-1.png")] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "{}", file.display());
+        }
+    }
     assert_eq!(index.matches("<img").count(), 2);
     assert!(index.contains("a cat") && index.contains("Content policy violation detected"));
     assert_eq!(emulator.counters().tasks_created, 3);
