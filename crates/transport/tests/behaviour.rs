@@ -554,3 +554,19 @@ fn the_key_appears_in_no_output<D: Driver>() {
     );
     assert!(!shown.contains("very-secret"), "{shown}");
 }
+
+#[test]
+fn both_clients_are_send_sync_and_cheap_to_clone() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<gptimage_transport::Client>();
+    shareable::<gptimage_transport::blocking::Client>();
+    fn boxable<E: std::error::Error + Send + Sync + 'static>() {}
+    boxable::<gptimage_transport::Error>();
+    // A clone shares the configuration (and the connection pool) rather than copying a stack.
+    let client = gptimage_transport::Client::builder()
+        .api_key("sk-x")
+        .build()
+        .unwrap();
+    let clone = client.clone();
+    assert!(std::ptr::eq(client.config(), clone.config()));
+}
