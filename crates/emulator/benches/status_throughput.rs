@@ -10,6 +10,8 @@ use gptimage_emulator::{Config, Emulator};
 
 const CONCURRENCY: usize = 16;
 const MAX_REQUESTS: usize = 200_000;
+/// Finished tasks in the store while measuring (`BENCH_TASKS`), so lookups face a realistic store.
+const DEFAULT_TASKS: usize = 2000;
 
 fn main() {
     let seconds: f64 = std::env::var("BENCH_SECONDS")
@@ -41,6 +43,19 @@ fn main() {
             .json()
             .await
             .unwrap();
+        let tasks: usize = std::env::var("BENCH_TASKS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(DEFAULT_TASKS)
+            .min(10_000);
+        for n in 1..tasks {
+            http.post(format!("{base}/generate"))
+                .bearer_auth(&key)
+                .json(&serde_json::json!({"prompt": format!("filler {n}"), "quality": "low"}))
+                .send()
+                .await
+                .unwrap();
+        }
         let url = format!(
             "{base}/status?task_id={}",
             created["data"]["task_id"].as_str().unwrap()
@@ -75,10 +90,11 @@ fn main() {
     let percentile =
         |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     println!(
-        "emulator status throughput: {:.0} requests/s ({count} requests in {:.2} s, {CONCURRENCY} in flight, client and server on the same {} cores)",
+        "emulator status throughput: {:.0} requests/s ({count} requests in {:.2} s, {CONCURRENCY} in flight, client and server on the same {} cores, {} tasks in the store)",
         count as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
+        emulator.counters().tasks_created,
     );
     println!(
         "latency: p50 {:?}, p99 {:?}, max {:?}",

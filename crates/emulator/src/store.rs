@@ -276,7 +276,7 @@ impl Store {
     /// The status document of a task, as the key's owner sees it.
     pub(crate) fn status(&self, owner: &str, id: &str, now: Instant) -> Option<TaskInfo> {
         let mut inner = self.lock();
-        Self::evict(&mut inner, &self.config, now);
+        Self::expire(&mut inner, &self.config, id, now);
         let task = inner.tasks.get(id).filter(|t| t.owner == owner)?;
         Some(self.describe(id, task))
     }
@@ -319,7 +319,7 @@ impl Store {
     /// One result image, if the task exists and has it.
     pub(crate) fn image(&self, id: &str, index: usize, now: Instant) -> Option<Arc<Vec<u8>>> {
         let mut inner = self.lock();
-        Self::evict(&mut inner, &self.config, now);
+        Self::expire(&mut inner, &self.config, id, now);
         match &inner.tasks.get(id)?.phase {
             Phase::Succeeded(images) => images.get(index).cloned(),
             _ => None,
@@ -332,13 +332,12 @@ impl Store {
     }
 
     /// Drops expired finished tasks, and the oldest finished ones beyond the store's capacity.
+    ///
+    /// It runs when a task is created, the only time the store grows; so memory stays bounded
+    /// without sweeping the whole store on every lookup.
     fn evict(inner: &mut Inner, config: &Config, now: Instant) {
-        let expired = |task: &Task| {
-            task.finished
-                .is_some_and(|f| now.duration_since(f) >= config.task_ttl)
-        };
         let before = inner.tasks.len();
-        inner.tasks.retain(|_, task| !expired(task));
+        inner.tasks.retain(|_, task| !expired(task, config, now));
         if inner.tasks.len() > config.max_tasks {
             let excess = inner.tasks.len() - config.max_tasks;
             let oldest_finished: Vec<String> = inner
@@ -360,6 +359,15 @@ impl Store {
         }
     }
 
+    /// Drops task `id` if it has expired, so a lookup never serves an expired task.
+    fn expire(inner: &mut Inner, config: &Config, id: &str, now: Instant) {
+        if inner.tasks.get(id).is_some_and(|t| expired(t, config, now)) {
+            inner.tasks.remove(id);
+            inner.order.retain(|o| o != id);
+            inner.counters.tasks_expired += 1;
+        }
+    }
+
     /// The base URL of result images: this emulator's file server, once it is bound.
     pub(crate) fn files_base(&self) -> &str {
         self.files_base
@@ -371,6 +379,12 @@ impl Store {
     pub(crate) fn set_files_base(&self, base: String) {
         let _ = self.files_base.set(base);
     }
+}
+
+/// Whether a finished task has outlived the configured time to live.
+fn expired(task: &Task, config: &Config, now: Instant) -> bool {
+    task.finished
+        .is_some_and(|f| now.duration_since(f) >= config.task_ttl)
 }
 
 /// A task id in the service's style: `n`, 14 random lowercase letters and digits, `gptimg`.
