@@ -137,7 +137,7 @@ pub(crate) async fn generate(
 ) -> Report {
     let created = match context.client.submit(&request).await {
         Ok(created) => created,
-        Err(error) => return failure(context, None, &error, &args.output.out),
+        Err(error) => return failure(None, &error, &args.output.out),
     };
     if context.verbose || (args.no_wait && !context.quiet && !args.output.json) {
         eprintln!("submitted task {}", created.task_id);
@@ -154,7 +154,7 @@ pub(crate) async fn generate(
         .await
     {
         Ok(report) => report,
-        Err(error) => failure(context, Some(&created.task_id), &error, &args.output.out),
+        Err(error) => failure(Some(&created.task_id), &error, &args.output.out),
     }
 }
 
@@ -168,19 +168,19 @@ pub(crate) async fn status(context: &Context, args: &Status) -> Report {
             }
             report
         }
-        Err(error) => failure(context, Some(&args.task_id), &error, Path::new(".")),
+        Err(error) => failure(Some(&args.task_id), &error, Path::new(".")),
     }
 }
 
 pub(crate) async fn wait(context: &Context, args: &Wait) -> Report {
     match context.finish(&args.task_id, &args.output.out, None).await {
         Ok(report) => report,
-        Err(error) => failure(context, Some(&args.task_id), &error, &args.output.out),
+        Err(error) => failure(Some(&args.task_id), &error, &args.output.out),
     }
 }
 
 /// Reports an error: always on stderr, and in the report for `--json`.
-fn failure(_context: &Context, task_id: Option<&str>, error: &Error, out: &Path) -> Report {
+fn failure(task_id: Option<&str>, error: &Error, out: &Path) -> Report {
     eprintln!("error: {}", describe(error, Some(out)));
     Report::failure(task_id, error)
 }
