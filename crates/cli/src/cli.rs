@@ -13,6 +13,8 @@ Examples:
   gptimage wait n36abc123def456gptimg --out images/       (resume waiting for a task)
   gptimage status n36abc123def456gptimg --json
   gptimage batch prompts.jsonl --out results/ --concurrency 4
+  gptimage batch prompts.jsonl --state postgres://batch@db/images   (one of many workers)
+  gptimage batch-status --out results/                   (from another terminal)
 
 The API key comes from --api-key or GPTIMAGE_API_KEY; --emulator needs none.
 Exit codes: 0 success, 1 task failed, 2 usage or validation error (nothing sent),
@@ -66,8 +68,11 @@ pub(crate) enum Command {
     Status(Status),
     /// Wait for an existing task and download its images (how to resume after an interruption).
     Wait(Wait),
-    /// Run many requests from a JSON-lines file, resumably, with bounded concurrency.
+    /// Run many requests from a JSON-lines file, resumably, with bounded concurrency; several
+    /// workers may share one batch.
     Batch(Batch),
+    /// Show a batch's progress without touching it: counts by state, failures, unknown outcomes.
+    BatchStatus(BatchStatus),
     /// Print a shell completion script.
     Completions(Completions),
 }
@@ -125,6 +130,38 @@ pub(crate) struct Batch {
     /// How many tasks run at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) concurrency: u16,
+    /// Where the batch's state lives: sqlite:PATH (default: gptimage-batch.sqlite in --out) or
+    /// postgres://USER@HOST/DB, shared by every worker of the batch on any machine.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "GPTIMAGE_BATCH_STATE",
+        hide_env_values = true
+    )]
+    pub(crate) state: Option<String>,
+    /// Send again the lines whose earlier submission had an unknown outcome. Only after checking
+    /// the account: each may already have made (and charged) a task.
+    #[arg(long)]
+    pub(crate) resubmit_unknown: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BatchStatus {
+    /// The batch's state: sqlite:PATH or postgres://USER@HOST/DB.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "GPTIMAGE_BATCH_STATE",
+        hide_env_values = true
+    )]
+    pub(crate) state: Option<String>,
+    /// The batch's output folder, whose gptimage-batch.sqlite is the state when --state is not
+    /// given.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub(crate) out: PathBuf,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

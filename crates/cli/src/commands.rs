@@ -76,7 +76,7 @@ impl Context {
     }
 
     /// Waits for a task with a spinner, then downloads its images into `out`. Ctrl-C stops the
-    /// wait (the task goes on) with exit code 130.
+    /// wait (the task goes on): the report then carries exit code 130.
     pub(crate) async fn finish(
         &self,
         task_id: &str,
@@ -96,8 +96,13 @@ impl Context {
         };
         spinner.finish_and_clear();
         let Some(task) = waited else {
-            eprintln!("interrupted; the task goes on: gptimage wait {task_id}");
-            std::process::exit(i32::from(code::INTERRUPTED));
+            let message = format!("interrupted; the task goes on: gptimage wait {task_id}");
+            eprintln!("{message}");
+            return Ok(Report {
+                task_id: Some(task_id.to_owned()),
+                error: Some(("interrupted".into(), message, code::INTERRUPTED)),
+                ..Report::default()
+            });
         };
         let task = task?;
         let files = match stem {

@@ -13,6 +13,10 @@ use clap::{CommandFactory, Parser};
 use crate::cli::{Cli, Command, Shell};
 use crate::report::{code, describe};
 
+/// The file-size-limit signal's number (the same on Linux and the BSDs).
+#[cfg(unix)]
+const SIGXFSZ: i32 = 25;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Completions(args) = &cli.command {
@@ -61,6 +65,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, request: Option<gptimage::GenerateRequest>) -> u8 {
+    // A write past the file-size limit (`ulimit -f`) must be an error the command reports, not
+    // a signal that kills it mid-batch: listening for SIGXFSZ turns its default action off.
+    #[cfg(unix)]
+    let _file_size_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ));
+    // Looking at a batch needs its state, not the API.
+    if let Command::BatchStatus(args) = &cli.command {
+        return batch::status(args).await;
+    }
     let context = match commands::Context::new(&cli.global).await {
         Ok(context) => context,
         Err((message, exit)) => {
@@ -80,7 +93,7 @@ async fn run(cli: Cli, request: Option<gptimage::GenerateRequest>) -> u8 {
         Command::Status(args) => (commands::status(&context, args).await, args.json),
         Command::Wait(args) => (commands::wait(&context, args).await, args.output.json),
         Command::Batch(args) => return batch::run(&context, args).await,
-        Command::Completions(_) => return code::OK,
+        Command::Completions(_) | Command::BatchStatus(_) => return code::OK,
     };
     report.print(json, quiet);
     report.exit_code()

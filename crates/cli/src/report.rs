@@ -31,22 +31,6 @@ pub(crate) fn exit_code(error: &Error) -> u8 {
     }
 }
 
-/// A stable name of an error's kind, for `--json`.
-pub(crate) fn kind_name(error: &Error) -> &'static str {
-    match error.kind() {
-        ErrorKind::InvalidRequest => "invalid_request",
-        ErrorKind::Config => "config",
-        ErrorKind::Api => "api",
-        ErrorKind::Transport => "transport",
-        ErrorKind::OutcomeUnknown => "outcome_unknown",
-        ErrorKind::TaskFailed => "task_failed",
-        ErrorKind::DeadlinePassed => "deadline",
-        ErrorKind::InvalidResponse => "invalid_response",
-        ErrorKind::Download => "download",
-        _ => "other",
-    }
-}
-
 /// An error as a person reads it: the error, its causes, and what to do next.
 pub(crate) fn describe(error: &Error, out: Option<&Path>) -> String {
     let mut text = error.to_string();
@@ -107,7 +91,7 @@ impl Report {
             status,
             credits,
             error: Some((
-                kind_name(error).to_owned(),
+                gptimage_batch::error_kind_name(error).to_owned(),
                 error.to_string(),
                 exit_code(error),
             )),

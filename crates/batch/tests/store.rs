@@ -1,0 +1,217 @@
+//! The state store against real databases (a SQLite file, and a PostgreSQL cluster started by
+//! the test): one winner for every claim under racing workers, a dead worker's lines settled by
+//! the machine's rules, and a state that refuses another file.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+
+use gptimage_batch::{Error, LineState, Source, StateUrl, Store, Worker};
+use support::postgres::Postgres;
+
+fn batch_file(dir: &Path, lines: usize, tag: &str) -> Source {
+    let path = dir.join(format!("{tag}.jsonl"));
+    let mut file = std::fs::File::create(&path).unwrap();
+    for i in 0..lines {
+        writeln!(file, r#"{{"prompt": "{tag} {i}"}}"#).unwrap();
+    }
+    Source::open(&path).unwrap()
+}
+
+async fn open(url: &StateUrl, source: &Source) -> Store {
+    let store = Store::open(url).await.unwrap();
+    store.bind(source).await.unwrap();
+    store
+}
+
+/// Three workers, each with its own connection pool (as separate processes would have), claim
+/// as fast as they can: every line is claimed exactly once.
+async fn claims_are_won_once(url: StateUrl, dir: &Path) {
+    let source = batch_file(dir, 300, "race");
+    let mut handles = Vec::new();
+    // Workers leave only when all have finished claiming: leaving lets go of the pending lines a
+    // worker holds, which others may then claim (as they should).
+    let all_claimed = std::sync::Arc::new(tokio::sync::Barrier::new(3));
+    for _ in 0..3 {
+        let store = open(&url, &source).await;
+        let all_claimed = all_claimed.clone();
+        handles.push(tokio::spawn(async move {
+            let worker = store.join(Path::new("out")).await.unwrap();
+            let mut claimed = Vec::new();
+            // Eight claims in flight per worker, like a worker with concurrency 8.
+            loop {
+                let batch = claim_up_to(&store, &worker, 8).await;
+                if batch.is_empty() {
+                    break;
+                }
+                claimed.extend(batch);
+            }
+            all_claimed.wait().await;
+            store.leave(&worker).await.unwrap();
+            claimed
+        }));
+    }
+    let mut all = Vec::new();
+    for handle in handles {
+        let claimed = handle.await.unwrap();
+        assert!(!claimed.is_empty(), "every worker got some lines");
+        all.extend(claimed);
+    }
+    let unique: BTreeSet<u64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 300, "no line was claimed twice");
+    assert_eq!(unique, (0..300).collect());
+}
+
+/// Up to `n` claims by one worker, one after another (a worker's claims are sequential; the race
+/// is between workers).
+async fn claim_up_to(store: &Store, worker: &Worker, n: usize) -> Vec<u64> {
+    let mut items = Vec::new();
+    for _ in 0..n {
+        match store.claim(worker).await.unwrap() {
+            Some(claim) => items.push(claim.item),
+            None => break,
+        }
+    }
+    items
+}
+
+/// A worker dies holding a line it was submitting and a line it was waiting for: the first
+/// becomes `unknown` and is never claimable; the second is taken over by another worker.
+async fn a_dead_workers_lines_follow_the_rules(url: StateUrl, dir: &Path) {
+    let source = batch_file(dir, 3, "reap");
+    let store = open(&url, &source).await;
+    let doomed = store.join(Path::new("a")).await.unwrap();
+    let first = store.claim(&doomed).await.unwrap().unwrap();
+    let second = store.claim(&doomed).await.unwrap().unwrap();
+    store
+        .start_submitting(&doomed, first.item, 1, &["one".into()], "reap 0")
+        .await
+        .unwrap();
+    store
+        .start_submitting(&doomed, second.item, 2, &["two".into()], "reap 1")
+        .await
+        .unwrap();
+    store
+        .submitted(&doomed, second.item, "task-2")
+        .await
+        .unwrap();
+    // A name is unique across lines: the second choice is taken when the first is.
+    let third = store.claim(&doomed).await.unwrap().unwrap();
+    let name = store
+        .start_submitting(
+            &doomed,
+            third.item,
+            3,
+            &["one".into(), "one-line-3".into()],
+            "x",
+        )
+        .await
+        .unwrap();
+    assert_eq!(name, "one-line-3");
+    store
+        .not_submitted(&doomed, third.item, LineState::Refused, "api", "401")
+        .await
+        .unwrap();
+
+    // The process dies: its lock goes with it.
+    drop(doomed);
+    let other = Store::open(&url).await.unwrap();
+    let survivor = other.join(Path::new("b")).await.unwrap();
+    assert_eq!(other.reap(&survivor).await.unwrap(), 1);
+    let first = other.line(first.item).await.unwrap().unwrap();
+    assert_eq!(first.state, LineState::Unknown);
+    assert_eq!(first.error.unwrap().0, "outcome_unknown");
+
+    let taken = other.claim(&survivor).await.unwrap().unwrap();
+    assert_eq!(taken.item, second.item);
+    assert_eq!(taken.state, LineState::Submitted);
+    assert_eq!(taken.task_id.as_deref(), Some("task-2"));
+    assert_eq!(
+        other.claim(&survivor).await.unwrap(),
+        None,
+        "the unknown and refused lines are not claimable"
+    );
+    // A new start gives the refused line another chance; the unknown one needs the user.
+    assert_eq!(other.retry_refused().await.unwrap(), 1);
+    assert_eq!(
+        other.claim(&survivor).await.unwrap().unwrap().item,
+        third.item
+    );
+    assert_eq!(other.claim(&survivor).await.unwrap(), None);
+    assert_eq!(other.resubmit_unknown().await.unwrap(), 1);
+    assert_eq!(other.claim(&survivor).await.unwrap().unwrap().item, 0);
+
+    // Transitions the machine forbids are refused, not applied.
+    assert!(matches!(
+        other.done(&survivor, 2, &[], &[], None).await,
+        Err(Error::LostWorker { .. })
+    ));
+    let progress = other.progress().await.unwrap();
+    assert_eq!(progress.lines, 3);
+    assert_eq!(progress.count(LineState::Submitted), 1);
+}
+
+async fn another_file_is_refused(url: StateUrl, dir: &Path) {
+    let source = batch_file(dir, 2, "mine");
+    let _store = open(&url, &source).await;
+    let other = batch_file(dir, 2, "theirs");
+    let store = Store::open(&url).await.unwrap();
+    let error = store.bind(&other).await.unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, Error::OtherBatch { .. }), "{message}");
+    assert!(
+        message.contains("mine.jsonl") && message.contains("theirs.jsonl"),
+        "{message}"
+    );
+}
+
+fn sqlite(dir: &Path) -> StateUrl {
+    StateUrl::Sqlite(dir.join("state.sqlite"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_claims_are_won_once() {
+    let dir = tempfile::tempdir().unwrap();
+    claims_are_won_once(sqlite(dir.path()), dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_dead_workers_lines_follow_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    a_dead_workers_lines_follow_the_rules(sqlite(dir.path()), dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refuses_another_file() {
+    let dir = tempfile::tempdir().unwrap();
+    another_file_is_refused(sqlite(dir.path()), dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store() {
+    let cluster = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = |name: &str| StateUrl::Postgres(cluster.create_database(name));
+    claims_are_won_once(url("race"), dir.path()).await;
+    a_dead_workers_lines_follow_the_rules(url("reap"), dir.path()).await;
+    another_file_is_refused(url("refuse"), dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_that_cannot_be_written_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocked = dir.path().join("not-a-folder");
+    std::fs::write(&blocked, "a file where the state's folder should be").unwrap();
+    let url = StateUrl::Sqlite(blocked.join("state.sqlite"));
+    let error = Store::open(&url).await.unwrap_err();
+    assert!(error.is_state());
+    assert!(
+        error.to_string().contains("the batch state sqlite:"),
+        "{error}"
+    );
+    let missing = StateUrl::Sqlite(dir.path().join("none.sqlite"));
+    let error = Store::open_existing(&missing).await.unwrap_err();
+    assert!(matches!(error, Error::NoState { .. }), "{error}");
+}

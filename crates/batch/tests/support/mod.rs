@@ -1,0 +1,5 @@
+//! Helpers shared by this crate's integration tests (and, by path, the command's).
+
+#![allow(unreachable_pub)]
+
+pub mod postgres;

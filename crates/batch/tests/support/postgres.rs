@@ -1,0 +1,202 @@
+//! A throwaway PostgreSQL cluster on loopback for tests: `initdb` and `pg_ctl` from the
+//! machine's PostgreSQL, run as the unprivileged `postgres` user when the tests run as root
+//! (PostgreSQL refuses root). Stopped and deleted when dropped. Never skipped: a machine without
+//! PostgreSQL fails the test and says what to install.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A running cluster; [`url`](Self::url) reaches its `postgres` database.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    as_user: Option<String>,
+}
+
+impl Postgres {
+    /// Creates and starts a cluster on a free loopback port.
+    pub fn start() -> Self {
+        let bin = find_bin();
+        let as_user = running_as_root().then(|| "postgres".to_owned());
+        let dir = tempfile::Builder::new()
+            .prefix("gptimage-pg-")
+            .tempdir()
+            .expect("a temporary folder");
+        if let Some(user) = &as_user {
+            let status = Command::new("chown")
+                .args(["-R", user])
+                .arg(dir.path())
+                .status()
+                .expect("chown runs");
+            assert!(
+                status.success(),
+                "could not give the cluster folder to {user}"
+            );
+        }
+        let data = dir.path().join("data");
+        let port = free_port();
+        let cluster = Self {
+            dir,
+            bin,
+            port,
+            as_user,
+        };
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                path(&data),
+                "--auth=trust",
+                "-U",
+                "gptimage",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+            cluster.dir.path().display()
+        );
+        cluster.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path(&data),
+                "-o",
+                &options,
+                "-l",
+                path(&cluster.dir.path().join("log")),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        cluster
+    }
+
+    /// `postgres://gptimage@127.0.0.1:PORT/DATABASE`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://gptimage@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates a database (one per test keeps tests apart).
+    pub fn create_database(&self, name: &str) -> String {
+        let createdb = self.bin.join("createdb");
+        let output = Command::new(createdb)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "gptimage",
+                name,
+            ])
+            .output()
+            .expect("createdb runs");
+        assert!(output.status.success(), "createdb: {}", text(&output));
+        self.url(name)
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> Output {
+        let program = self.bin.join(tool);
+        let mut command = match &self.as_user {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(&program);
+                command
+            }
+            None => Command::new(&program),
+        };
+        let output = command
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{} could not run: {e}", program.display()));
+        assert!(
+            output.status.success(),
+            "{tool} failed: {}\n{}",
+            text(&output),
+            std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+        );
+        output
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let program = self.bin.join("pg_ctl");
+        let mut command = match &self.as_user {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(&program);
+                command
+            }
+            None => Command::new(&program),
+        };
+        let _ = command
+            .args(["-D", path(&data), "-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The folder of `initdb` and `pg_ctl`: on the PATH, or Debian's newest
+/// `/usr/lib/postgresql/N/bin`.
+fn find_bin() -> PathBuf {
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
+                // Debian's /usr/bin wrappers are not the real tools; prefer the versioned folder.
+                if let Ok(real) = std::fs::canonicalize(dir.join("initdb"))
+                    && let Some(parent) = real.parent()
+                {
+                    return parent.to_path_buf();
+                }
+            }
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    versions.sort();
+    versions.pop().expect(
+        "PostgreSQL's server tools (initdb, pg_ctl) are needed: install Debian's `postgresql` \
+         package (.ci/run does)",
+    )
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
