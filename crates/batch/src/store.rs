@@ -291,15 +291,28 @@ impl Store {
         Self::connect(url, true).await
     }
 
-    /// Opens an existing state to look at it; a missing SQLite file is an error, not a new
-    /// state.
+    /// Opens an existing state to look at it, changing nothing; a missing SQLite file is an
+    /// error, not a new state.
     pub async fn open_existing(url: &StateUrl) -> Result<Self, Error> {
         if let StateUrl::Sqlite(path) = url
             && !path.is_file()
         {
             return Err(Error::NoState { url: url.clone() });
         }
-        Self::connect(url, false).await
+        let store = Self::connect(url, false).await?;
+        if store.backend == Backend::Postgres {
+            let tables: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'gptimage_batch'
+                 AND table_schema = ANY (current_schemas(false))",
+            )
+            .fetch_one(&store.pool)
+            .await
+            .map_err(|e| store.error(e))?;
+            if tables == 0 {
+                return Err(Error::NoState { url: url.clone() });
+            }
+        }
+        Ok(store)
     }
 
     async fn connect(url: &StateUrl, create: bool) -> Result<Self, Error> {
@@ -315,64 +328,33 @@ impl Store {
             }
             StateUrl::Postgres(_) => Backend::Postgres,
         };
+        let connect_url = url.connect_url(create)?;
+        // The first connection is made by hand: a pool retries a failing connect until its
+        // timeout and then reports only that, where this reports the cause (a full disk, a
+        // refused password) at once.
+        let mut first = AnyConnection::connect(&connect_url)
+            .await
+            .map_err(|e| state_error(url, e))?;
+        configure(&mut first)
+            .await
+            .map_err(|e| state_error(url, e))?;
+        if create {
+            create_schema(&mut first, &backend)
+                .await
+                .map_err(|e| state_error(url, e))?;
+        }
+        first.close().await.map_err(|e| state_error(url, e))?;
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(std::time::Duration::from_secs(60))
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    if conn.backend_name() == "SQLite" {
-                        // Every commit reaches the disk before it returns; writers from several
-                        // processes wait their turn rather than fail.
-                        sqlx::raw_sql(
-                            "PRAGMA synchronous = FULL; PRAGMA busy_timeout = 60000; \
-                             PRAGMA foreign_keys = ON",
-                        )
-                        .execute(&mut *conn)
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url.connect_url(create)?)
-            .await
+            .after_connect(|conn, _| Box::pin(configure(conn)))
+            .connect_lazy(&connect_url)
             .map_err(|e| state_error(url, e))?;
-        let store = Self {
+        Ok(Self {
             pool,
             url: url.clone(),
             backend,
-        };
-        store.create_schema().await?;
-        Ok(store)
-    }
-
-    async fn create_schema(&self) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
-        match self.backend {
-            // Concurrent CREATE TABLE IF NOT EXISTS can collide in PostgreSQL's catalog.
-            Backend::Postgres => {
-                sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
-                    .bind(PG_LOCK_CLASS)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.error(e))?;
-            }
-            // WAL: readers never block the writer; it persists in the file.
-            Backend::Sqlite { .. } => {}
-        }
-        for statement in SCHEMA {
-            sqlx::query(*statement)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.error(e))?;
-        }
-        tx.commit().await.map_err(|e| self.error(e))?;
-        if let Backend::Sqlite { .. } = self.backend {
-            sqlx::raw_sql("PRAGMA journal_mode = WAL")
-                .execute(&self.pool)
-                .await
-                .map_err(|e| self.error(e))?;
-        }
-        Ok(())
+        })
     }
 
     /// Where this state is.
@@ -1014,6 +996,42 @@ impl Worker {
     pub fn id(&self) -> i64 {
         self.id
     }
+}
+
+/// Settings of every connection: for SQLite, every commit reaches the disk before it returns,
+/// and writers from several processes wait their turn rather than fail.
+async fn configure(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    if conn.backend_name() == "SQLite" {
+        sqlx::raw_sql(
+            "PRAGMA synchronous = FULL; PRAGMA busy_timeout = 60000; PRAGMA foreign_keys = ON",
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Creates the tables when missing, in one transaction.
+async fn create_schema(conn: &mut AnyConnection, backend: &Backend) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    if *backend == Backend::Postgres {
+        // Concurrent CREATE TABLE IF NOT EXISTS can collide in PostgreSQL's catalog.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+            .bind(PG_LOCK_CLASS)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for statement in SCHEMA {
+        sqlx::query(*statement).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    if let Backend::Sqlite { .. } = backend {
+        // WAL: readers never block the writer. The mode is kept in the file.
+        sqlx::raw_sql("PRAGMA journal_mode = WAL")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 fn state_error(url: &StateUrl, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {

@@ -1,0 +1,108 @@
+//! Helpers shared by the command's tests: the built binary pointed at an emulator, its output
+//! read as JSON, and the pictures it left.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use gptimage_emulator::Emulator;
+use serde_json::Value;
+
+pub fn gptimage() -> Command {
+    let mut command = Command::new(assert_cmd::cargo::cargo_bin!("gptimage"));
+    command
+        .env_remove("GPTIMAGE_API_KEY")
+        .env_remove("GPTIMAGE_BASE_URL")
+        .stdin(Stdio::null());
+    command
+}
+
+/// The command, pointed at `emulator`.
+pub fn against(emulator: &Emulator) -> Command {
+    let mut command = gptimage();
+    command
+        .env("GPTIMAGE_API_KEY", emulator.api_key())
+        .env("GPTIMAGE_BASE_URL", emulator.base_url())
+        .args(["--poll-interval", "0.02"]);
+    command
+}
+
+pub fn run(command: &mut Command) -> Output {
+    command.output().expect("the binary runs")
+}
+
+/// The one JSON object a `--json` run printed; stdout must hold nothing else.
+pub fn json(output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout must be one JSON line: {stdout:?}");
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn png_size(path: &Path) -> (u32, u32) {
+    let image = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (image.width(), image.height())
+}
+
+/// Writes `lines` as a batch file in `dir`.
+pub fn write_batch(dir: &Path, lines: &[String]) -> PathBuf {
+    let path = dir.join("batch.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// `n` valid low-quality lines named `p0`, `p1`, …
+pub fn numbered_lines(n: usize, word: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| format!(r#"{{"prompt": "{word} {i}", "quality": "low", "name": "p{i}"}}"#))
+        .collect()
+}
+
+/// `gptimage batch-status --json` for the state at `state` (a URL) or in `out`, or `None` while
+/// there is no state to show.
+pub fn try_batch_status(state: &str) -> Option<Value> {
+    let mut command = gptimage();
+    if state.contains(':') {
+        command.args(["batch-status", "--json", "--state", state]);
+    } else {
+        command.args(["batch-status", "--json", "--out", state]);
+    }
+    let output = run(&mut command);
+    (output.status.code() == Some(0)).then(|| json(&output))
+}
+
+/// `gptimage batch-status --json` for the state at `state` (a URL) or in `out`.
+pub fn batch_status(state: &str) -> Value {
+    let mut command = gptimage();
+    if state.contains(':') {
+        command.args(["batch-status", "--json", "--state", state]);
+    } else {
+        command.args(["batch-status", "--json", "--out", state]);
+    }
+    let output = run(&mut command);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    json(&output)
+}
+
+/// Lines of the batch in `state`, by state name (0 when none).
+pub fn count(status: &Value, state: &str) -> u64 {
+    status["states"][state].as_u64().unwrap_or(0)
+}
+
+/// Every PNG below `dir`.
+pub fn pngs(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(pngs(&path));
+        } else if path.extension().is_some_and(|e| e == "png") {
+            found.push(path);
+        }
+    }
+    found
+}

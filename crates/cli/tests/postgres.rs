@@ -1,0 +1,105 @@
+//! Three `gptimage batch` workers sharing one batch through a real PostgreSQL cluster started by
+//! the test: every line submitted exactly once, every picture on disk somewhere, every worker
+//! done; then a worker killed mid-batch, whose lines another worker settles.
+
+mod common;
+#[path = "../../batch/tests/support/postgres.rs"]
+#[allow(unreachable_pub)]
+mod postgres;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gptimage_emulator::{Config, Emulator};
+
+fn worker(
+    emulator: &Emulator,
+    file: &std::path::Path,
+    out: &std::path::Path,
+    state: &str,
+) -> Child {
+    against(emulator)
+        .arg("batch")
+        .arg(file)
+        .arg("--out")
+        .arg(out)
+        .args(["--state", state, "--concurrency", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn three_workers_on_postgres_submit_each_line_once() {
+    let cluster = postgres::Postgres::start();
+    let config = Config::instant().with_timings(Duration::ZERO, Duration::from_millis(300));
+    let emulator = Emulator::spawn(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(24, "many machines"));
+    let state = cluster.create_database("three");
+
+    let workers: Vec<Child> = (0..3)
+        .map(|w| {
+            worker(
+                &emulator,
+                &file,
+                &dir.path().join(format!("out-{w}")),
+                &state,
+            )
+        })
+        .collect();
+    for child in workers {
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    assert_eq!(emulator.counters().tasks_created, 24, "one task per line");
+    let pictures: usize = (0..3)
+        .map(|w| pngs(&dir.path().join(format!("out-{w}"))).len())
+        .sum();
+    assert_eq!(pictures, 24, "every picture on disk somewhere");
+    let status = batch_status(&state);
+    assert_eq!(count(&status, "done"), 24, "{status}");
+    assert_eq!(status["credits"], 240);
+
+    // A late worker finds the batch finished: it sends nothing and says so.
+    let late = worker(&emulator, &file, &dir.path().join("late"), &state)
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(late.status.code(), Some(0), "{}", stderr(&late));
+    assert!(
+        stderr(&late).contains("24 of 24 lines done"),
+        "{}",
+        stderr(&late)
+    );
+    assert_eq!(emulator.counters().generate_requests, 24);
+}
+
+#[test]
+fn a_killed_workers_lines_are_finished_by_another() {
+    let cluster = postgres::Postgres::start();
+    let config = Config::instant().with_timings(Duration::ZERO, Duration::from_secs(2));
+    let emulator = Emulator::spawn(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(8, "takeover"));
+    let state = cluster.create_database("takeover");
+
+    let mut doomed = worker(&emulator, &file, &dir.path().join("doomed"), &state);
+    let started = Instant::now();
+    while try_batch_status(&state).is_none_or(|s| count(&s, "submitted") < 4) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing was submitted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let survivor = worker(&emulator, &file, &dir.path().join("survivor"), &state);
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let output = survivor.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(emulator.counters().tasks_created, 8, "one task per line");
+    assert_eq!(count(&batch_status(&state), "done"), 8);
+    assert_eq!(pngs(&dir.path().join("survivor")).len(), 8);
+}
