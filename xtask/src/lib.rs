@@ -148,18 +148,46 @@ pub const DEPENDENCY_RULES: &[DependencyRule] = &[
     DependencyRule {
         package: "gptimage-transport",
         direct_allowlist: None,
-        forbidden: &["gptimage-emulator", "gptimage-cli", "axum"],
+        forbidden: SDK_FORBIDDEN,
     },
     DependencyRule {
         package: "gptimage",
         direct_allowlist: None,
-        forbidden: &["gptimage-emulator", "gptimage-cli", "axum"],
+        forbidden: SDK_FORBIDDEN,
     },
     DependencyRule {
         package: "gptimage-emulator",
         direct_allowlist: None,
-        forbidden: &["gptimage-transport", "gptimage", "gptimage-cli"],
+        forbidden: &[
+            "gptimage-transport",
+            "gptimage",
+            "gptimage-cli",
+            "gptimage-batch",
+        ],
     },
+    DependencyRule {
+        package: "gptimage-batch",
+        direct_allowlist: None,
+        forbidden: &[
+            "gptimage-cli",
+            "gptimage-emulator",
+            "axum",
+            "clap",
+            "indicatif",
+        ],
+    },
+];
+
+/// What the SDK crates must never pull into a user's build: the tools built on them, the
+/// server side, and any database.
+pub const SDK_FORBIDDEN: &[&str] = &[
+    "gptimage-emulator",
+    "gptimage-cli",
+    "gptimage-batch",
+    "axum",
+    "sqlx",
+    "sqlx-core",
+    "libsqlite3-sys",
 ];
 
 /// The resolved workspace graph: for each package name, its normal (non-dev, non-build)

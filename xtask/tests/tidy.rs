@@ -100,6 +100,34 @@ fn a_forbidden_dependency_is_reported_with_its_path() {
 }
 
 #[test]
+fn a_database_reaching_the_sdk_is_reported() {
+    let metadata = json!({
+        "packages": [
+            {"id": "g", "name": "gptimage"},
+            {"id": "t", "name": "gptimage-transport"},
+            {"id": "b", "name": "gptimage-batch"},
+            {"id": "q", "name": "sqlx"}
+        ],
+        "resolve": {"nodes": [
+            {"id": "g", "deps": [
+                {"pkg": "t", "dep_kinds": [{"kind": null}]},
+                {"pkg": "b", "dep_kinds": [{"kind": null}]}
+            ]},
+            {"id": "t", "deps": []},
+            {"id": "b", "deps": [{"pkg": "q", "dep_kinds": [{"kind": null}]}]},
+            {"id": "q", "deps": []}
+        ]}
+    });
+    let violations = xtask::check_dependencies(&xtask::Graph::from_metadata(&metadata));
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.contains("gptimage -> gptimage-batch -> sqlx")),
+        "{violations:?}"
+    );
+}
+
+#[test]
 fn an_item_in_the_facade_is_reported() {
     let dir = std::env::temp_dir().join(format!("xtask-facade-{}", std::process::id()));
     fs::create_dir_all(dir.join("crates/gptimage/src")).unwrap();

@@ -1,7 +1,7 @@
 //! A line's life as an explicit state machine: its states, and who may move a line between them.
 //!
 //! The database is where a line's state lives; this module is the rule book every statement of
-//! [`crate::store`] follows. Each transition is one committed transaction, and the store's SQL for
+//! [`Store`](crate::Store) follows. Each transition is one committed transaction, and the store's SQL for
 //! it names the `from` state in its `WHERE` clause, so a transition that this table does not allow
 //! cannot happen even when two workers race.
 //!

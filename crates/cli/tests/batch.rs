@@ -185,13 +185,16 @@ fn a_killed_batch_resumes_without_submitting_any_line_twice() {
     assert_eq!(emulator.counters().tasks_created, 6);
 }
 
+/// Whether the emulator shows a worker held at a step (a fault's request has arrived).
+type Arrived = fn(&Emulator) -> bool;
+
 /// What a kill at one step of a line's life leaves, once the batch is run again.
 struct Step {
     /// The pause point the worker is killed at, or `None` for a kill driven by the server.
     pause: Option<&'static str>,
     /// A fault that holds the worker at the step instead, and the counter that shows it is
     /// there.
-    fault: Option<(Fault, fn(&Emulator) -> bool)>,
+    fault: Option<(Fault, Arrived)>,
     /// Whether the killed line's task was created (so it must never be created again).
     created: bool,
     /// Whether the rerun can finish the line by itself (no unknown outcome).
@@ -375,24 +378,27 @@ fn several_workers_on_one_sqlite_file_submit_each_line_once() {
     let emulator = Emulator::spawn(config).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = write_batch(dir.path(), &numbered_lines(12, "shared"));
-    for workers in [2usize, 3] {
-        let state = format!(
-            "sqlite:{}",
-            dir.path().join(format!("state-{workers}.sqlite")).display()
-        );
+    // Two identical commands on one folder (and so one state), then three workers with a
+    // folder each sharing a state named with --state.
+    let shared = dir.path().join("same-out");
+    let separate = format!("sqlite:{}", dir.path().join("state.sqlite").display());
+    for (workers, state) in [(2usize, None), (3, Some(separate.as_str()))] {
+        let out = |w: usize| match state {
+            None => shared.clone(),
+            Some(_) => dir.path().join(format!("out-{w}")),
+        };
         let before = emulator.counters().tasks_created;
         let children: Vec<Child> = (0..workers)
             .map(|w| {
-                batch(
-                    &emulator,
-                    &file,
-                    &dir.path().join(format!("out-{workers}-{w}")),
-                    &["--state", &state, "--concurrency", "3"],
-                )
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+                let mut command = batch(&emulator, &file, &out(w), &["--concurrency", "3"]);
+                if let Some(state) = state {
+                    command.args(["--state", state]);
+                }
+                command
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
             })
             .collect();
         for child in children {
@@ -404,14 +410,16 @@ fn several_workers_on_one_sqlite_file_submit_each_line_once() {
             12,
             "{workers} workers: one task per line"
         );
-        let pictures: usize = (0..workers)
-            .map(|w| pngs(&dir.path().join(format!("out-{workers}-{w}"))).len())
-            .sum();
+        let pictures: usize = match state {
+            None => pngs(&shared).len(),
+            Some(_) => (0..workers).map(|w| pngs(&out(w)).len()).sum(),
+        };
         assert_eq!(
             pictures, 12,
             "{workers} workers: every picture on disk somewhere"
         );
-        assert_eq!(count(&batch_status(&state), "done"), 12);
+        let status = batch_status(state.unwrap_or(shared.to_str().unwrap()));
+        assert_eq!(count(&status, "done"), 12, "{status}");
     }
 }
 

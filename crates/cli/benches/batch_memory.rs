@@ -1,0 +1,112 @@
+//! Peak resident memory of `gptimage batch` as its file grows: the same run over files of 1,000,
+//! 200,000 and 1,000,000 lines, with 64 lines in flight. Memory should follow the work in
+//! flight, not the file.
+//!
+//! Run with `cargo bench -p gptimage-cli --bench batch_memory`. The command runs as its own
+//! process (so its peak resident set, `VmHWM`, is its alone) against an emulator in this one;
+//! each run is stopped with Ctrl-C after `BENCH_SECONDS` (default 10) or once 2,000 lines are
+//! done. Linux only (it reads `/proc`).
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gptimage_emulator::{Config, Emulator};
+
+const SIZES: [u64; 3] = [1_000, 200_000, 1_000_000];
+const CONCURRENCY: &str = "64";
+const MAX_DONE: u64 = 2_000;
+
+fn main() {
+    let seconds: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10.0_f64)
+        .clamp(1.0, 120.0);
+    let config = Config::instant().with_timings(Duration::ZERO, Duration::from_millis(200));
+    let emulator = Emulator::spawn(config).expect("the emulator starts");
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    println!("    lines  file MB  lines settled  seconds  peak RSS MB  RSS bytes per file line");
+    for lines in SIZES {
+        let file = dir.path().join(format!("batch-{lines}.jsonl"));
+        write_file(&file, lines);
+        let out = dir.path().join(format!("out-{lines}"));
+        let before = emulator.counters().tasks_succeeded;
+        let (settled, elapsed, peak_kb) = run(&emulator, &file, &out, seconds, before);
+        let file_mb = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+        println!(
+            "{lines:>9}  {file_mb:>7.1}  {settled:>13}  {:>7.1}  {:>11.1}  {:>23.1}",
+            elapsed.as_secs_f64(),
+            peak_kb as f64 / 1024.0,
+            peak_kb as f64 * 1024.0 / lines as f64
+        );
+    }
+}
+
+fn write_file(path: &Path, lines: u64) {
+    let mut file = BufWriter::new(std::fs::File::create(path).expect("the batch file"));
+    for i in 0..lines {
+        writeln!(
+            file,
+            r#"{{"prompt": "benchmark picture number {i}", "quality": "low"}}"#
+        )
+        .expect("the batch file is written");
+    }
+    file.flush().expect("the batch file is written");
+}
+
+/// Runs the batch until `seconds` pass or `MAX_DONE` more tasks succeed; returns the lines
+/// settled, the time taken and the process's peak resident set in KiB.
+fn run(
+    emulator: &Emulator,
+    file: &Path,
+    out: &Path,
+    seconds: f64,
+    before: u64,
+) -> (u64, Duration, u64) {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gptimage"))
+        .env("GPTIMAGE_API_KEY", emulator.api_key())
+        .env("GPTIMAGE_BASE_URL", emulator.base_url())
+        .args(["--poll-interval", "0.1", "--quiet", "batch", "--json"])
+        .arg(file)
+        .arg("--out")
+        .arg(out)
+        .args(["--concurrency", CONCURRENCY])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the command starts");
+    let stdout = child.stdout.take().expect("piped");
+    let counter =
+        std::thread::spawn(move || std::io::BufReader::new(stdout).lines().count() as u64);
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    let deadline = started + Duration::from_secs_f64(seconds);
+    while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+        peak = peak.max(hwm(&status));
+        if emulator.counters().tasks_succeeded - before >= MAX_DONE {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    peak = peak.max(hwm(&status));
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let settled = counter.join().unwrap_or(0);
+    (settled, started.elapsed(), peak)
+}
+
+/// `VmHWM` (peak resident set) of a live process, in KiB; 0 once it is gone.
+fn hwm(status: &str) -> u64 {
+    std::fs::read_to_string(status)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
