@@ -370,11 +370,17 @@ impl Job {
 }
 
 /// A test hook: with `GPTIMAGE_BATCH_PAUSE_AT` naming this point, the worker says so on stderr
-/// and stops there (for at most a minute), so a test can kill the process at an exact step of a
-/// line's life. Points: `claimed`, `before-post`, `after-post`, `submitted`, `downloading`.
+/// and stops there for `GPTIMAGE_BATCH_PAUSE_SECS` (default 60, at most 600), so a test can kill
+/// the process, or break its state, at an exact step of a line's life. Points: `claimed`,
+/// `before-post`, `after-post`, `submitted`, `downloading`.
 fn pause_at(point: &str) {
     if std::env::var_os("GPTIMAGE_BATCH_PAUSE_AT").is_some_and(|p| p == point) {
+        let seconds = std::env::var("GPTIMAGE_BATCH_PAUSE_SECS")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(60)
+            .min(600);
         eprintln!("gptimage-batch: paused at {point}");
-        std::thread::sleep(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_secs(seconds));
     }
 }

@@ -1,12 +1,14 @@
-//! Three `gptimage batch` workers sharing one batch through a real PostgreSQL cluster started by
-//! the test: every line submitted exactly once, every picture on disk somewhere, every worker
-//! done; then a worker killed mid-batch, whose lines another worker settles.
+//! `gptimage batch` workers sharing one batch through a real PostgreSQL cluster started by the
+//! test: three at once submit every line exactly once and leave every picture on disk somewhere;
+//! a worker killed mid-batch has its lines settled by another; a worker whose state refuses a
+//! write mid-batch sends nothing more.
 
 mod common;
 #[path = "../../batch/tests/support/postgres.rs"]
 #[allow(unreachable_pub)]
 mod postgres;
 
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -102,4 +104,54 @@ fn a_killed_workers_lines_are_finished_by_another() {
     assert_eq!(emulator.counters().tasks_created, 8, "one task per line");
     assert_eq!(count(&batch_status(&state), "done"), 8);
     assert_eq!(pngs(&dir.path().join("survivor")).len(), 8);
+}
+
+#[test]
+fn a_state_that_refuses_the_submitting_commit_sends_nothing() {
+    let cluster = postgres::Postgres::start();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(2, "unrecordable"));
+    let state = cluster.create_database("refusing");
+
+    // The worker claims a line and pauses before committing it as submitting; meanwhile the
+    // database starts refusing exactly that commit (every other statement still works).
+    let mut child = against(&emulator)
+        .arg("batch")
+        .arg(&file)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .args(["--state", &state, "--concurrency", "1"])
+        .env("GPTIMAGE_BATCH_PAUSE_AT", "claimed")
+        .env("GPTIMAGE_BATCH_PAUSE_SECS", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let paused = stderr_lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.contains("paused at claimed"));
+    assert!(paused, "the worker never reached the pause");
+    cluster.sql(
+        "refusing",
+        "CREATE FUNCTION refuse_submitting() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.state = 'submitting' THEN RAISE EXCEPTION 'could not extend file: No space left \
+         on device'; END IF; RETURN NEW; END $$",
+    );
+    cluster.sql(
+        "refusing",
+        "CREATE TRIGGER refuse BEFORE UPDATE ON gptimage_lines FOR EACH ROW \
+         EXECUTE FUNCTION refuse_submitting()",
+    );
+    let rest: Vec<String> = stderr_lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(4), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("the batch state postgres://") && l.contains("No space left")),
+        "the error names the state store: {rest:?}"
+    );
+    assert_eq!(emulator.counters().generate_requests, 0, "nothing was sent");
 }

@@ -102,6 +102,27 @@ impl Postgres {
         self.url(name)
     }
 
+    /// Runs one SQL statement in `database` as the superuser.
+    pub fn sql(&self, database: &str, statement: &str) {
+        let output = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "gptimage",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-d", database, "-c", statement])
+            .output()
+            .expect("psql runs");
+        assert!(
+            output.status.success(),
+            "psql {statement}: {}",
+            text(&output)
+        );
+    }
+
     fn run(&self, tool: &str, args: &[&str]) -> Output {
         let program = self.bin.join(tool);
         let mut command = match &self.as_user {
