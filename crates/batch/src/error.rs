@@ -59,6 +59,9 @@ pub enum Error {
         /// How many lines that file had.
         their_lines: u64,
     },
+    /// A line's task panicked (a bug): the worker stops as for a state error.
+    #[error("a line's task stopped unexpectedly ({0}); the state is safe: run the command again")]
+    Panicked(String),
     /// This worker lost its hold on the state (its database session ended, or another worker
     /// found it unresponsive and counted it out), so it stops sending.
     #[error(

@@ -86,7 +86,7 @@ impl Batch {
         let file = file.as_ref().to_path_buf();
         let source = tokio::task::spawn_blocking(move || Source::open(file))
             .await
-            .map_err(|e| Error::BadStateUrl(format!("reading the batch file panicked: {e}")))??;
+            .map_err(|e| Error::Panicked(e.to_string()))??;
         let store = Store::open(state).await?;
         store.bind(&source).await?;
         Ok(Self {
@@ -150,12 +150,24 @@ impl Batch {
         let (cancel, cancelled) = watch::channel(false);
         let mut jobs = JoinSet::new();
         let mut reap = tokio::time::interval(REAP_EVERY);
-        let (mut handled, mut stopping, mut failure) = (0u64, false, None);
+        let (mut handled, mut stopping, mut failure) = (0u64, false, None::<Error>);
+        // The first failure stops the worker: nothing new is claimed or sent, waits are let go,
+        // and a submission already on the wire still gets its answer recorded (or printed).
+        let halt = |error: Error, failure: &mut Option<Error>, stopping: &mut bool| {
+            failure.get_or_insert(error);
+            *stopping = true;
+            let _ = cancel.send(true);
+        };
         tokio::pin!(stop);
         loop {
             while !stopping && jobs.len() < options.concurrency.max(1) {
-                let Some(claim) = store.claim(worker).await? else {
-                    break;
+                let claim = match store.claim(worker).await {
+                    Ok(Some(claim)) => claim,
+                    Ok(None) => break,
+                    Err(error) => {
+                        halt(error, &mut failure, &mut stopping);
+                        break;
+                    }
                 };
                 let job = Job {
                     client: client.clone(),
@@ -180,31 +192,23 @@ impl Batch {
                 continue;
             }
             tokio::select! {
-                joined = jobs.join_next() => {
-                    match joined.expect("jobs is not empty") {
-                        Ok(Ok(Some(record))) => {
-                            handled += 1;
-                            on_line(&record);
-                        }
-                        Ok(Ok(None)) => {}
-                        Ok(Err(error)) => {
-                            failure.get_or_insert(error);
-                            stopping = true;
-                            let _ = cancel.send(true);
-                        }
-                        Err(join) => {
-                            failure.get_or_insert(Error::BadStateUrl(format!("a line's task panicked: {join}")));
-                            stopping = true;
-                            let _ = cancel.send(true);
-                        }
+                joined = jobs.join_next() => match joined.expect("jobs is not empty") {
+                    Ok(Ok(Some(record))) => {
+                        handled += 1;
+                        on_line(&record);
                     }
-                }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(error)) => halt(error, &mut failure, &mut stopping),
+                    Err(join) => halt(Error::Panicked(join.to_string()), &mut failure, &mut stopping),
+                },
                 _ = &mut stop, if !stopping => {
                     stopping = true;
                     let _ = cancel.send(true);
                 }
-                _ = reap.tick() => {
-                    store.reap(worker).await?;
+                _ = reap.tick(), if !stopping => {
+                    if let Err(error) = store.reap(worker).await {
+                        halt(error, &mut failure, &mut stopping);
+                    }
                 }
             }
         }
@@ -259,7 +263,7 @@ impl Job {
             let source = self.source.clone();
             let raw = tokio::task::spawn_blocking(move || source.read(item))
                 .await
-                .map_err(|e| Error::BadStateUrl(format!("reading a line panicked: {e}")))??;
+                .map_err(|e| Error::Panicked(e.to_string()))??;
             let parsed = match raw.parse() {
                 Ok(parsed) => parsed,
                 Err(reason) => {

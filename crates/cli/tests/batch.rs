@@ -73,6 +73,20 @@ fn a_batch_reports_each_line_and_writes_an_index() {
     assert_eq!(index.matches("<img").count(), 2);
     assert!(index.contains("a cat") && index.contains("Content policy violation detected"));
     assert_eq!(emulator.counters().tasks_created, 3);
+
+    // A rerun sends neither the failed line nor the invalid one again, and still says so.
+    let output = run(against(&emulator)
+        .arg("batch")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("2 of 4 lines done, 1 failed, 1 invalid"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(emulator.counters().generate_requests, 3);
 }
 
 /// A running `gptimage batch`, with its stderr read line by line on a thread.

@@ -5,7 +5,7 @@
 
 mod common;
 #[path = "../../batch/tests/support/postgres.rs"]
-#[allow(unreachable_pub)]
+#[allow(unreachable_pub, dead_code)]
 mod postgres;
 
 use std::io::{BufRead, BufReader};

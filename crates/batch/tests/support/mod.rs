@@ -1,5 +1,5 @@
 //! Helpers shared by this crate's integration tests (and, by path, the command's).
 
-#![allow(unreachable_pub)]
+#![allow(unreachable_pub, dead_code)]
 
 pub mod postgres;
