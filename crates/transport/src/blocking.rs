@@ -1,18 +1,18 @@
-//! The blocking client: a short driver that runs the core's decisions over a
-//! [`BlockingTransport`] and the thread's sleep. It pulls in no async runtime.
+//! The blocking client: one loop that drives the core's machines over a [`BlockingTransport`]
+//! and the thread's sleep; every method is a thin wrapper over it. No async runtime.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use gptimage_types::{CreatedTask, GenerateRequest, TaskInfo};
 
 use crate::config::{ClientBuilder, Config, FromConfig, sealed};
-use crate::core::{self, Call, Fetched, Image, MAX_DOWNLOAD_REDIRECTS, Outcome, Step, WaitStep};
-use crate::error::{Error, Result, TransportError};
-use crate::files;
-use crate::transport::{BlockingTransport, HttpResponse};
+use crate::core::{CallMachine, DownloadMachine, Image, Machine, Next, WaitMachine};
+use crate::error::Result;
+use crate::transport::BlockingTransport;
 use crate::ureq_transport::UreqTransport;
+use crate::{drive, files};
 
 /// The blocking client of the GPT Image 1.5 API, for synchronous programs.
 ///
@@ -88,54 +88,30 @@ impl Client {
     /// Starts a task. Retried only when no task can have been created; when the outcome is
     /// unknown, the error says so ([`ErrorKind::OutcomeUnknown`](crate::ErrorKind)).
     pub fn submit(&self, request: &GenerateRequest) -> Result<CreatedTask> {
-        let call = Call::submit(self.config(), request);
-        self.run(&call, None, |result| {
-            core::read_submit(&call, self.config(), result)
-        })
+        self.drive(CallMachine::submit(self.config(), request, drive::seed()))
     }
 
     /// Reports a task once.
     pub fn status(&self, task_id: &str) -> Result<TaskInfo> {
-        self.status_within(task_id, None)
-    }
-
-    fn status_within(&self, task_id: &str, time_left: Option<Duration>) -> Result<TaskInfo> {
-        let call = Call::status(self.config(), task_id)?;
-        self.run(&call, time_left, |result| {
-            core::read_status(&call, self.config(), result, task_id)
-        })
+        self.drive(CallMachine::status(self.config(), task_id, drive::seed())?)
     }
 
     /// Waits until the task ends, polling on the configured schedule, and returns it if it
     /// succeeded. A failed task is [`ErrorKind::TaskFailed`](crate::ErrorKind); a wait longer
     /// than the configured timeout is [`ErrorKind::DeadlinePassed`](crate::ErrorKind), with the
-    /// task id, so the wait can be resumed.
+    /// task id. No request or pause reaches past the deadline.
     pub fn wait(&self, task_id: &str) -> Result<TaskInfo> {
         self.wait_with(task_id, |_| {})
     }
 
     /// Like [`wait`](Self::wait), calling `on_update` with every status seen (for progress).
-    pub fn wait_with(
-        &self,
-        task_id: &str,
-        mut on_update: impl FnMut(&TaskInfo),
-    ) -> Result<TaskInfo> {
-        let started = Instant::now();
-        let deadline = self.config().wait_timeout;
-        #[cfg(feature = "tracing")]
-        let _span = tracing::debug_span!("gptimage.wait", task_id).entered();
-        for polls in 0.. {
-            let time_left = deadline.saturating_sub(started.elapsed());
-            let info = self
-                .status_within(task_id, Some(time_left))
-                .map_err(|e| e.with_task_id(task_id))?;
-            on_update(&info);
-            match core::after_poll(self.config(), info, polls, started.elapsed()) {
-                WaitStep::Finished(result) => return result,
-                WaitStep::PollAfter(delay) => std::thread::sleep(delay),
-            }
-        }
-        unreachable!("the poll counter does not run out")
+    pub fn wait_with(&self, task_id: &str, on_update: impl FnMut(&TaskInfo)) -> Result<TaskInfo> {
+        self.drive(WaitMachine::new(
+            self.config(),
+            task_id,
+            drive::seed(),
+            on_update,
+        )?)
     }
 
     /// Submits `request` and waits for it to end. An error after the submission carries the
@@ -149,11 +125,10 @@ impl Client {
     /// Downloads a finished task's images into memory, through the same HTTP stack, without the
     /// API key, within the configured size limit; each must be an image.
     pub fn download(&self, task: &TaskInfo) -> Result<Vec<Image>> {
-        let mut images = Vec::with_capacity(task.images().len());
-        for url in task.images() {
-            images.push(self.download_one(url)?);
-        }
-        Ok(images)
+        task.images()
+            .iter()
+            .map(|url| self.drive(DownloadMachine::new(self.config(), url, drive::seed())?))
+            .collect()
     }
 
     /// Downloads a finished task's images into `dir` as `{task_id}-{n}.{ext}`, each written
@@ -169,55 +144,26 @@ impl Client {
         dir: impl AsRef<Path>,
         stem: &str,
     ) -> Result<Vec<PathBuf>> {
-        let images = self.download(task)?;
-        files::save_all(&images, dir.as_ref(), stem)
+        files::save_all(&self.download(task)?, dir.as_ref(), stem)
     }
 
-    fn download_one(&self, url: &str) -> Result<Image> {
-        let mut current = url.to_owned();
-        for _ in 0..=MAX_DOWNLOAD_REDIRECTS {
-            let call = Call::download(&current)?;
-            match self.run(&call, None, |result| core::read_download(&call, result))? {
-                Fetched::Bytes(bytes, extension) => {
-                    return Ok(Image {
-                        url: url.to_owned(),
-                        bytes,
-                        extension,
-                    });
-                }
-                Fetched::Redirect(next) => current = next,
-            }
-        }
-        Err(Error::download(
-            format!("{url} redirected too many times"),
-            None,
-        ))
-    }
-
-    /// Runs one call: attempts, reads each answer, and sleeps between retries as the core decides.
-    fn run<T>(
-        &self,
-        call: &Call,
-        time_left: Option<Duration>,
-        read: impl Fn(std::result::Result<HttpResponse, TransportError>) -> Outcome<T>,
-    ) -> Result<T> {
-        let started = Instant::now();
-        let config = self.config();
+    /// The one loop: asks the machine what to do, does it on this thread, and reports back.
+    fn drive<M: Machine>(&self, mut machine: M) -> Result<M::Output> {
         #[cfg(feature = "tracing")]
-        let _span =
-            tracing::debug_span!("gptimage.request", op = ?call.op, to = %call.destination())
-                .entered();
-        for retries in 0.. {
-            let sent = self
-                .inner
-                .transport
-                .send(call.to_http(config), call.options(config));
-            let left = time_left.map(|t| t.saturating_sub(started.elapsed()));
-            match core::decide(&config.retry, retries, read(sent), files::jitter(), left) {
-                Step::Return(result) => return result,
-                Step::Sleep(delay) => std::thread::sleep(delay),
+        let _span = machine.span().entered();
+        loop {
+            match machine.poll(Instant::now()) {
+                Next::Done(result) => return result,
+                Next::SleepUntil(until) => {
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                }
+                Next::Send(request, options, _op) => {
+                    #[cfg(feature = "tracing")]
+                    let _span = drive::span(_op).entered();
+                    let answer = self.inner.transport.send(request, options);
+                    machine.handle(Instant::now(), answer);
+                }
             }
         }
-        unreachable!("the retry budget ends the loop")
     }
 }

@@ -1,18 +1,18 @@
-//! The async client: a short driver that runs the core's decisions over an [`AsyncTransport`]
-//! and tokio's timer.
+//! The async client: one loop that drives the core's machines over an [`AsyncTransport`] and
+//! tokio's timer; every method is a thin wrapper over it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use gptimage_types::{CreatedTask, GenerateRequest, TaskInfo};
 
 use crate::config::{ClientBuilder, Config, FromConfig, sealed};
-use crate::core::{self, Call, Fetched, Image, MAX_DOWNLOAD_REDIRECTS, Outcome, Step, WaitStep};
-use crate::error::{Error, Result, TransportError};
-use crate::files;
+use crate::core::{CallMachine, DownloadMachine, Image, Machine, Next, WaitMachine};
+use crate::error::{Error, Result};
 use crate::reqwest_transport::ReqwestTransport;
-use crate::transport::{AsyncTransport, HttpResponse};
+use crate::transport::AsyncTransport;
+use crate::{drive, files};
 
 /// The async client of the GPT Image 1.5 API, on tokio.
 ///
@@ -90,30 +90,20 @@ impl Client {
     /// Starts a task. Retried only when no task can have been created; when the outcome is
     /// unknown, the error says so ([`ErrorKind::OutcomeUnknown`](crate::ErrorKind)).
     pub async fn submit(&self, request: &GenerateRequest) -> Result<CreatedTask> {
-        let call = Call::submit(self.config(), request);
-        self.run(&call, None, |result| {
-            core::read_submit(&call, self.config(), result)
-        })
-        .await
+        self.drive(CallMachine::submit(self.config(), request, drive::seed()))
+            .await
     }
 
     /// Reports a task once.
     pub async fn status(&self, task_id: &str) -> Result<TaskInfo> {
-        self.status_within(task_id, None).await
-    }
-
-    async fn status_within(&self, task_id: &str, time_left: Option<Duration>) -> Result<TaskInfo> {
-        let call = Call::status(self.config(), task_id)?;
-        self.run(&call, time_left, |result| {
-            core::read_status(&call, self.config(), result, task_id)
-        })
-        .await
+        self.drive(CallMachine::status(self.config(), task_id, drive::seed())?)
+            .await
     }
 
     /// Waits until the task ends, polling on the configured schedule, and returns it if it
     /// succeeded. A failed task is [`ErrorKind::TaskFailed`](crate::ErrorKind); a wait longer
     /// than the configured timeout is [`ErrorKind::DeadlinePassed`](crate::ErrorKind), with the
-    /// task id, so the wait can be resumed.
+    /// task id, so the wait can be resumed. No request or pause reaches past the deadline.
     pub async fn wait(&self, task_id: &str) -> Result<TaskInfo> {
         self.wait_with(task_id, |_| {}).await
     }
@@ -122,29 +112,10 @@ impl Client {
     pub async fn wait_with(
         &self,
         task_id: &str,
-        mut on_update: impl FnMut(&TaskInfo) + Send,
+        on_update: impl FnMut(&TaskInfo) + Send,
     ) -> Result<TaskInfo> {
-        let started = Instant::now();
-        let deadline = self.config().wait_timeout;
-        let wait = async {
-            for polls in 0.. {
-                let time_left = deadline.saturating_sub(started.elapsed());
-                let info = self
-                    .status_within(task_id, Some(time_left))
-                    .await
-                    .map_err(|e| e.with_task_id(task_id))?;
-                on_update(&info);
-                match core::after_poll(self.config(), info, polls, started.elapsed()) {
-                    WaitStep::Finished(result) => return result,
-                    WaitStep::PollAfter(delay) => tokio::time::sleep(delay).await,
-                }
-            }
-            unreachable!("the poll counter does not run out")
-        };
-        #[cfg(feature = "tracing")]
-        let wait =
-            tracing::Instrument::instrument(wait, tracing::debug_span!("gptimage.wait", task_id));
-        wait.await
+        let wait = WaitMachine::new(self.config(), task_id, drive::seed(), on_update)?;
+        self.drive(wait).await
     }
 
     /// Submits `request` and waits for it to end. An error after the submission carries the
@@ -161,7 +132,8 @@ impl Client {
     pub async fn download(&self, task: &TaskInfo) -> Result<Vec<Image>> {
         let mut images = Vec::with_capacity(task.images().len());
         for url in task.images() {
-            images.push(self.download_one(url).await?);
+            let download = DownloadMachine::new(self.config(), url, drive::seed())?;
+            images.push(self.drive(download).await?);
         }
         Ok(images)
     }
@@ -190,59 +162,27 @@ impl Client {
             .map_err(|e| Error::download("the writing thread failed", Some(Box::new(e))))?
     }
 
-    async fn download_one(&self, url: &str) -> Result<Image> {
-        let mut current = url.to_owned();
-        for _ in 0..=MAX_DOWNLOAD_REDIRECTS {
-            let call = Call::download(&current)?;
-            match self
-                .run(&call, None, |result| core::read_download(&call, result))
-                .await?
-            {
-                Fetched::Bytes(bytes, extension) => {
-                    return Ok(Image {
-                        url: url.to_owned(),
-                        bytes,
-                        extension,
-                    });
-                }
-                Fetched::Redirect(next) => current = next,
-            }
-        }
-        Err(Error::download(
-            format!("{url} redirected too many times"),
-            None,
-        ))
-    }
-
-    /// Runs one call: attempts, reads each answer, and sleeps between retries as the core decides.
-    async fn run<T>(
-        &self,
-        call: &Call,
-        time_left: Option<Duration>,
-        read: impl Fn(std::result::Result<HttpResponse, TransportError>) -> Outcome<T>,
-    ) -> Result<T> {
-        let started = Instant::now();
-        let config = self.config();
-        let attempts = async {
-            for retries in 0.. {
-                let sent = self
-                    .inner
-                    .transport
-                    .send(call.to_http(config), call.options(config))
-                    .await;
-                let left = time_left.map(|t| t.saturating_sub(started.elapsed()));
-                match core::decide(&config.retry, retries, read(sent), files::jitter(), left) {
-                    Step::Return(result) => return result,
-                    Step::Sleep(delay) => tokio::time::sleep(delay).await,
+    /// The one loop: asks the machine what to do, does it on tokio, and reports back.
+    async fn drive<M: Machine>(&self, mut machine: M) -> Result<M::Output> {
+        #[cfg(feature = "tracing")]
+        let span = machine.span();
+        let run = async move {
+            loop {
+                match machine.poll(Instant::now()) {
+                    Next::Done(result) => return result,
+                    Next::SleepUntil(until) => tokio::time::sleep_until(until.into()).await,
+                    Next::Send(request, options, _op) => {
+                        let send = self.inner.transport.send(request, options);
+                        #[cfg(feature = "tracing")]
+                        let send = tracing::Instrument::instrument(send, drive::span(_op));
+                        let answer = send.await;
+                        machine.handle(Instant::now(), answer);
+                    }
                 }
             }
-            unreachable!("the retry budget ends the loop")
         };
         #[cfg(feature = "tracing")]
-        let attempts = tracing::Instrument::instrument(
-            attempts,
-            tracing::debug_span!("gptimage.request", op = ?call.op, to = %call.destination()),
-        );
-        attempts.await
+        let run = tracing::Instrument::instrument(run, span);
+        run.await
     }
 }

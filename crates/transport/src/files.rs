@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::core::{Image, file_name};
+use crate::core::Image;
 use crate::error::{Error, Result};
 
 /// Writes `images` into `dir` (created if missing) as `{stem}-{n}.{ext}`, each atomically, and
@@ -61,13 +61,26 @@ pub(crate) fn publish_mode(file: &std::fs::File) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A number in `[0, 1)` for retry jitter, from the standard library's per-process random keys.
-pub(crate) fn jitter() -> f64 {
-    use std::hash::{BuildHasher, RandomState};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    (RandomState::new().hash_one(n) >> 11) as f64 / (1u64 << 53) as f64
+/// A file name for image `index` (from 0) of a task: `{stem}-{index+1}.{ext}`, where the stem
+/// keeps only letters, digits, `-` and `_` (a task id from the server never names a path).
+pub(crate) fn file_name(stem: &str, index: usize, extension: &str) -> String {
+    let safe: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    let safe = if safe.is_empty() {
+        "image".to_owned()
+    } else {
+        safe
+    };
+    format!("{safe}-{}.{extension}", index + 1)
 }
 
 #[cfg(test)]
@@ -95,9 +108,12 @@ mod tests {
     }
 
     #[test]
-    fn jitter_is_in_range_and_varies() {
-        let values: Vec<f64> = (0..100).map(|_| jitter()).collect();
-        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
-        assert!(values.windows(2).any(|w| w[0] != w[1]));
+    fn images_are_named_safely() {
+        assert_eq!(file_name("n36abc", 0, "png"), "n36abc-1.png");
+        assert_eq!(
+            file_name("../../etc/passwd", 1, "jpg"),
+            "______etc_passwd-2.jpg"
+        );
+        assert_eq!(file_name("", 0, "gif"), "image-1.gif");
     }
 }

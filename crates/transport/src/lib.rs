@@ -49,8 +49,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
+// Without a client feature nothing drives the core: a types-and-traits build.
+#[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
 mod core;
+#[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
+mod drive;
 mod error;
+#[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
 mod files;
 mod transport;
 

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gptimage_emulator::{Config, Emulator, Endpoint, Fault, FaultKind, KeyConfig};
 use gptimage_transport::{ErrorKind, RetryPolicy, TransportErrorKind};
@@ -52,6 +52,7 @@ both_clients!(
     downloads_follow_redirects_without_the_key,
     downloads_are_limited_and_checked,
     the_key_appears_in_no_output,
+    a_wait_ends_at_its_deadline_when_the_status_request_hangs,
 );
 
 fn generates_downloads_and_saves_a_real_image<D: Driver>() {
@@ -569,4 +570,28 @@ fn both_clients_are_send_sync_and_cheap_to_clone() {
         .unwrap();
     let clone = client.clone();
     assert!(std::ptr::eq(client.config(), clone.config()));
+}
+
+/// The deadline is a point in time: a status request that hangs longer than the whole wait is
+/// cut at the deadline, not allowed its full request timeout.
+fn a_wait_ends_at_its_deadline_when_the_status_request_hangs<D: Driver>() {
+    let server = Scripted::start(vec![Reply::Hang(Duration::from_secs(8))]);
+    let mut settings = Settings::new(&server.base_url(), "sk-x");
+    settings.wait_timeout = Duration::from_secs(2);
+    settings.request_timeout = Duration::from_secs(20);
+    let client = D::connect(&settings).unwrap();
+    let started = Instant::now();
+    let err = client.wait("t1").unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::DeadlinePassed, "{err}");
+    assert_eq!(err.task_id(), Some("t1"));
+    assert!(
+        took < Duration::from_millis(2500),
+        "the wait took {took:?} for a 2 s deadline"
+    );
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "one status request, cut at the deadline"
+    );
 }

@@ -1,0 +1,408 @@
+//! The machines, after quinn-proto: each operation (one call with its retries, a wait, a download
+//! with its redirects) is a state machine that owns its state. A driver asks it what to do now
+//! ([`Machine::poll`]) and tells it what came back ([`Machine::handle`]), with the time as an
+//! argument; the machine never reads a clock, sleeps or does IO.
+//!
+//! A wait's deadline is a point in time inside the machine: no request is sent with a timeout
+//! that reaches past it, and no sleep either, so a wait ends by its deadline whatever the server
+//! does.
+
+use std::time::{Duration, Instant};
+
+use gptimage_types::{CreatedTask, GenerateRequest, TaskInfo, TaskStatus};
+
+use super::Image;
+use super::answer::{self, Came, Fetched, Judged, judge};
+use super::request::{Call, Op};
+use super::schedule::{Jitter, backoff};
+use crate::config::Config;
+use crate::error::{Error, Result, TransportError};
+use crate::transport::{HttpRequest, HttpResponse, SendOptions};
+
+/// The most redirects a download follows.
+pub(crate) const MAX_DOWNLOAD_REDIRECTS: usize = 5;
+
+/// What a driver must do next.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per step and moved straight into the transport; boxing would cost               an allocation per request for nothing"
+)]
+pub(crate) enum Next<T> {
+    /// Send this request within these limits, then call [`Machine::handle`] with what came back.
+    Send(HttpRequest, SendOptions, Op),
+    /// Do nothing until this instant, then poll again.
+    SleepUntil(Instant),
+    /// The operation is over.
+    Done(Result<T>),
+}
+
+/// An operation driven by a client's loop.
+pub(crate) trait Machine {
+    /// What the operation gives.
+    type Output;
+    /// What to do at `now`.
+    fn poll(&mut self, now: Instant) -> Next<Self::Output>;
+    /// What came back from the request the last [`poll`](Self::poll) asked for, at `now`.
+    fn handle(&mut self, now: Instant, answer: std::result::Result<HttpResponse, TransportError>);
+    /// The span the operation runs in.
+    #[cfg(feature = "tracing")]
+    fn span(&self) -> tracing::Span {
+        tracing::Span::none()
+    }
+}
+
+/// How a call reads an answer.
+type Reader<T> = fn(&Call, &Config, std::result::Result<HttpResponse, TransportError>) -> Came<T>;
+
+/// One call and its retries: send, judge the answer, sleep and send again while the judgement
+/// and the retry budget allow, never past the deadline if it has one.
+pub(crate) struct CallMachine<'a, T> {
+    config: &'a Config,
+    call: Call,
+    read: Reader<T>,
+    deadline: Option<Instant>,
+    retries: u32,
+    jitter: Jitter,
+    last_error: Option<Error>,
+    cut_off: bool,
+    state: CallState<T>,
+}
+
+enum CallState<T> {
+    Ready,
+    Sent,
+    Sleeping(Instant),
+    Finished(Option<Result<T>>),
+}
+
+impl<'a> CallMachine<'a, CreatedTask> {
+    /// `POST /generate`.
+    pub(crate) fn submit(config: &'a Config, request: &GenerateRequest, seed: u64) -> Self {
+        Self::new(
+            config,
+            Call::submit(config, request),
+            answer::read_submit,
+            seed,
+        )
+    }
+}
+
+impl<'a> CallMachine<'a, TaskInfo> {
+    /// `GET /status` for `task_id`.
+    pub(crate) fn status(config: &'a Config, task_id: &str, seed: u64) -> Result<Self> {
+        Ok(Self::new(
+            config,
+            Call::status(config, task_id)?,
+            answer::read_status,
+            seed,
+        ))
+    }
+}
+
+impl<'a, T> CallMachine<'a, T> {
+    fn new(config: &'a Config, call: Call, read: Reader<T>, seed: u64) -> Self {
+        Self {
+            config,
+            call,
+            read,
+            deadline: None,
+            retries: 0,
+            jitter: Jitter::new(seed),
+            last_error: None,
+            cut_off: false,
+            state: CallState::Ready,
+        }
+    }
+
+    /// Bounds every request and sleep of the call by `deadline`.
+    fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Whether the call ended because its deadline came.
+    fn was_cut_off(&self) -> bool {
+        self.cut_off
+    }
+
+    fn finish(&mut self, result: Result<T>) {
+        self.state = CallState::Finished(Some(result));
+    }
+
+    /// Ends the call at its deadline, with the last failure seen (or a deadline error).
+    fn cut(&mut self) {
+        self.cut_off = true;
+        let error = self.last_error.take().unwrap_or_else(|| {
+            Error::deadline(self.call.task_id.as_deref().unwrap_or(""), Duration::ZERO)
+        });
+        self.finish(Err(error));
+    }
+}
+
+impl<T> Machine for CallMachine<'_, T> {
+    type Output = T;
+
+    fn poll(&mut self, now: Instant) -> Next<T> {
+        loop {
+            match &mut self.state {
+                CallState::Ready => {
+                    let mut timeout = self.config.request_timeout;
+                    if let Some(deadline) = self.deadline {
+                        let left = deadline.saturating_duration_since(now);
+                        if left.is_zero() {
+                            self.cut();
+                            continue;
+                        }
+                        timeout = timeout.min(left);
+                    }
+                    self.state = CallState::Sent;
+                    return Next::Send(
+                        self.call.to_http(self.config),
+                        self.call.options(self.config, timeout),
+                        self.call.op,
+                    );
+                }
+                // A driver that polls before answering gets an error, never a second request.
+                CallState::Sent => {
+                    return Next::Done(Err(Error::invalid_response(
+                        "the client's driver asked for the next step before answering the last",
+                        None,
+                        None,
+                    )));
+                }
+                CallState::Sleeping(until) if now < *until => return Next::SleepUntil(*until),
+                CallState::Sleeping(_) => self.state = CallState::Ready,
+                CallState::Finished(result) => {
+                    return Next::Done(result.take().unwrap_or_else(|| {
+                        Err(Error::invalid_response(
+                            "the call was already over",
+                            None,
+                            None,
+                        ))
+                    }));
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, now: Instant, answer: std::result::Result<HttpResponse, TransportError>) {
+        if !matches!(self.state, CallState::Sent) {
+            return;
+        }
+        let policy = &self.config.retry;
+        match judge(&self.call, (self.read)(&self.call, self.config, answer)) {
+            Judged::Done(value) => self.finish(Ok(value)),
+            Judged::Fail(error) => self.finish(Err(error)),
+            Judged::Retry { error, .. } if self.retries >= policy.max_retries => {
+                self.finish(Err(error));
+            }
+            Judged::Retry {
+                error,
+                retry_after: Some(asked),
+            } if asked > policy.max_retry_after => self.finish(Err(error)),
+            Judged::Retry { error, retry_after } => {
+                let delay = retry_after
+                    .unwrap_or_else(|| backoff(policy, self.retries, self.jitter.next()));
+                self.retries += 1;
+                self.last_error = Some(error);
+                let wake = now + delay;
+                self.state = CallState::Sleeping(self.deadline.map_or(wake, |d| wake.min(d)));
+            }
+        }
+    }
+}
+
+/// A wait: status polls on the configured schedule until the task ends or the deadline comes.
+/// `on_update` sees every status read.
+pub(crate) struct WaitMachine<'a, F> {
+    config: &'a Config,
+    task_id: String,
+    deadline: Option<Instant>,
+    polls: u32,
+    jitter: Jitter,
+    on_update: F,
+    state: WaitState<'a>,
+}
+
+enum WaitState<'a> {
+    Polling(Box<CallMachine<'a, TaskInfo>>),
+    Sleeping(Instant),
+    Finished(Option<Result<TaskInfo>>),
+}
+
+impl<'a, F: FnMut(&TaskInfo)> WaitMachine<'a, F> {
+    /// A wait for `task_id`; its deadline is set at the first poll, `wait_timeout` later.
+    pub(crate) fn new(config: &'a Config, task_id: &str, seed: u64, on_update: F) -> Result<Self> {
+        let first = CallMachine::status(config, task_id, seed)?;
+        Ok(Self {
+            config,
+            task_id: task_id.to_owned(),
+            deadline: None,
+            polls: 0,
+            jitter: Jitter::new(seed.rotate_left(17)),
+            on_update,
+            state: WaitState::Polling(Box::new(first)),
+        })
+    }
+
+    fn finish(&mut self, result: Result<TaskInfo>) {
+        self.state = WaitState::Finished(Some(result));
+    }
+
+    fn deadline_passed(&mut self) {
+        let error = Error::deadline(&self.task_id, self.config.wait_timeout);
+        self.finish(Err(error));
+    }
+
+    /// After a status was read: done, failed, or another poll (never one past the deadline).
+    fn after(&mut self, now: Instant, deadline: Instant, info: TaskInfo) {
+        (self.on_update)(&info);
+        match info.status {
+            TaskStatus::Success => self.finish(Ok(info)),
+            TaskStatus::Failed => {
+                let error = Error::task_failed(&info.task_id, info.error_message.clone());
+                self.finish(Err(error));
+            }
+            // Pending, running, or a status this client does not know: keep waiting.
+            _ => {
+                let next = now + self.config.poll.delay(self.polls);
+                self.polls += 1;
+                self.state = WaitState::Sleeping(next.min(deadline));
+            }
+        }
+    }
+}
+
+impl<F: FnMut(&TaskInfo)> Machine for WaitMachine<'_, F> {
+    type Output = TaskInfo;
+
+    fn poll(&mut self, now: Instant) -> Next<TaskInfo> {
+        let deadline = *self
+            .deadline
+            .get_or_insert_with(|| now + self.config.wait_timeout);
+        loop {
+            match &mut self.state {
+                WaitState::Polling(call) => {
+                    if call.deadline.is_none() {
+                        call.deadline = Some(deadline);
+                    }
+                    match call.poll(now) {
+                        Next::Done(Ok(info)) => self.after(now, deadline, info),
+                        Next::Done(Err(_)) if call.was_cut_off() => self.deadline_passed(),
+                        Next::Done(Err(error)) => {
+                            let error = error.with_task_id(&self.task_id);
+                            self.finish(Err(error));
+                        }
+                        next => return next,
+                    }
+                }
+                WaitState::Sleeping(until) if now < *until => return Next::SleepUntil(*until),
+                WaitState::Sleeping(_) if now >= deadline => self.deadline_passed(),
+                WaitState::Sleeping(_) => {
+                    let seed = (self.jitter.next() * u64::MAX as f64) as u64;
+                    let call = CallMachine::status(self.config, &self.task_id, seed)
+                        .map(|call| call.with_deadline(deadline));
+                    match call {
+                        Ok(call) => self.state = WaitState::Polling(Box::new(call)),
+                        Err(error) => self.finish(Err(error)),
+                    }
+                }
+                WaitState::Finished(result) => {
+                    return Next::Done(result.take().unwrap_or_else(|| {
+                        Err(Error::invalid_response(
+                            "the wait was already over",
+                            None,
+                            None,
+                        ))
+                    }));
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, now: Instant, answer: std::result::Result<HttpResponse, TransportError>) {
+        if let WaitState::Polling(call) = &mut self.state {
+            call.handle(now, answer);
+        }
+    }
+
+    #[cfg(feature = "tracing")]
+    fn span(&self) -> tracing::Span {
+        tracing::debug_span!("gptimage.wait", task_id = %self.task_id)
+    }
+}
+
+/// A download of one result image: its retries, and up to [`MAX_DOWNLOAD_REDIRECTS`] redirects,
+/// each followed without the key.
+pub(crate) struct DownloadMachine<'a> {
+    config: &'a Config,
+    url: String,
+    hops: usize,
+    jitter: Jitter,
+    hop: CallMachine<'a, Fetched>,
+}
+
+impl<'a> DownloadMachine<'a> {
+    /// A download of `url`.
+    pub(crate) fn new(config: &'a Config, url: &str, seed: u64) -> Result<Self> {
+        let mut jitter = Jitter::new(seed);
+        let hop = Self::hop(config, url, &mut jitter)?;
+        Ok(Self {
+            config,
+            url: url.to_owned(),
+            hops: 0,
+            jitter,
+            hop,
+        })
+    }
+
+    fn hop(config: &'a Config, url: &str, jitter: &mut Jitter) -> Result<CallMachine<'a, Fetched>> {
+        let seed = (jitter.next() * u64::MAX as f64) as u64;
+        Ok(CallMachine::new(
+            config,
+            Call::download(url)?,
+            answer::read_download,
+            seed,
+        ))
+    }
+}
+
+impl Machine for DownloadMachine<'_> {
+    type Output = Image;
+
+    fn poll(&mut self, now: Instant) -> Next<Image> {
+        loop {
+            let fetched = match self.hop.poll(now) {
+                Next::Done(Ok(fetched)) => fetched,
+                Next::Done(Err(error)) => return Next::Done(Err(error)),
+                Next::Send(request, options, op) => return Next::Send(request, options, op),
+                Next::SleepUntil(until) => return Next::SleepUntil(until),
+            };
+            let next = match fetched {
+                Fetched::Bytes(bytes, extension) => {
+                    let url = self.url.clone();
+                    return Next::Done(Ok(Image {
+                        url,
+                        bytes,
+                        extension,
+                    }));
+                }
+                Fetched::Redirect(next) => next,
+            };
+            if self.hops >= MAX_DOWNLOAD_REDIRECTS {
+                let what = format!("{} redirected too many times", self.url);
+                return Next::Done(Err(Error::download(what, None)));
+            }
+            self.hops += 1;
+            match Self::hop(self.config, &next, &mut self.jitter) {
+                Ok(hop) => self.hop = hop,
+                Err(error) => return Next::Done(Err(error)),
+            }
+        }
+    }
+
+    fn handle(&mut self, now: Instant, answer: std::result::Result<HttpResponse, TransportError>) {
+        self.hop.handle(now, answer);
+    }
+}

@@ -1,0 +1,190 @@
+//! Building requests: each API call as a plain `http::Request`, the key only to the API's origin.
+
+use gptimage_types::GenerateRequest;
+use http::Method;
+use http::header::{self, HeaderValue};
+use url::Url;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::transport::{HttpRequest, SendOptions};
+
+/// What a call does, which decides what may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// `POST /generate`: not idempotent; it costs credits.
+    Submit,
+    /// `GET /status`: safe to repeat.
+    Status,
+    /// `GET` of a result image: safe to repeat; never carries the key.
+    Download,
+}
+
+/// One API call, ready to be turned into an HTTP request for each attempt.
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    pub(crate) op: Op,
+    method: Method,
+    pub(crate) url: Url,
+    body: Vec<u8>,
+    /// The task a status call asks about.
+    pub(crate) task_id: Option<String>,
+}
+
+impl Call {
+    /// `POST {base}/generate` with the request's documented JSON.
+    pub(crate) fn submit(config: &Config, request: &GenerateRequest) -> Self {
+        let url = Url::parse(&config.endpoint("generate")).expect("the base URL was checked");
+        let body = serde_json::to_vec(request).expect("a request always serializes");
+        Self {
+            op: Op::Submit,
+            method: Method::POST,
+            url,
+            body,
+            task_id: None,
+        }
+    }
+
+    /// `GET {base}/status?task_id=…`.
+    pub(crate) fn status(config: &Config, task_id: &str) -> Result<Self> {
+        check_task_id(task_id)?;
+        let mut url = Url::parse(&config.endpoint("status")).expect("the base URL was checked");
+        url.query_pairs_mut().append_pair("task_id", task_id);
+        Ok(Self {
+            op: Op::Status,
+            method: Method::GET,
+            url,
+            body: Vec::new(),
+            task_id: Some(task_id.to_owned()),
+        })
+    }
+
+    /// `GET` of a result image URL.
+    pub(crate) fn download(url: &str) -> Result<Self> {
+        let parsed = Url::parse(url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                Error::download(
+                    format!("the image URL {url:?} is not an absolute http(s) URL"),
+                    None,
+                )
+            })?;
+        Ok(Self {
+            op: Op::Download,
+            method: Method::GET,
+            url: parsed,
+            body: Vec::new(),
+            task_id: None,
+        })
+    }
+
+    /// The HTTP request of one attempt. Only API calls carry the key, and only to the API's
+    /// origin (which they always go to, as their URL is built from the base URL).
+    pub(crate) fn to_http(&self, config: &Config) -> HttpRequest {
+        let mut request = http::Request::builder()
+            .method(self.method.clone())
+            .uri(self.url.as_str())
+            .body(self.body.clone())
+            .expect("a parsed URL is a valid URI");
+        let headers = request.headers_mut();
+        if let Ok(agent) = HeaderValue::from_str(&config.user_agent) {
+            headers.insert(header::USER_AGENT, agent);
+        }
+        let to_api = self.op != Op::Download
+            && self.url.origin().ascii_serialization() == config.base.origin;
+        if to_api {
+            let mut auth =
+                HeaderValue::from_str(&format!("Bearer {}", config.api_key.expose_secret()))
+                    .expect("an ApiKey is visible ASCII");
+            auth.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, auth);
+            headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        }
+        if self.method == Method::POST {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        request
+    }
+
+    /// The limits of one attempt that may take at most `timeout`.
+    pub(crate) fn options(&self, config: &Config, timeout: std::time::Duration) -> SendOptions {
+        let max = match self.op {
+            Op::Download => config.max_download_bytes,
+            _ => config.max_response_bytes,
+        };
+        SendOptions::new(timeout, max)
+    }
+
+    /// Where the call goes, for messages: the origin, never the query.
+    pub(crate) fn destination(&self) -> String {
+        self.url.origin().ascii_serialization()
+    }
+
+    /// The full URL (for downloads, whose URL is not secret to the caller).
+    pub(crate) fn url(&self) -> &str {
+        self.url.as_str()
+    }
+}
+
+fn check_task_id(task_id: &str) -> Result<()> {
+    let trimmed = task_id.trim();
+    if trimmed.is_empty() || trimmed.len() > 256 || trimmed.chars().any(char::is_control) {
+        return Err(Error::invalid_request(format!(
+            "the task id {:?} is not one the API gives: expected a short non-empty string",
+            task_id.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::tests::config;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn the_submission_request_is_exactly_the_documented_one() {
+        let config = config();
+        let request = GenerateRequest::text_to_image("a cat").build().unwrap();
+        let request = Call::submit(&config, &request).to_http(&config);
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri(), "https://api.example/api/generate");
+        assert_eq!(request.headers()["authorization"], "Bearer sk-secret-key");
+        assert!(request.headers()["authorization"].is_sensitive());
+        assert_eq!(request.headers()["content-type"], "application/json");
+        assert_eq!(request.body(), br#"{"prompt":"a cat"}"#);
+    }
+
+    #[test]
+    fn status_ids_are_encoded_and_checked() {
+        let config = config();
+        let call = Call::status(&config, "n36 abc&x=1").unwrap();
+        assert_eq!(
+            call.to_http(&config).uri(),
+            "https://api.example/api/status?task_id=n36+abc%26x%3D1"
+        );
+        for bad in ["", "  ", "a\nb"] {
+            let err = Call::status(&config, bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+        }
+    }
+
+    #[test]
+    fn downloads_never_carry_the_key() {
+        let config = config();
+        for url in [
+            "https://cdn.example/a.png",
+            "https://api.example/files/a.png",
+        ] {
+            let request = Call::download(url).unwrap().to_http(&config);
+            assert!(request.headers().get("authorization").is_none(), "{url}");
+        }
+        assert!(Call::download("file:///etc/passwd").is_err());
+        assert!(Call::download("/relative.png").is_err());
+    }
+}

@@ -1,0 +1,601 @@
+//! Tests of the core, without IO and without sleeping: the never-pay-twice table over every kind
+//! of answer, and the machines step by step with the time as an argument.
+
+use std::time::{Duration, Instant};
+
+use gptimage_types::{ApiCode, GenerateRequest, TaskInfo, TaskStatus};
+use http::HeaderMap;
+
+use super::answer::{self, Came, Judged, judge, read_status, read_submit, sniff_image};
+use super::machine::{CallMachine, DownloadMachine, Machine, Next, WaitMachine};
+use super::request::Call;
+use super::schedule::{Jitter, backoff, retry_after};
+use crate::config::{ClientBuilder, Config, PollSchedule, RetryPolicy};
+use crate::error::{ErrorKind, RequestSent, Result, TransportError, TransportErrorKind};
+use crate::transport::HttpResponse;
+
+struct Nothing;
+impl crate::config::sealed::Sealed for Nothing {}
+impl crate::config::FromConfig for Nothing {
+    fn from_config(_: Config) -> Result<Self> {
+        Ok(Nothing)
+    }
+}
+
+/// A client configuration for tests: a remote API, a 60 s wait, 5 s to 10 s polls.
+pub(crate) fn config() -> Config {
+    builder().config().unwrap()
+}
+
+fn builder() -> ClientBuilder<Nothing> {
+    ClientBuilder::<Nothing>::new()
+        .api_key("sk-secret-key")
+        .base_url("https://api.example/api")
+        .wait_timeout(Duration::from_secs(60))
+}
+
+fn answer(
+    status: u16,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> std::result::Result<HttpResponse, TransportError> {
+    let mut response = http::Response::builder().status(status);
+    for (name, value) in headers {
+        response = response.header(*name, *value);
+    }
+    Ok(response.body(body.to_vec()).unwrap())
+}
+
+fn broken(
+    kind: TransportErrorKind,
+    sent: RequestSent,
+) -> std::result::Result<HttpResponse, TransportError> {
+    Err(TransportError::new(kind, sent, "boom"))
+}
+
+fn status_body(status: &str) -> Vec<u8> {
+    serde_json::to_vec(&gptimage_types::StatusResponse::success(TaskInfo::new(
+        "t1",
+        TaskStatus::parse(status),
+    )))
+    .unwrap()
+}
+
+fn submit_call(config: &Config) -> Call {
+    let request = GenerateRequest::text_to_image("a cat").build().unwrap();
+    Call::submit(config, &request)
+}
+
+/// (retried, error kind, retry-after) of a failed attempt.
+fn judged<T: std::fmt::Debug>(call: &Call, came: Came<T>) -> (bool, ErrorKind, Option<Duration>) {
+    match judge(call, came) {
+        Judged::Retry { error, retry_after } => (true, error.kind(), retry_after),
+        Judged::Fail(error) => (false, error.kind(), error.retry_after()),
+        Judged::Done(v) => panic!("expected a failure, got {v:?}"),
+    }
+}
+
+#[test]
+fn which_submission_failures_are_retried() {
+    let config = config();
+    let call = submit_call(&config);
+    let envelope_500 = br#"{"code":500,"message":"Internal Server Error","data":null}"#;
+    let envelope_400 =
+        br#"{"code":400,"message":"Bad Request: 'prompt' is required.","data":null}"#;
+    let cases: Vec<(
+        std::result::Result<HttpResponse, TransportError>,
+        bool,
+        ErrorKind,
+    )> = vec![
+        // Cannot have created a task: retried.
+        (
+            broken(TransportErrorKind::Connect, RequestSent::No),
+            true,
+            ErrorKind::Transport,
+        ),
+        (answer(500, envelope_500, &[]), true, ErrorKind::Api),
+        (answer(200, envelope_500, &[]), true, ErrorKind::Api),
+        (
+            answer(429, b"", &[("retry-after", "3")]),
+            true,
+            ErrorKind::Api,
+        ),
+        (
+            answer(429, br#"{"code":429,"message":"slow","data":null}"#, &[]),
+            true,
+            ErrorKind::Api,
+        ),
+        // Refused: not retried, nothing was created.
+        (answer(400, envelope_400, &[]), false, ErrorKind::Api),
+        (answer(200, envelope_400, &[]), false, ErrorKind::Api),
+        (
+            answer(
+                401,
+                br#"{"code":401,"message":"Unauthorized","data":null}"#,
+                &[],
+            ),
+            false,
+            ErrorKind::Api,
+        ),
+        (
+            answer(
+                402,
+                br#"{"code":402,"message":"Insufficient credits","data":null}"#,
+                &[],
+            ),
+            false,
+            ErrorKind::Api,
+        ),
+        (
+            answer(403, b"<html>forbidden</html>", &[]),
+            false,
+            ErrorKind::Api,
+        ),
+        (
+            answer(302, b"", &[("location", "https://evil.example/")]),
+            false,
+            ErrorKind::InvalidResponse,
+        ),
+        // May have created a task: never retried, and said so.
+        (
+            broken(TransportErrorKind::Timeout, RequestSent::Maybe),
+            false,
+            ErrorKind::OutcomeUnknown,
+        ),
+        (
+            broken(TransportErrorKind::Reset, RequestSent::Maybe),
+            false,
+            ErrorKind::OutcomeUnknown,
+        ),
+        (
+            broken(TransportErrorKind::BodyTooLarge, RequestSent::Maybe),
+            false,
+            ErrorKind::OutcomeUnknown,
+        ),
+        (
+            answer(502, b"<html>Bad Gateway</html>", &[]),
+            false,
+            ErrorKind::OutcomeUnknown,
+        ),
+        (answer(504, b"", &[]), false, ErrorKind::OutcomeUnknown),
+        (answer(500, b"oops", &[]), false, ErrorKind::OutcomeUnknown),
+        (answer(200, b"", &[]), false, ErrorKind::OutcomeUnknown),
+        (
+            answer(200, b"{\"code\":200,\"data\":{\"task", &[]),
+            false,
+            ErrorKind::OutcomeUnknown,
+        ),
+        (
+            answer(200, br#"{"code":200,"data":null}"#, &[]),
+            false,
+            ErrorKind::OutcomeUnknown,
+        ),
+    ];
+    for (i, (result, retried, kind)) in cases.into_iter().enumerate() {
+        let (r, k, _) = judged(&call, read_submit(&call, &config, result));
+        assert_eq!((r, k), (retried, kind), "case {i}");
+    }
+}
+
+#[test]
+fn status_failures_are_retried_freely() {
+    let config = config();
+    let call = Call::status(&config, "t1").unwrap();
+    for result in [
+        broken(TransportErrorKind::Timeout, RequestSent::Maybe),
+        broken(TransportErrorKind::Reset, RequestSent::Maybe),
+        broken(TransportErrorKind::Connect, RequestSent::No),
+        answer(502, b"<html>", &[]),
+        answer(503, b"", &[]),
+        answer(500, br#"{"code":500,"message":"x","data":null}"#, &[]),
+        answer(429, b"", &[]),
+        answer(200, b"garbage", &[]),
+        answer(200, br#"{"code":200,"data":null}"#, &[]),
+    ] {
+        let (retried, _, _) = judged(&call, read_status(&call, &config, result));
+        assert!(retried);
+    }
+    let not_found = answer(
+        404,
+        br#"{"code":404,"message":"Not Found","data":null}"#,
+        &[],
+    );
+    let (retried, kind, _) = judged(&call, read_status(&call, &config, not_found));
+    assert_eq!((retried, kind), (false, ErrorKind::Api));
+    match judge(
+        &call,
+        read_status(&call, &config, answer(200, &status_body("SUCCESS"), &[])),
+    ) {
+        Judged::Done(info) => assert_eq!(info.status, TaskStatus::Success),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn download_failures() {
+    let config = config();
+    let call = Call::download("https://cdn.example/a.png").unwrap();
+    let read = |result| answer::read_download(&call, &config, result);
+    for (result, retried) in [
+        (broken(TransportErrorKind::Reset, RequestSent::Maybe), true),
+        (broken(TransportErrorKind::Connect, RequestSent::No), true),
+        (
+            broken(TransportErrorKind::BodyTooLarge, RequestSent::Maybe),
+            false,
+        ),
+        (answer(503, b"", &[]), true),
+        (answer(429, b"", &[]), true),
+        (answer(404, b"", &[]), false),
+        (answer(200, b"<html>not an image</html>", &[]), false),
+    ] {
+        let (r, kind, _) = judged(&call, read(result));
+        assert_eq!((r, kind), (retried, ErrorKind::Download));
+    }
+}
+
+#[test]
+fn api_errors_keep_code_status_message_and_retry_after() {
+    let config = config();
+    let call = submit_call(&config);
+    let slow = answer(
+        429,
+        br#"{"code":429,"message":"slow down","data":null}"#,
+        &[("retry-after", "7")],
+    );
+    let (_, _, retry_after) = judged(&call, read_submit(&call, &config, slow));
+    assert_eq!(retry_after, Some(Duration::from_secs(7)));
+    let broke = answer(
+        200,
+        br#"{"code":402,"message":"Insufficient credits","data":null}"#,
+        &[],
+    );
+    let Judged::Fail(err) = judge(&call, read_submit(&call, &config, broke)) else {
+        panic!()
+    };
+    assert_eq!(err.code(), Some(402));
+    assert_eq!(err.api_code(), Some(ApiCode::InsufficientCredits));
+    assert_eq!(err.http_status(), Some(200));
+    assert_eq!(err.server_message(), Some("Insufficient credits"));
+    assert!(err.to_string().contains("out of credits"), "{err}");
+}
+
+#[test]
+fn excerpts_are_bounded_and_never_show_the_key() {
+    let config = config();
+    let call = Call::status(&config, "t1").unwrap();
+    let body = format!("<html>{} sk-secret-key</html>", "x".repeat(1000));
+    let Judged::Retry { error, .. } = judge(
+        &call,
+        read_status(&call, &config, answer(200, body.as_bytes(), &[])),
+    ) else {
+        panic!()
+    };
+    assert!(error.body_excerpt().unwrap().chars().count() <= 201);
+    let echo = "sk-secret-key".repeat(3);
+    let Judged::Retry { error, .. } = judge(
+        &call,
+        read_status(&call, &config, answer(500, echo.as_bytes(), &[])),
+    ) else {
+        panic!()
+    };
+    let all = format!("{error} {error:?}");
+    assert!(!all.contains("sk-secret-key"), "{all}");
+}
+
+#[test]
+fn backoff_doubles_with_jitter_and_a_cap() {
+    let policy = RetryPolicy::default();
+    for (retries, low, high) in [(0, 0.25, 0.5), (1, 0.5, 1.0), (2, 1.0, 2.0), (10, 4.0, 8.0)] {
+        for jitter in [0.0, 0.5, 0.999] {
+            let d = backoff(&policy, retries, jitter).as_secs_f64();
+            assert!((low..=high).contains(&d), "{retries} {jitter} {d}");
+        }
+    }
+    let mut jitter = Jitter::new(7);
+    let values: Vec<f64> = (0..100).map(|_| jitter.next()).collect();
+    assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
+    assert!(values.windows(2).all(|w| w[0] != w[1]));
+    assert_eq!(
+        Jitter::new(7).next(),
+        values[0],
+        "a seed repeats its sequence"
+    );
+}
+
+#[test]
+fn retry_after_forms() {
+    let headers = |pairs: &[(&str, &str)]| {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        map
+    };
+    assert_eq!(
+        retry_after(&headers(&[("retry-after", "12")])),
+        Some(Duration::from_secs(12))
+    );
+    let dated = headers(&[
+        ("retry-after", "Sun, 06 Nov 1994 08:50:07 GMT"),
+        ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    ]);
+    assert_eq!(retry_after(&dated), Some(Duration::from_secs(30)));
+    assert_eq!(
+        retry_after(&headers(&[(
+            "retry-after",
+            "Sun, 06 Nov 1994 08:50:07 GMT"
+        )])),
+        None
+    );
+    assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), None);
+    assert_eq!(retry_after(&headers(&[])), None);
+}
+
+#[test]
+fn images_are_recognised() {
+    assert_eq!(sniff_image(b"\x89PNG\r\n\x1a\nrest"), Some("png"));
+    assert_eq!(sniff_image(&[0xFF, 0xD8, 0xFF, 0xE0]), Some("jpg"));
+    assert_eq!(sniff_image(b"RIFF\0\0\0\0WEBPVP8 "), Some("webp"));
+    assert_eq!(sniff_image(b"<html>"), None);
+    assert_eq!(sniff_image(b""), None);
+}
+
+// The machines, step by step. `t(s)` is `s` seconds after a fixed start.
+
+fn at(start: Instant, seconds: f64) -> Instant {
+    start + Duration::from_secs_f64(seconds)
+}
+
+/// The timeout of the request the machine asks to send now.
+fn sends<M: Machine>(machine: &mut M, now: Instant) -> (http::Request<Vec<u8>>, Duration) {
+    match machine.poll(now) {
+        Next::Send(request, options, _) => (request, options.timeout),
+        Next::SleepUntil(until) => panic!("expected a send, got a sleep until {until:?}"),
+        Next::Done(result) => panic!("expected a send, got the end: {:?}", result.err()),
+    }
+}
+
+fn sleeps<M: Machine>(machine: &mut M, now: Instant) -> Instant {
+    match machine.poll(now) {
+        Next::SleepUntil(until) => until,
+        Next::Send(request, ..) => panic!("expected a sleep, got a send to {}", request.uri()),
+        Next::Done(result) => panic!("expected a sleep, got the end: {:?}", result.err()),
+    }
+}
+
+fn ends<M: Machine>(machine: &mut M, now: Instant) -> Result<M::Output> {
+    match machine.poll(now) {
+        Next::Done(result) => result,
+        Next::SleepUntil(until) => panic!("expected the end, got a sleep until {until:?}"),
+        Next::Send(request, ..) => panic!("expected the end, got a send to {}", request.uri()),
+    }
+}
+
+const SERVER_ERROR: &[u8] = br#"{"code":500,"message":"x","data":null}"#;
+
+#[test]
+fn a_call_retries_within_its_budget_with_backoff() {
+    let config = config(); // 2 retries, 0.5 s doubling
+    let start = Instant::now();
+    let mut call = CallMachine::status(&config, "t1", 1).unwrap();
+    let (_, timeout) = sends(&mut call, start);
+    assert_eq!(
+        timeout, config.request_timeout,
+        "no deadline: the full request timeout"
+    );
+    call.handle(start, answer(500, SERVER_ERROR, &[]));
+    let first = sleeps(&mut call, start) - start;
+    assert!((0.25..=0.5).contains(&first.as_secs_f64()), "{first:?}");
+    assert_eq!(
+        sleeps(&mut call, at(start, 0.1)) - start,
+        first,
+        "not before its time"
+    );
+    sends(&mut call, start + first);
+    call.handle(start + first, answer(500, SERVER_ERROR, &[]));
+    let second = sleeps(&mut call, start + first) - (start + first);
+    assert!((0.5..=1.0).contains(&second.as_secs_f64()), "{second:?}");
+    sends(&mut call, at(start, 2.0));
+    call.handle(at(start, 2.0), answer(500, SERVER_ERROR, &[]));
+    let error = ends(&mut call, at(start, 2.0)).unwrap_err();
+    assert_eq!(error.code(), Some(500), "the budget (2 retries) is spent");
+}
+
+#[test]
+fn retry_after_is_honoured_up_to_its_cap() {
+    let config = config();
+    let start = Instant::now();
+    let mut call = CallMachine::status(&config, "t1", 1).unwrap();
+    sends(&mut call, start);
+    call.handle(start, answer(429, b"", &[("retry-after", "30")]));
+    assert_eq!(sleeps(&mut call, start), at(start, 30.0));
+    sends(&mut call, at(start, 30.0));
+    call.handle(at(start, 30.0), answer(429, b"", &[("retry-after", "121")]));
+    let error = ends(&mut call, at(start, 30.0)).unwrap_err();
+    assert_eq!(
+        error.retry_after(),
+        Some(Duration::from_secs(121)),
+        "not waited out"
+    );
+}
+
+#[test]
+fn a_submission_that_may_have_arrived_is_never_sent_again() {
+    let config = config();
+    let request = GenerateRequest::text_to_image("a cat").build().unwrap();
+    let start = Instant::now();
+    let mut call = CallMachine::submit(&config, &request, 1);
+    let (sent, _) = sends(&mut call, start);
+    assert_eq!(sent.method(), http::Method::POST);
+    call.handle(
+        at(start, 5.0),
+        broken(TransportErrorKind::Timeout, RequestSent::Maybe),
+    );
+    let error = ends(&mut call, at(start, 5.0)).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::OutcomeUnknown);
+    // Polling again, however often, never sends it again.
+    assert!(matches!(call.poll(at(start, 6.0)), Next::Done(Err(_))));
+}
+
+fn wait_config(wait: f64, poll: f64) -> Config {
+    builder()
+        .wait_timeout(Duration::from_secs_f64(wait))
+        .poll(PollSchedule::fixed(Duration::from_secs_f64(poll)))
+        .config()
+        .unwrap()
+}
+
+#[test]
+fn the_deadline_cuts_a_requests_timeout_and_a_sleep_short() {
+    let config = wait_config(2.0, 1.0); // request timeout 60 s, deadline 2 s
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let mut wait = WaitMachine::new(&config, "t1", 1, |info: &TaskInfo| {
+        seen.push(info.status.clone())
+    })
+    .unwrap();
+    let (request, timeout) = sends(&mut wait, start);
+    assert!(request.uri().to_string().ends_with("/status?task_id=t1"));
+    assert_eq!(
+        timeout,
+        Duration::from_secs(2),
+        "the first poll may take what is left"
+    );
+    wait.handle(
+        at(start, 0.2),
+        answer(200, &status_body("IN_PROGRESS"), &[]),
+    );
+    assert_eq!(
+        sleeps(&mut wait, at(start, 0.2)),
+        at(start, 1.2),
+        "the poll interval"
+    );
+    let (_, timeout) = sends(&mut wait, at(start, 1.2));
+    assert_eq!(timeout, Duration::from_secs_f64(0.8), "cut to the deadline");
+    wait.handle(at(start, 1.5), answer(200, &status_body("PENDING"), &[]));
+    assert_eq!(
+        sleeps(&mut wait, at(start, 1.5)),
+        at(start, 2.0),
+        "never past the deadline"
+    );
+    let error = ends(&mut wait, at(start, 2.0)).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::DeadlinePassed);
+    assert_eq!(error.task_id(), Some("t1"));
+    drop(wait);
+    assert_eq!(seen, [TaskStatus::InProgress, TaskStatus::Pending]);
+}
+
+#[test]
+fn a_status_request_hanging_past_the_deadline_ends_the_wait_on_time() {
+    let config = wait_config(2.0, 1.0);
+    let start = Instant::now();
+    let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {}).unwrap();
+    let (_, timeout) = sends(&mut wait, start);
+    assert_eq!(timeout, Duration::from_secs(2));
+    // The transport gives up at the timeout the machine set: the deadline.
+    wait.handle(
+        at(start, 2.0),
+        broken(TransportErrorKind::Timeout, RequestSent::Maybe),
+    );
+    let error = ends(&mut wait, at(start, 2.0)).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::DeadlinePassed);
+    assert_eq!(error.task_id(), Some("t1"));
+}
+
+#[test]
+fn a_retry_pause_past_the_deadline_is_cut_to_it() {
+    let config = wait_config(2.0, 1.0);
+    let start = Instant::now();
+    let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {}).unwrap();
+    sends(&mut wait, start);
+    wait.handle(at(start, 0.5), answer(429, b"", &[("retry-after", "10")]));
+    assert_eq!(sleeps(&mut wait, at(start, 0.5)), at(start, 2.0));
+    let error = ends(&mut wait, at(start, 2.0)).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::DeadlinePassed);
+}
+
+#[test]
+fn a_wait_ends_on_success_on_failure_and_goes_on_through_unknown_statuses() {
+    let config = wait_config(60.0, 5.0);
+    let start = Instant::now();
+    let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {}).unwrap();
+    sends(&mut wait, start);
+    wait.handle(start, answer(200, &status_body("REVIEWING"), &[]));
+    assert_eq!(
+        sleeps(&mut wait, start),
+        at(start, 5.0),
+        "an unknown status keeps waiting"
+    );
+    sends(&mut wait, at(start, 5.0));
+    wait.handle(at(start, 5.0), answer(200, &status_body("SUCCESS"), &[]));
+    assert_eq!(
+        ends(&mut wait, at(start, 5.0)).unwrap().status,
+        TaskStatus::Success
+    );
+
+    let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {}).unwrap();
+    sends(&mut wait, start);
+    let failed = br#"{"code":200,"data":{"task_id":"t1","status":"FAILED","error_message":"Content policy violation detected"}}"#;
+    wait.handle(start, answer(200, failed, &[]));
+    let error = ends(&mut wait, start).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::TaskFailed);
+    assert_eq!(
+        error.server_message(),
+        Some("Content policy violation detected")
+    );
+    assert_eq!(error.task_id(), Some("t1"));
+
+    let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {}).unwrap();
+    sends(&mut wait, start);
+    wait.handle(
+        start,
+        answer(
+            404,
+            br#"{"code":404,"message":"Not Found","data":null}"#,
+            &[],
+        ),
+    );
+    let error = ends(&mut wait, start).unwrap_err();
+    assert_eq!(
+        (error.kind(), error.task_id()),
+        (ErrorKind::Api, Some("t1"))
+    );
+}
+
+#[test]
+fn downloads_follow_redirects_without_the_key_and_not_forever() {
+    let config = config();
+    let start = Instant::now();
+    let png = b"\x89PNG\r\n\x1a\nrest".to_vec();
+    let mut download = DownloadMachine::new(&config, "https://api.example/files/a.png", 1).unwrap();
+    let (first, _) = sends(&mut download, start);
+    assert!(first.headers().get("authorization").is_none());
+    download.handle(
+        start,
+        answer(302, b"", &[("location", "https://cdn.example/b.png")]),
+    );
+    let (second, _) = sends(&mut download, start);
+    assert_eq!(second.uri(), "https://cdn.example/b.png");
+    assert!(second.headers().get("authorization").is_none());
+    download.handle(start, answer(200, &png, &[]));
+    let image = ends(&mut download, start).unwrap();
+    assert_eq!(
+        (image.url.as_str(), image.extension),
+        ("https://api.example/files/a.png", "png")
+    );
+
+    let mut looping = DownloadMachine::new(&config, "https://cdn.example/0.png", 1).unwrap();
+    for hop in 1..=6 {
+        sends(&mut looping, start);
+        let next = format!("/{hop}.png");
+        looping.handle(start, answer(302, b"", &[("location", &next)]));
+    }
+    let error = ends(&mut looping, start).unwrap_err();
+    assert!(
+        error.to_string().contains("redirected too many times"),
+        "{error}"
+    );
+}
