@@ -50,7 +50,10 @@
 
 mod config;
 // Without a client feature nothing drives the core: a types-and-traits build.
-#[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "async", feature = "blocking")),
+    allow(dead_code, unused_imports)
+)]
 mod core;
 #[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
 mod drive;
