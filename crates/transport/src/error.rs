@@ -157,38 +157,69 @@ pub struct Error {
     inner: Box<Inner>,
 }
 
-#[derive(Debug, Default)]
+/// The task an error is about, beside what went wrong.
 struct Inner {
-    kind: Option<ErrorKind>,
-    what: String,
-    code: Option<i64>,
-    http_status: Option<u16>,
-    server_message: Option<String>,
-    retry_after: Option<Duration>,
+    repr: Repr,
     task_id: Option<String>,
-    body_excerpt: Option<String>,
-    transport: Option<TransportErrorKind>,
-    validation: Option<ValidationError>,
-    source: Option<Source>,
+}
+
+/// What went wrong, one variant per [`ErrorKind`], each holding only what that kind has.
+enum Repr {
+    InvalidRequest(Invalid),
+    Config(String),
+    Api {
+        code: i64,
+        http_status: Option<u16>,
+        message: Option<String>,
+        retry_after: Option<Duration>,
+    },
+    Transport {
+        what: String,
+        source: TransportError,
+    },
+    OutcomeUnknown {
+        why: String,
+        source: Option<TransportError>,
+    },
+    TaskFailed {
+        message: Option<String>,
+    },
+    DeadlinePassed {
+        waited: Duration,
+    },
+    InvalidResponse {
+        what: String,
+        http_status: Option<u16>,
+        excerpt: Option<String>,
+    },
+    Download {
+        what: String,
+        source: Option<Source>,
+    },
+}
+
+/// Why a request is invalid: a documented rule, or another check (a task id's form).
+enum Invalid {
+    Rule(ValidationError),
+    Other(String),
 }
 
 impl Error {
-    fn new(kind: ErrorKind, what: impl Into<String>) -> Self {
+    fn new(repr: Repr) -> Self {
         Self {
             inner: Box::new(Inner {
-                kind: Some(kind),
-                what: what.into(),
-                ..Inner::default()
+                repr,
+                task_id: None,
             }),
         }
     }
 
     pub(crate) fn invalid_request(what: impl Into<String>) -> Self {
-        Self::new(ErrorKind::InvalidRequest, what)
+        Self::new(Repr::InvalidRequest(Invalid::Other(what.into())))
     }
 
     pub(crate) fn config(what: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Config, what)
+        Self::new(Repr::Config(what.into()))
     }
 
     pub(crate) fn api(
@@ -197,42 +228,34 @@ impl Error {
         message: Option<String>,
         retry_after: Option<Duration>,
     ) -> Self {
-        let mut err = Self::new(ErrorKind::Api, "");
-        err.inner.code = Some(code);
-        err.inner.http_status = http_status;
-        err.inner.server_message = message;
-        err.inner.retry_after = retry_after;
-        err
+        Self::new(Repr::Api {
+            code,
+            http_status,
+            message,
+            retry_after,
+        })
     }
 
     pub(crate) fn transport(error: TransportError, destination: &str) -> Self {
-        let what = format!("{error} to {destination}");
-        let mut err = Self::new(ErrorKind::Transport, what);
-        err.inner.transport = Some(error.kind);
-        err.inner.source = Some(Box::new(error));
-        err
+        Self::new(Repr::Transport {
+            what: format!("{error} to {destination}"),
+            source: error,
+        })
     }
 
     pub(crate) fn outcome_unknown(why: impl Into<String>, source: Option<TransportError>) -> Self {
-        let mut err = Self::new(ErrorKind::OutcomeUnknown, why);
-        if let Some(source) = source {
-            err.inner.transport = Some(source.kind);
-            err.inner.source = Some(Box::new(source));
-        }
-        err
+        Self::new(Repr::OutcomeUnknown {
+            why: why.into(),
+            source,
+        })
     }
 
     pub(crate) fn task_failed(task_id: &str, message: Option<String>) -> Self {
-        let mut err = Self::new(ErrorKind::TaskFailed, "");
-        err.inner.task_id = Some(task_id.to_owned());
-        err.inner.server_message = message;
-        err
+        Self::new(Repr::TaskFailed { message }).with_task_id(task_id)
     }
 
     pub(crate) fn deadline(task_id: &str, waited: Duration) -> Self {
-        let mut err = Self::new(ErrorKind::DeadlinePassed, format!("{waited:.1?}"));
-        err.inner.task_id = Some(task_id.to_owned());
-        err
+        Self::new(Repr::DeadlinePassed { waited }).with_task_id(task_id)
     }
 
     pub(crate) fn invalid_response(
@@ -240,35 +263,49 @@ impl Error {
         http_status: Option<u16>,
         excerpt: Option<String>,
     ) -> Self {
-        let mut err = Self::new(ErrorKind::InvalidResponse, what);
-        err.inner.http_status = http_status;
-        err.inner.body_excerpt = excerpt;
-        err
+        Self::new(Repr::InvalidResponse {
+            what: what.into(),
+            http_status,
+            excerpt,
+        })
     }
 
     pub(crate) fn download(what: impl Into<String>, source: Option<Source>) -> Self {
-        let mut err = Self::new(ErrorKind::Download, what);
-        err.inner.source = source;
-        err
+        Self::new(Repr::Download {
+            what: what.into(),
+            source,
+        })
     }
 
-    /// Attaches the task this error is about (kept if one is already set).
+    /// The same error about `task_id`, unless it already names a task.
     pub(crate) fn with_task_id(mut self, task_id: &str) -> Self {
-        if self.inner.task_id.is_none() {
+        if self.inner.task_id.is_none() && !task_id.is_empty() {
             self.inner.task_id = Some(task_id.to_owned());
         }
         self
     }
 
-    /// What kind of failure this is.
+    /// What went wrong, to match on.
     pub fn kind(&self) -> ErrorKind {
-        self.inner.kind.unwrap_or(ErrorKind::InvalidResponse)
+        match &self.inner.repr {
+            Repr::InvalidRequest(_) => ErrorKind::InvalidRequest,
+            Repr::Config(_) => ErrorKind::Config,
+            Repr::Api { .. } => ErrorKind::Api,
+            Repr::Transport { .. } => ErrorKind::Transport,
+            Repr::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
+            Repr::TaskFailed { .. } => ErrorKind::TaskFailed,
+            Repr::DeadlinePassed { .. } => ErrorKind::DeadlinePassed,
+            Repr::InvalidResponse { .. } => ErrorKind::InvalidResponse,
+            Repr::Download { .. } => ErrorKind::Download,
+        }
     }
 
-    /// The API's own code, for [`ErrorKind::Api`] errors (from the envelope's `code`, or the HTTP
-    /// status when the answer was not the envelope).
+    /// The API's error code (the envelope's `code`, or the HTTP status of a non-envelope answer).
     pub fn code(&self) -> Option<i64> {
-        self.inner.code
+        match &self.inner.repr {
+            Repr::Api { code, .. } => Some(*code),
+            _ => None,
+        }
     }
 
     /// The meaning of [`code`](Self::code).
@@ -283,77 +320,104 @@ impl Error {
     /// # }
     /// ```
     pub fn api_code(&self) -> Option<ApiCode> {
-        self.inner.code.map(ApiCode::from_code)
+        self.code().map(ApiCode::from_code)
     }
 
     /// The HTTP status of the answer, when there was one.
     pub fn http_status(&self) -> Option<u16> {
-        self.inner.http_status
+        match &self.inner.repr {
+            Repr::Api { http_status, .. } | Repr::InvalidResponse { http_status, .. } => {
+                *http_status
+            }
+            _ => None,
+        }
     }
 
-    /// The server's message: the envelope's `message`, or a failed task's `error_message`.
+    /// The server's own message: the envelope's `message`, or a failed task's `error_message`.
     pub fn server_message(&self) -> Option<&str> {
-        self.inner.server_message.as_deref()
+        match &self.inner.repr {
+            Repr::Api { message, .. } | Repr::TaskFailed { message } => message.as_deref(),
+            _ => None,
+        }
     }
 
-    /// How long the server asked to wait (`Retry-After`), when it said.
+    /// How long the server asked to wait (`Retry-After`).
     pub fn retry_after(&self) -> Option<Duration> {
-        self.inner.retry_after
+        match &self.inner.repr {
+            Repr::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 
     /// The task this error is about, when there is one: a failed task, a wait whose deadline
-    /// passed, a status request that failed while waiting.
+    /// passed, a status request that failed while waiting; so the wait can be resumed.
     pub fn task_id(&self) -> Option<&str> {
         self.inner.task_id.as_deref()
     }
 
-    /// The first bytes of a body that could not be understood (at most 200 characters).
+    /// The start of an answer that could not be understood (never containing the key).
     pub fn body_excerpt(&self) -> Option<&str> {
-        self.inner.body_excerpt.as_deref()
+        match &self.inner.repr {
+            Repr::InvalidResponse { excerpt, .. } => excerpt.as_deref(),
+            _ => None,
+        }
     }
 
-    /// The rule a request broke, for [`ErrorKind::InvalidRequest`].
+    /// The documented rule an invalid request broke.
     pub fn validation_error(&self) -> Option<&ValidationError> {
-        self.inner.validation.as_ref()
+        match &self.inner.repr {
+            Repr::InvalidRequest(Invalid::Rule(rule)) => Some(rule),
+            _ => None,
+        }
     }
 
-    /// The category of the transport failure behind this error, if one is.
+    /// The category of the transport failure behind the error, if one was.
     pub fn transport_kind(&self) -> Option<TransportErrorKind> {
-        self.inner.transport
+        match &self.inner.repr {
+            Repr::Transport { source, .. }
+            | Repr::OutcomeUnknown {
+                source: Some(source),
+                ..
+            } => Some(source.kind),
+            _ => None,
+        }
     }
 
-    /// Whether a timeout caused this error.
+    /// Whether a request timed out.
     pub fn is_timeout(&self) -> bool {
-        self.inner.transport == Some(TransportErrorKind::Timeout)
+        self.transport_kind() == Some(TransportErrorKind::Timeout)
     }
 
-    /// Whether a failure to connect caused this error.
+    /// Whether no connection could be made.
     pub fn is_connect(&self) -> bool {
-        self.inner.transport == Some(TransportErrorKind::Connect)
+        self.transport_kind() == Some(TransportErrorKind::Connect)
     }
 }
 
 impl From<ValidationError> for Error {
     fn from(error: ValidationError) -> Self {
-        let mut err = Self::new(ErrorKind::InvalidRequest, "");
-        err.inner.validation = Some(error);
-        err
+        Self::new(Repr::InvalidRequest(Invalid::Rule(error)))
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let inner = &self.inner;
-        let message = inner.server_message.as_deref().unwrap_or("no message");
-        match self.kind() {
-            ErrorKind::InvalidRequest => match &inner.validation {
-                Some(rule) => write!(f, "invalid request, nothing was sent: {rule}"),
-                None => write!(f, "invalid request, nothing was sent: {}", inner.what),
-            },
-            ErrorKind::Config => write!(f, "the client is misconfigured: {}", inner.what),
-            ErrorKind::Api => {
-                let code = inner.code.unwrap_or_default();
-                let advice = match ApiCode::from_code(code) {
+        let task = self.inner.task_id.as_deref().unwrap_or("?");
+        match &self.inner.repr {
+            Repr::InvalidRequest(Invalid::Rule(rule)) => {
+                write!(f, "invalid request, nothing was sent: {rule}")
+            }
+            Repr::InvalidRequest(Invalid::Other(what)) => {
+                write!(f, "invalid request, nothing was sent: {what}")
+            }
+            Repr::Config(what) => write!(f, "the client is misconfigured: {what}"),
+            Repr::Api {
+                code,
+                message,
+                retry_after,
+                ..
+            } => {
+                let advice = match ApiCode::from_code(*code) {
                     ApiCode::BadRequest => "fix the request".to_owned(),
                     ApiCode::Unauthorized => "check the API key (GPTIMAGE_API_KEY)".to_owned(),
                     ApiCode::InsufficientCredits => {
@@ -363,67 +427,53 @@ impl fmt::Display for Error {
                     ApiCode::NotFound => {
                         "no such task for this key; task ids are per key and expire".to_owned()
                     }
-                    ApiCode::RateLimited => match inner.retry_after {
+                    ApiCode::RateLimited => match retry_after {
                         Some(d) => format!("rate limited; wait {} s and try again", d.as_secs()),
                         None => "rate limited; wait and try again".to_owned(),
                     },
                     ApiCode::ServerError(_) => "the service failed; try again later".to_owned(),
                     _ => "see the message".to_owned(),
                 };
+                let message = message.as_deref().unwrap_or("no message");
                 write!(f, "the API answered {code} ({message}): {advice}")
             }
-            ErrorKind::Transport => write!(f, "{}", inner.what),
-            ErrorKind::OutcomeUnknown => write!(
+            Repr::Transport { what, .. } | Repr::Download { what, .. } => f.write_str(what),
+            Repr::OutcomeUnknown { why, .. } => write!(
                 f,
-                "the submission's outcome is unknown ({}): a task may have been created and charged; \
-                 check for it before submitting again",
-                inner.what
+                "the submission's outcome is unknown ({why}): a task may have been created and \
+                 charged; check for it before submitting again"
             ),
-            ErrorKind::TaskFailed => write!(
+            Repr::TaskFailed { message } => write!(
                 f,
-                "task {} failed: {message} (its credits were given back)",
-                inner.task_id.as_deref().unwrap_or("?")
+                "task {task} failed: {} (its credits were given back)",
+                message.as_deref().unwrap_or("no message")
             ),
-            ErrorKind::DeadlinePassed => write!(
+            Repr::DeadlinePassed { waited } => write!(
                 f,
-                "task {} did not finish within {}; it may still finish: wait for it again with its id",
-                inner.task_id.as_deref().unwrap_or("?"),
-                inner.what
+                "task {task} did not finish within {}; it may still finish: wait for it again \
+                 with its id",
+                format_args!("{waited:.1?}")
             ),
-            ErrorKind::InvalidResponse => match inner.http_status {
-                Some(status) => write!(f, "{} (HTTP {status})", inner.what),
-                None => write!(f, "{}", inner.what),
-            },
-            ErrorKind::Download => write!(f, "{}", inner.what),
+            Repr::InvalidResponse {
+                what,
+                http_status: Some(status),
+                ..
+            } => write!(f, "{what} (HTTP {status})"),
+            Repr::InvalidResponse { what, .. } => f.write_str(what),
         }
     }
 }
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let inner = &self.inner;
         let mut s = f.debug_struct("Error");
         s.field("kind", &self.kind());
-        if !inner.what.is_empty() {
-            s.field("what", &inner.what);
+        s.field("message", &self.to_string());
+        if let Some(task_id) = self.task_id() {
+            s.field("task_id", &task_id);
         }
-        for (name, value) in [
-            ("code", inner.code.map(|c| c.to_string())),
-            ("http_status", inner.http_status.map(|c| c.to_string())),
-            ("server_message", inner.server_message.clone()),
-            ("retry_after", inner.retry_after.map(|d| format!("{d:?}"))),
-            ("task_id", inner.task_id.clone()),
-            ("body_excerpt", inner.body_excerpt.clone()),
-        ] {
-            if let Some(value) = value {
-                s.field(name, &value);
-            }
-        }
-        if let Some(rule) = &inner.validation {
-            s.field("validation", rule);
-        }
-        if let Some(source) = &inner.source {
-            s.field("source", source);
+        if let Some(source) = std::error::Error::source(self) {
+            s.field("source", &source);
         }
         s.finish()
     }
@@ -432,7 +482,18 @@ impl fmt::Debug for Error {
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         // A validation error is already in the message, so it is not repeated as the source.
-        self.inner.source.as_deref().map(|s| s as _)
+        match &self.inner.repr {
+            Repr::Transport { source, .. }
+            | Repr::OutcomeUnknown {
+                source: Some(source),
+                ..
+            } => Some(source),
+            Repr::Download {
+                source: Some(source),
+                ..
+            } => Some(&**source),
+            _ => None,
+        }
     }
 }
 
