@@ -314,31 +314,49 @@ pub fn check_dependencies(graph: &Graph) -> Vec<String> {
     violations
 }
 
-/// The facade `gptimage` adds nothing of its own: its `lib.rs` holds only docs, attributes and
-/// re-exports (`pub use`), no item of its own.
+/// The facade only re-exports: its `lib.rs`, and any module file it declares with `pub mod`,
+/// hold only docs, attributes and `pub use` of named items (no glob, so every item has one
+/// path).
 pub fn check_facade_only_reexports(root: &Path) -> Vec<String> {
-    let path = root.join("crates/gptimage/src/lib.rs");
-    let Ok(text) = fs::read_to_string(&path) else {
-        return Vec::new();
-    };
+    let src = root.join("crates/gptimage/src");
     let mut violations = Vec::new();
-    let mut in_use = false;
-    for (n, line) in text.lines().enumerate() {
-        let code = line.trim();
-        let allowed = code.is_empty()
-            || code.starts_with("//")
-            || code.starts_with("#[")
-            || code.starts_with("#![")
-            || code.starts_with("pub use ")
-            || in_use;
-        if code.starts_with("pub use ") || in_use {
-            in_use = !code.ends_with(';');
-        }
-        if !allowed {
-            violations.push(format!(
-                "crates/gptimage/src/lib.rs:{}: the facade only re-exports, but declares `{code}`",
-                n + 1
-            ));
+    let mut pending = vec![src.join("lib.rs")];
+    while let Some(path) = pending.pop() {
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        let shown = relative(root, &path);
+        let mut in_use = false;
+        for (n, line) in text.lines().enumerate() {
+            let code = line.trim();
+            let module = code
+                .strip_prefix("pub mod ")
+                .and_then(|rest| rest.strip_suffix(';'));
+            if let Some(name) = module {
+                pending.push(src.join(format!("{name}.rs")));
+                continue;
+            }
+            let allowed = code.is_empty()
+                || code.starts_with("//")
+                || code.starts_with("#[")
+                || code.starts_with("#![")
+                || code.starts_with("pub use ")
+                || in_use;
+            if code.starts_with("pub use ") || in_use {
+                in_use = !code.ends_with(';');
+                if code.contains('*') {
+                    violations.push(format!(
+                        "{shown}:{}: a glob re-export gives items a second name: list them",
+                        n + 1
+                    ));
+                }
+            }
+            if !allowed {
+                violations.push(format!(
+                    "{shown}:{}: the facade only re-exports, but declares `{code}`",
+                    n + 1
+                ));
+            }
         }
     }
     violations

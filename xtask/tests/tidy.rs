@@ -136,8 +136,34 @@ fn an_item_in_the_facade_is_reported() {
         "//! Facade.\n#![forbid(unsafe_code)]\npub use a::{\n    B,\n    C,\n};\n\npub fn helper() {}\n",
     )
     .unwrap();
+    fs::write(
+        dir.join("crates/gptimage/src/extra.rs"),
+        "//! More.\npub use b::*;\nfn hidden() {}\n",
+    )
+    .unwrap();
+    let lib = dir.join("crates/gptimage/src/lib.rs");
+    let text = fs::read_to_string(&lib).unwrap();
+    fs::write(
+        &lib,
+        text.replace(
+            "#![forbid(unsafe_code)]",
+            "#![forbid(unsafe_code)]\npub mod extra;",
+        ),
+    )
+    .unwrap();
     let violations = xtask::check_facade_only_reexports(&dir);
     fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(violations.len(), 1, "{violations:?}");
-    assert!(violations[0].contains(":8:"), "{violations:?}");
+    assert_eq!(violations.len(), 3, "{violations:?}");
+    assert!(
+        violations.iter().any(|v| v.contains("lib.rs:9:")),
+        "{violations:?}"
+    );
+    assert!(
+        violations.iter().any(|v| v.contains("extra.rs:2: a glob")),
+        "{violations:?}"
+    );
+    assert!(
+        violations.iter().any(|v| v.contains("extra.rs:3:")),
+        "{violations:?}"
+    );
 }

@@ -58,19 +58,27 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub use gptimage_types::*;
+// The request and status types: what every program names.
+pub use gptimage_types::{
+    ApiCode, CreatedTask, GenerateRequest, GenerateRequestBuilder, InputFidelity, Quality,
+    RawGenerateRequest, Size, TaskInfo, TaskStatus, ValidationError,
+};
 
+// The clients, their configuration and their one error type.
 pub use gptimage_transport::{
-    API_KEY_ENV, AsyncTransport, BASE_URL_ENV, BlockingTransport, ClientBuilder, Config,
-    DEFAULT_BASE_URL, Error, ErrorKind, FromConfig, HttpRequest, HttpResponse, Image, PollSchedule,
-    RequestSent, Result, RetryPolicy, SendOptions, TransportError, TransportErrorKind,
+    API_KEY_ENV, BASE_URL_ENV, ClientBuilder, Config, DEFAULT_BASE_URL, Error, ErrorKind,
+    FromConfig, Image, PollSchedule, Result, RetryPolicy,
 };
 
 #[cfg(feature = "async")]
-pub use gptimage_transport::{Client, ReqwestTransport};
+pub use gptimage_transport::Client;
 
+/// The blocking client (feature `blocking`).
 #[cfg(feature = "blocking")]
-pub use gptimage_transport::{UreqTransport, blocking};
+pub use gptimage_transport::blocking;
 
-/// The API's types, also re-exported at the crate root.
-pub use gptimage_types as types;
+/// The transports: the traits to plug in another HTTP stack, and the built-in ones.
+pub use gptimage_transport::transport;
+
+/// The rest of the API's vocabulary: envelopes, webhooks, timestamps, keys.
+pub mod types;

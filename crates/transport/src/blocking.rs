@@ -1,4 +1,4 @@
-//! The blocking client: one loop that drives the core's machines over a [`BlockingTransport`]
+//! The blocking client: one loop that drives the core's machines over a [`BlockingTransport`](crate::transport::BlockingTransport)
 //! and the thread's sleep; every method is a thin wrapper over it. No async runtime.
 
 use std::path::{Path, PathBuf};
@@ -37,54 +37,9 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: Config,
-    transport: Box<dyn BlockingTransport>,
-}
-
-impl std::fmt::Debug for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl sealed::Sealed for Client {}
-
-impl FromConfig for Client {
-    fn from_config(config: Config) -> Result<Self> {
-        let transport = UreqTransport::new(&config)?;
-        Ok(Self::with_transport(config, transport))
-    }
-}
+drive::client_shell!(BlockingTransport, UreqTransport);
 
 impl Client {
-    /// A builder with every default and no key.
-    pub fn builder() -> ClientBuilder<Self> {
-        ClientBuilder::new()
-    }
-
-    /// A client configured from `GPTIMAGE_API_KEY` and `GPTIMAGE_BASE_URL`.
-    pub fn from_env() -> Result<Self> {
-        ClientBuilder::from_env().build()
-    }
-
-    /// A client over another transport: another HTTP stack, or a function in a test.
-    pub fn with_transport(config: Config, transport: impl BlockingTransport) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                config,
-                transport: Box::new(transport),
-            }),
-        }
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
     /// Starts a task. Retried only when no task can have been created; when the outcome is
     /// unknown, the error says so ([`ErrorKind::OutcomeUnknown`](crate::ErrorKind)).
     pub fn submit(&self, request: &GenerateRequest) -> Result<CreatedTask> {
@@ -115,7 +70,7 @@ impl Client {
     }
 
     /// Submits `request` and waits for it to end. An error after the submission carries the
-    /// task id ([`Error::task_id`]), so the wait can be resumed with [`wait`](Self::wait).
+    /// task id ([`Error::task_id`](crate::Error::task_id)), so the wait can be resumed with [`wait`](Self::wait).
     pub fn generate(&self, request: &GenerateRequest) -> Result<TaskInfo> {
         let created = self.submit(request)?;
         self.wait(&created.task_id)

@@ -1,4 +1,4 @@
-//! The async client: one loop that drives the core's machines over an [`AsyncTransport`] and
+//! The async client: one loop that drives the core's machines over an [`AsyncTransport`](crate::transport::AsyncTransport) and
 //! tokio's timer; every method is a thin wrapper over it.
 
 use std::path::{Path, PathBuf};
@@ -39,54 +39,9 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: Config,
-    transport: Box<dyn AsyncTransport>,
-}
-
-impl std::fmt::Debug for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl sealed::Sealed for Client {}
-
-impl FromConfig for Client {
-    fn from_config(config: Config) -> Result<Self> {
-        let transport = ReqwestTransport::new(&config)?;
-        Ok(Self::with_transport(config, transport))
-    }
-}
+drive::client_shell!(AsyncTransport, ReqwestTransport);
 
 impl Client {
-    /// A builder with every default and no key.
-    pub fn builder() -> ClientBuilder<Self> {
-        ClientBuilder::new()
-    }
-
-    /// A client configured from `GPTIMAGE_API_KEY` and `GPTIMAGE_BASE_URL`.
-    pub fn from_env() -> Result<Self> {
-        ClientBuilder::from_env().build()
-    }
-
-    /// A client over another transport: another HTTP stack, or a function in a test.
-    pub fn with_transport(config: Config, transport: impl AsyncTransport) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                config,
-                transport: Box::new(transport),
-            }),
-        }
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
     /// Starts a task. Retried only when no task can have been created; when the outcome is
     /// unknown, the error says so ([`ErrorKind::OutcomeUnknown`](crate::ErrorKind)).
     pub async fn submit(&self, request: &GenerateRequest) -> Result<CreatedTask> {

@@ -49,7 +49,7 @@ pub enum ErrorKind {
 /// The category of a transport failure.
 ///
 /// ```
-/// use gptimage_transport::{RequestSent, TransportError, TransportErrorKind};
+/// use gptimage_transport::transport::{RequestSent, TransportError, TransportErrorKind};
 ///
 /// let err = TransportError::new(TransportErrorKind::Connect, RequestSent::No, "refused");
 /// assert!(!err.may_have_been_processed());
@@ -81,7 +81,7 @@ pub enum RequestSent {
     Maybe,
 }
 
-/// A failure of one HTTP exchange, as a [`Transport`](crate::AsyncTransport) reports it.
+/// A failure of one HTTP exchange, as a [`Transport`](crate::transport::AsyncTransport) reports it.
 ///
 /// It says whether the request may have reached the server, which decides whether a submission
 /// may be retried.

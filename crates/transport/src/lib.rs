@@ -8,7 +8,8 @@
 //! a typed [`Error`], and decides what happens next (retry after how long, poll after how long,
 //! give up). Time, attempt numbers, jitter and the server's `Retry-After` are its inputs, so it
 //! is tested table by table without sleeping. Each client is a short loop around it over a
-//! transport: [`AsyncTransport`] or [`BlockingTransport`], one HTTP exchange each in plain `http`
+//! transport: [`AsyncTransport`](transport::AsyncTransport) or
+//! [`BlockingTransport`](transport::BlockingTransport), one HTTP exchange each in plain `http`
 //! types, so another HTTP stack, or a function in a test, can stand in for reqwest or ureq.
 //!
 //! # The rules it keeps
@@ -55,12 +56,15 @@ mod config;
     allow(dead_code, unused_imports)
 )]
 mod core;
-#[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "async", feature = "blocking")),
+    allow(dead_code, unused_imports, unused_macros)
+)]
 mod drive;
 mod error;
 #[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
 mod files;
-mod transport;
+pub mod transport;
 
 #[cfg(feature = "async")]
 mod client;
@@ -80,9 +84,4 @@ pub use config::{
     RetryPolicy,
 };
 pub use core::Image;
-pub use error::{Error, ErrorKind, RequestSent, Result, TransportError, TransportErrorKind};
-#[cfg(feature = "async")]
-pub use reqwest_transport::ReqwestTransport;
-pub use transport::{AsyncTransport, BlockingTransport, HttpRequest, HttpResponse, SendOptions};
-#[cfg(feature = "blocking")]
-pub use ureq_transport::UreqTransport;
+pub use error::{Error, ErrorKind, Result};

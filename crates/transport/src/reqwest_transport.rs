@@ -8,7 +8,8 @@ use crate::transport::{AsyncTransport, HttpRequest, HttpResponse, SendOptions};
 ///
 /// ```
 /// # #[cfg(feature = "async")] {
-/// use gptimage_transport::{Client, ReqwestTransport};
+/// use gptimage_transport::Client;
+/// use gptimage_transport::transport::ReqwestTransport;
 ///
 /// let config = Client::builder().api_key("sk-example").config()?;
 /// let transport = ReqwestTransport::new(&config)?;
@@ -41,10 +42,12 @@ impl ReqwestTransport {
         Ok(Self { client })
     }
 
-    /// A transport over a `reqwest::Client` the caller configured. It must not follow
-    /// redirects (build it with `redirect::Policy::none()`), or the clients cannot keep the key
-    /// on the API's origin.
-    pub fn from_client(client: reqwest::Client) -> Self {
+    /// **Escape hatch:** a transport over a `reqwest::Client` the caller configured. Its
+    /// signature names reqwest's own type, so it follows reqwest's major version (0.13 today)
+    /// and changes when this crate moves to a newer reqwest; everything else in this crate's API
+    /// stays the same across such a move. The client must not follow redirects (build it with
+    /// `redirect::Policy::none()`), or the key could leave the API's origin.
+    pub fn from_reqwest_client(client: reqwest::Client) -> Self {
         Self { client }
     }
 }

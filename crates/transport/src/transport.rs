@@ -1,9 +1,15 @@
-//! The transport traits: one HTTP exchange each, in plain `http` types, no retries inside.
+//! The transports: how a client does one HTTP exchange. The traits speak plain `http` types, so
+//! another HTTP stack, or a function in a test, can stand in for the built-in reqwest and ureq
+//! transports; a transport never retries and never follows a redirect (the clients decide both).
 
 use std::future::Future;
 use std::time::Duration;
 
-use crate::error::TransportError;
+pub use crate::error::{RequestSent, TransportError, TransportErrorKind};
+#[cfg(feature = "async")]
+pub use crate::reqwest_transport::ReqwestTransport;
+#[cfg(feature = "blocking")]
+pub use crate::ureq_transport::UreqTransport;
 
 /// A request as the clients hand it to a transport.
 pub type HttpRequest = http::Request<Vec<u8>>;
@@ -15,7 +21,7 @@ pub type HttpResponse = http::Response<Vec<u8>>;
 ///
 /// ```
 /// use std::time::Duration;
-/// use gptimage_transport::SendOptions;
+/// use gptimage_transport::transport::SendOptions;
 ///
 /// let options = SendOptions::new(Duration::from_secs(30), 4 * 1024 * 1024);
 /// assert_eq!(options.max_body_bytes, 4 * 1024 * 1024);
@@ -27,7 +33,7 @@ pub struct SendOptions {
     pub timeout: Duration,
     /// A body larger than this is a [`TransportErrorKind::BodyTooLarge`] error.
     ///
-    /// [`TransportErrorKind::BodyTooLarge`]: crate::TransportErrorKind::BodyTooLarge
+    /// [`TransportErrorKind::BodyTooLarge`]: crate::transport::TransportErrorKind::BodyTooLarge
     pub max_body_bytes: u64,
 }
 
@@ -46,15 +52,16 @@ impl SendOptions {
 /// An implementation must not follow redirects (the clients decide, so the key never leaves the
 /// API's origin), must not retry (the clients decide, so a task is never paid for twice), must
 /// enforce [`SendOptions`], and must report whether a failed request may have reached the server
-/// ([`RequestSent`](crate::RequestSent)). Any non-2xx status is a response, not an error.
+/// ([`RequestSent`](RequestSent)). Any non-2xx status is a response, not an error.
 ///
 /// The crate implements it on reqwest (`ReqwestTransport`, feature `async`), and for any
-/// function from a request to a future of a response, so a test can pass a closure:
+/// function from a request and its limits to a future of a response, so a test can pass a
+/// closure (which receives the same [`SendOptions`] as a real transport, and should keep them):
 ///
 /// ```
-/// use gptimage_transport::{AsyncTransport, HttpRequest, HttpResponse, TransportError};
+/// use gptimage_transport::transport::{AsyncTransport, HttpRequest, HttpResponse, SendOptions, TransportError};
 ///
-/// let canned = |_request: HttpRequest| async {
+/// let canned = |_request: HttpRequest, _options: SendOptions| async {
 ///     Ok::<_, TransportError>(HttpResponse::new(br#"{"code":200,"data":null}"#.to_vec()))
 /// };
 /// fn takes(_: impl AsyncTransport) {}
@@ -73,15 +80,15 @@ pub trait AsyncTransport: Send + Sync + 'static {
 #[async_trait::async_trait]
 impl<F, Fut> AsyncTransport for F
 where
-    F: Fn(HttpRequest) -> Fut + Send + Sync + 'static,
+    F: Fn(HttpRequest, SendOptions) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<HttpResponse, TransportError>> + Send,
 {
     async fn send(
         &self,
         request: HttpRequest,
-        _options: SendOptions,
+        options: SendOptions,
     ) -> Result<HttpResponse, TransportError> {
-        self(request).await
+        self(request, options).await
     }
 }
 
@@ -92,7 +99,7 @@ where
 /// from a request and its options to a response:
 ///
 /// ```
-/// use gptimage_transport::{BlockingTransport, HttpRequest, HttpResponse, SendOptions, TransportError};
+/// use gptimage_transport::transport::{BlockingTransport, HttpRequest, HttpResponse, SendOptions, TransportError};
 ///
 /// let canned = |_request: HttpRequest, _options: SendOptions| {
 ///     Ok::<_, TransportError>(HttpResponse::new(Vec::new()))

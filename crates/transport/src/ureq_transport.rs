@@ -12,7 +12,8 @@ use crate::transport::{BlockingTransport, HttpRequest, HttpResponse, SendOptions
 ///
 /// ```
 /// # #[cfg(feature = "blocking")] {
-/// use gptimage_transport::{UreqTransport, blocking};
+/// use gptimage_transport::blocking;
+/// use gptimage_transport::transport::UreqTransport;
 ///
 /// let config = blocking::Client::builder().api_key("sk-example").config()?;
 /// let transport = UreqTransport::new(&config)?;
@@ -57,9 +58,12 @@ impl UreqTransport {
         })
     }
 
-    /// A transport over an agent the caller configured. It must not follow redirects and must
-    /// not turn HTTP statuses into errors (`max_redirects(0)`, `http_status_as_error(false)`).
-    pub fn from_agent(agent: ureq::Agent) -> Self {
+    /// **Escape hatch:** a transport over a `ureq::Agent` the caller configured. Its signature
+    /// names ureq's own type, so it follows ureq's major version (3 today) and changes when this
+    /// crate moves to a newer ureq; everything else in this crate's API stays the same across
+    /// such a move. The agent must not follow redirects and must not turn HTTP statuses into
+    /// errors (`max_redirects(0)`, `http_status_as_error(false)`).
+    pub fn from_ureq_agent(agent: ureq::Agent) -> Self {
         let timeout = agent.config().timeouts().global;
         Self { agent, timeout }
     }

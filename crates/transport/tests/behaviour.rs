@@ -6,7 +6,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use gptimage_emulator::{Config, Emulator, Endpoint, Fault, FaultKind, KeyConfig};
-use gptimage_transport::{ErrorKind, RetryPolicy, TransportErrorKind};
+use gptimage_transport::transport::TransportErrorKind;
+use gptimage_transport::{ErrorKind, RetryPolicy};
 use gptimage_types::{ApiCode, GenerateRequest, TaskStatus};
 use support::{Driver, Reply, Scripted, Settings, png};
 
