@@ -274,3 +274,27 @@ fn help_shows_examples_and_completions_are_generated() {
     assert_eq!(completions.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&completions.stdout).contains("gptimage"));
 }
+
+#[test]
+fn a_wait_ends_at_its_deadline_when_the_server_hangs() {
+    // A server that accepts connections and never answers (at most 20, held until the test ends).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(20).collect();
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    let output = run(gptimage()
+        .env("GPTIMAGE_API_KEY", "sk-x")
+        .env("GPTIMAGE_BASE_URL", format!("http://{addr}/api"))
+        .args(["wait", "t1", "--timeout", "2", "--request-timeout", "20"]));
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("gptimage wait t1"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(took < Duration::from_secs(4), "a 2 s wait took {took:?}");
+}
