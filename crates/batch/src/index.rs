@@ -25,11 +25,8 @@ pub async fn write_index(store: &Store, out: &Path) -> Result<(), Error> {
     let mut html = std::io::BufWriter::new(file);
     html.write_all(HEAD.as_bytes()).map_err(io)?;
     let mut failures = String::new();
-    let mut after = None;
-    loop {
-        let page = store.lines(after, PAGE, &[]).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.item);
+    let mut pages = store.pages(PAGE);
+    while let Some(page) = pages.next().await? {
         for line in &page {
             let prompt = escape(&line.prompt);
             match (&line.state, &line.error) {

@@ -53,7 +53,7 @@ pub use index::write_index;
 pub use machine::LineState;
 pub use run::{Batch, Options, Summary};
 pub use source::{MAX_LINE_BYTES, ParsedLine, RawLine, Source, stem};
-pub use store::{Claim, LineRecord, Progress, StateUrl, Store, Worker};
+pub use store::{Claim, LineRecord, Pages, Progress, StateUrl, Store, Worker};
 
 /// A short, stable name for an SDK error's kind, as reports and the state store it.
 ///

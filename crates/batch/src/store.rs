@@ -910,14 +910,9 @@ impl Store {
         Ok(progress)
     }
 
-    /// Up to `limit` lines after item `after` (or from the start), in file order, optionally
-    /// only those in `states`. Page through a large batch with the last item seen.
-    pub async fn lines(
-        &self,
-        after: Option<u64>,
-        limit: u64,
-        states: &[LineState],
-    ) -> Result<Vec<LineRecord>, Error> {
+    /// Up to `limit` claimed lines after item `after` (or from the start), in file order. Page
+    /// through a large batch with the last item seen, or with [`pages`](Self::pages).
+    pub async fn lines(&self, after: Option<u64>, limit: u64) -> Result<Vec<LineRecord>, Error> {
         let rows = sqlx::query(
             "SELECT item, line, state, name, prompt, task_id, images, files, credits,
              error_kind, error_message FROM gptimage_lines
@@ -928,14 +923,30 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.error(e))?;
-        let mut records = Vec::with_capacity(rows.len());
-        for row in rows {
-            let record = self.read_record(&row)?;
-            if states.is_empty() || states.contains(&record.state) {
-                records.push(record);
-            }
+        rows.iter().map(|row| self.read_record(row)).collect()
+    }
+
+    /// Every claimed line in file order, read a page of `page` lines at a time, so a large
+    /// batch is never held in memory whole.
+    ///
+    /// ```no_run
+    /// # async fn show(store: &gptimage_batch::Store) -> Result<(), gptimage_batch::Error> {
+    /// let mut pages = store.pages(1000);
+    /// while let Some(page) = pages.next().await? {
+    ///     for line in page {
+    ///         println!("line {}: {}", line.line, line.state);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pages(&self, page: u64) -> Pages<'_> {
+        Pages {
+            store: self,
+            page: page.max(1),
+            after: None,
+            done: false,
         }
-        Ok(records)
     }
 
     /// One line's record, if the line has been claimed.
@@ -988,6 +999,35 @@ impl Store {
     /// Closes the connections.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The claimed lines of a batch, a page at a time ([`Store::pages`]).
+#[derive(Debug)]
+pub struct Pages<'a> {
+    store: &'a Store,
+    page: u64,
+    after: Option<u64>,
+    done: bool,
+}
+
+impl Pages<'_> {
+    /// The next page, or `None` after the last line.
+    pub async fn next(&mut self) -> Result<Option<Vec<LineRecord>>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self.store.lines(self.after, self.page).await?;
+        match page.last() {
+            Some(last) => {
+                self.after = Some(last.item);
+                Ok(Some(page))
+            }
+            None => {
+                self.done = true;
+                Ok(None)
+            }
+        }
     }
 }
 

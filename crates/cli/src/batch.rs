@@ -16,7 +16,7 @@ const PAGE: u64 = 1000;
 
 pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
     let out = &args.output.out;
-    let state = match state_url(args.state.as_deref(), out) {
+    let state = match state_url(args.state.state.as_deref(), out) {
         Ok(state) => state,
         Err(code) => return code,
     };
@@ -98,7 +98,7 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
 
 /// `gptimage batch-status`: the batch as it stands, read without changing anything.
 pub(crate) async fn status(args: &BatchStatus) -> u8 {
-    let state = match state_url(args.state.as_deref(), &args.out) {
+    let state = match state_url(args.state.state.as_deref(), &args.out) {
         Ok(state) => state,
         Err(code) => return code,
     };
@@ -168,11 +168,8 @@ pub(crate) async fn status(args: &BatchStatus) -> u8 {
 /// Every claimed line that is not done, in file order, a page at a time.
 async fn unfinished(store: &Store) -> Result<Vec<LineRecord>, Error> {
     let mut lines = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store.lines(after, PAGE, &[]).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.item);
+    let mut pages = store.pages(PAGE);
+    while let Some(page) = pages.next().await? {
         lines.extend(
             page.into_iter()
                 .filter(|l| l.state != LineState::Done && l.state != LineState::Pending),

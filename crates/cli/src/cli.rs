@@ -130,6 +130,17 @@ pub(crate) struct Batch {
     /// How many tasks run at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) concurrency: u16,
+    #[command(flatten)]
+    pub(crate) state: State,
+    /// Send again the lines whose earlier submission had an unknown outcome. Only after checking
+    /// the account: each may already have made (and charged) a task.
+    #[arg(long)]
+    pub(crate) resubmit_unknown: bool,
+}
+
+/// Where a batch's state lives.
+#[derive(Debug, Args)]
+pub(crate) struct State {
     /// Where the batch's state lives: sqlite:PATH (default: gptimage-batch.sqlite in --out) or
     /// postgres://USER@HOST/DB, shared by every worker of the batch on any machine.
     #[arg(
@@ -139,22 +150,12 @@ pub(crate) struct Batch {
         hide_env_values = true
     )]
     pub(crate) state: Option<String>,
-    /// Send again the lines whose earlier submission had an unknown outcome. Only after checking
-    /// the account: each may already have made (and charged) a task.
-    #[arg(long)]
-    pub(crate) resubmit_unknown: bool,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct BatchStatus {
-    /// The batch's state: sqlite:PATH or postgres://USER@HOST/DB.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "GPTIMAGE_BATCH_STATE",
-        hide_env_values = true
-    )]
-    pub(crate) state: Option<String>,
+    #[command(flatten)]
+    pub(crate) state: State,
     /// The batch's output folder, whose gptimage-batch.sqlite is the state when --state is not
     /// given.
     #[arg(long, value_name = "DIR", default_value = ".")]

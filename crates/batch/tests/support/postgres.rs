@@ -124,20 +124,12 @@ impl Postgres {
     }
 
     fn run(&self, tool: &str, args: &[&str]) -> Output {
-        let program = self.bin.join(tool);
-        let mut command = match &self.as_user {
-            Some(user) => {
-                let mut command = Command::new("runuser");
-                command.args(["-u", user, "--"]).arg(&program);
-                command
-            }
-            None => Command::new(&program),
-        };
-        let output = command
+        let output = self
+            .tool(tool)
             .args(args)
             .current_dir(self.dir.path())
             .output()
-            .unwrap_or_else(|e| panic!("{} could not run: {e}", program.display()));
+            .unwrap_or_else(|e| panic!("{tool} could not run: {e}"));
         assert!(
             output.status.success(),
             "{tool} failed: {}\n{}",
@@ -146,21 +138,26 @@ impl Postgres {
         );
         output
     }
+
+    /// One of PostgreSQL's server programs, run as the cluster's owner.
+    fn tool(&self, tool: &str) -> Command {
+        let program = self.bin.join(tool);
+        match &self.as_user {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(program);
+                command
+            }
+            None => Command::new(program),
+        }
+    }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
-        let program = self.bin.join("pg_ctl");
-        let mut command = match &self.as_user {
-            Some(user) => {
-                let mut command = Command::new("runuser");
-                command.args(["-u", user, "--"]).arg(&program);
-                command
-            }
-            None => Command::new(&program),
-        };
-        let _ = command
+        let _ = self
+            .tool("pg_ctl")
             .args(["-D", path(&data), "-m", "immediate", "-w", "stop"])
             .output();
     }

@@ -65,27 +65,26 @@ pub fn numbered_lines(n: usize, word: &str) -> Vec<String> {
 /// `gptimage batch-status --json` for the state at `state` (a URL) or in `out`, or `None` while
 /// there is no state to show.
 pub fn try_batch_status(state: &str) -> Option<Value> {
-    let mut command = gptimage();
-    if state.contains(':') {
-        command.args(["batch-status", "--json", "--state", state]);
-    } else {
-        command.args(["batch-status", "--json", "--out", state]);
-    }
-    let output = run(&mut command);
+    let output = run(&mut status_command(state));
     (output.status.code() == Some(0)).then(|| json(&output))
 }
 
 /// `gptimage batch-status --json` for the state at `state` (a URL) or in `out`.
 pub fn batch_status(state: &str) -> Value {
-    let mut command = gptimage();
-    if state.contains(':') {
-        command.args(["batch-status", "--json", "--state", state]);
-    } else {
-        command.args(["batch-status", "--json", "--out", state]);
-    }
-    let output = run(&mut command);
+    let output = run(&mut status_command(state));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     json(&output)
+}
+
+fn status_command(state: &str) -> Command {
+    let mut command = gptimage();
+    let option = if state.contains(':') {
+        "--state"
+    } else {
+        "--out"
+    };
+    command.args(["batch-status", "--json", option, state]);
+    command
 }
 
 /// Lines of the batch in `state`, by state name (0 when none).
