@@ -54,6 +54,10 @@ pub enum Endpoint {
     Status,
     /// `GET /files/…`: the result images.
     Files,
+    /// The emulator's own webhook deliveries to a task's `callback_url`. Only a fault that names
+    /// it applies: [`FaultKind::DropConnection`] loses the delivery, [`FaultKind::Latency`]
+    /// delays it, [`FaultKind::Duplicate`] sends it more than once.
+    Webhook,
 }
 
 impl Endpoint {
@@ -63,6 +67,7 @@ impl Endpoint {
             Self::Generate => "/api/generate",
             Self::Status => "/api/status",
             Self::Files => "/files/",
+            Self::Webhook => "the task's callback_url",
         }
     }
 }
@@ -92,6 +97,8 @@ pub enum FaultKind {
     /// Process the request, then answer as a failing proxy would: this HTTP status (502 or 504)
     /// with an HTML page, not the API's envelope.
     GatewayError(u16),
+    /// For [`Endpoint::Webhook`]: deliver the callback this many extra times.
+    Duplicate(u32),
 }
 
 /// One fault rule: what to do, to which endpoint, how often, how many times.

@@ -194,6 +194,13 @@ impl Emulator {
         &self.api_key
     }
 
+    /// The request a task was created with, as the emulator received it, at any point of the
+    /// task's life (the API shows it only once the task has ended): for tests that need, say, a
+    /// running task's callback URL.
+    pub fn task_request(&self, task_id: &str) -> Option<gptimage_types::GenerateRequest> {
+        self.app.store.task_request(task_id)
+    }
+
     /// What the emulator has counted so far.
     pub fn counters(&self) -> Counters {
         self.app.store.counters()

@@ -55,6 +55,11 @@ pub struct Counters {
     pub webhooks_delivered: u64,
     /// Webhooks given up after every attempt failed, or refused because of their host.
     pub webhooks_abandoned: u64,
+    /// Webhook deliveries lost on purpose (a [`FaultKind::Duplicate`]'s extra ones count as
+    /// delivered; a dropped one counts here).
+    ///
+    /// [`FaultKind::Duplicate`]: crate::FaultKind::Duplicate
+    pub webhooks_dropped: u64,
     /// Tasks dropped because they expired or the store was full.
     pub tasks_expired: u64,
 }
@@ -165,7 +170,12 @@ impl Store {
         let mut inner = self.lock();
         let inner = &mut *inner;
         for (i, fault) in self.config.faults.iter().enumerate() {
-            if fault.endpoint.is_some_and(|e| e != endpoint) {
+            // A rule for every endpoint means the API's; webhook faults are asked for by name.
+            let applies = match fault.endpoint {
+                Some(e) => e == endpoint,
+                None => endpoint != Endpoint::Webhook,
+            };
+            if !applies {
                 continue;
             }
             if fault.times.is_some_and(|t| inner.fault_fired[i] >= t) {
@@ -282,6 +292,10 @@ impl Store {
     }
 
     /// The status document of a task, whoever owns it (for webhooks).
+    pub(crate) fn task_request(&self, id: &str) -> Option<GenerateRequest> {
+        self.lock().tasks.get(id).map(|t| t.request.clone())
+    }
+
     pub(crate) fn describe_task(&self, id: &str) -> Option<TaskInfo> {
         let inner = self.lock();
         inner.tasks.get(id).map(|t| self.describe(id, t))

@@ -8,9 +8,9 @@ use axum::http::header;
 use gptimage_types::{GenerateRequest, StatusResponse};
 use image::RgbImage;
 
-use crate::App;
 use crate::render;
 use crate::store::Phase;
+use crate::{App, Endpoint, FaultKind};
 
 /// The message of a task whose prompt trips the content policy, as the service words it.
 pub(crate) const POLICY_VIOLATION: &str = "Content policy violation detected";
@@ -110,6 +110,26 @@ async fn deliver_webhook(app: &App, id: &str, url: &str) {
     };
     let body = serde_json::to_vec(&StatusResponse::success(info).with_message("success"))
         .expect("the API's types always serialize");
+    let copies = match app.store.fault(Endpoint::Webhook) {
+        Some(FaultKind::DropConnection) => {
+            app.store.count(|c| c.webhooks_dropped += 1);
+            return;
+        }
+        Some(FaultKind::Latency(delay)) => {
+            tokio::time::sleep(delay).await;
+            1
+        }
+        Some(FaultKind::Duplicate(extra)) => 1 + extra,
+        _ => 1,
+    };
+    for _ in 0..copies {
+        post_webhook(app, url, &body).await;
+    }
+}
+
+/// One delivery, with its retries.
+async fn post_webhook(app: &App, url: &str, body: &[u8]) {
+    let config = &app.store.config;
     let mut delay = config.webhook_backoff;
     for attempt in 1..=config.webhook_attempts {
         app.store.count(|c| c.webhook_attempts += 1);
@@ -117,7 +137,7 @@ async fn deliver_webhook(app: &App, id: &str, url: &str) {
             .http
             .post(url)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(body.clone())
+            .body(body.to_vec())
             .timeout(config.webhook_timeout)
             .send()
             .await;

@@ -287,3 +287,87 @@ async fn common_doc(api: &Api) -> serde_json::Value {
     .await
     .json()
 }
+
+/// A receiver that records each delivery's `Content-Type` and answers 200.
+async fn typed_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    use axum::routing::post;
+    let types = Arc::new(Mutex::new(Vec::new()));
+    let seen = types.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap| {
+            let seen = seen.clone();
+            async move {
+                let content_type = headers
+                    .get(axum::http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_owned();
+                seen.lock().unwrap().push(content_type);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, types)
+}
+
+#[tokio::test]
+async fn deliveries_are_json_and_can_be_dropped_delayed_or_duplicated() {
+    let (url, types) = typed_receiver().await;
+    let config = Config::instant()
+        .with_fault(
+            Fault::new(FaultKind::DropConnection)
+                .on(Endpoint::Webhook)
+                .times(1),
+        )
+        .with_fault(
+            Fault::new(FaultKind::Duplicate(4))
+                .on(Endpoint::Webhook)
+                .times(1),
+        )
+        .with_fault(
+            Fault::new(FaultKind::Latency(Duration::from_millis(600)))
+                .on(Endpoint::Webhook)
+                .times(1),
+        )
+        // A rule for every endpoint leaves deliveries alone.
+        .with_fault(
+            Fault::new(FaultKind::DropConnection)
+                .on(Endpoint::Webhook)
+                .times(0),
+        )
+        .with_fault(Fault::new(FaultKind::Latency(Duration::ZERO)));
+    let api = Api::start(config).await;
+    let submit = |prompt: &'static str| {
+        let api = &api;
+        let url = url.clone();
+        async move {
+            api.submit(json!({"prompt": prompt, "quality": "low", "callback_url": url}))
+                .await
+        }
+    };
+    // Dropped: never sent, counted.
+    submit("lost").await;
+    eventually(|| api.emulator.counters().webhooks_dropped == 1).await;
+    assert_eq!(types.lock().unwrap().len(), 0);
+    // Duplicated: five deliveries of one task.
+    submit("echo").await;
+    eventually(|| types.lock().unwrap().len() == 5).await;
+    // Delayed: arrives, late.
+    let started = std::time::Instant::now();
+    submit("late").await;
+    eventually(|| types.lock().unwrap().len() == 6).await;
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    // Every delivery says it is JSON (a receiver on axum's Json extractor refuses it otherwise).
+    assert!(
+        types
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|t| t == "application/json")
+    );
+    assert_eq!(api.emulator.counters().webhooks_delivered, 6);
+}

@@ -12,6 +12,7 @@ use crate::core::{CallMachine, DownloadMachine, Image, Machine, Next, WaitMachin
 use crate::error::Result;
 use crate::transport::BlockingTransport;
 use crate::ureq_transport::UreqTransport;
+use crate::webhook::Hints;
 use crate::{drive, files};
 
 /// The blocking client of the GPT Image 1.5 API, for synchronous programs.
@@ -43,12 +44,20 @@ impl Client {
     /// Starts a task. Retried only when no task can have been created; when the outcome is
     /// unknown, the error says so ([`ErrorKind::OutcomeUnknown`](crate::ErrorKind)).
     pub fn submit(&self, request: &GenerateRequest) -> Result<CreatedTask> {
-        self.drive(CallMachine::submit(self.config(), request, drive::seed()))
+        let watch = drive::watch(self.config(), request)?;
+        let callback = watch.as_ref().map(|w| w.url.as_str());
+        let submit = CallMachine::submit(self.config(), request, callback, drive::seed());
+        let result = self.drive(submit, None);
+        drive::settle(self.config(), watch, &result);
+        result
     }
 
     /// Reports a task once.
     pub fn status(&self, task_id: &str) -> Result<TaskInfo> {
-        self.drive(CallMachine::status(self.config(), task_id, drive::seed())?)
+        self.drive(
+            CallMachine::status(self.config(), task_id, drive::seed())?,
+            None,
+        )
     }
 
     /// Waits until the task ends, polling on the configured schedule, and returns it if it
@@ -61,12 +70,14 @@ impl Client {
 
     /// Like [`wait`](Self::wait), calling `on_update` with every status seen (for progress).
     pub fn wait_with(&self, task_id: &str, on_update: impl FnMut(&TaskInfo)) -> Result<TaskInfo> {
-        self.drive(WaitMachine::new(
-            self.config(),
-            task_id,
-            drive::seed(),
-            on_update,
-        )?)
+        let hints = drive::hints(self.config(), task_id);
+        let mut wait = WaitMachine::new(self.config(), task_id, drive::seed(), on_update)?;
+        if hints.is_some() {
+            wait = wait.expecting_callback();
+        }
+        let result = self.drive(wait, hints);
+        drive::waited(self.config(), task_id, &result);
+        result
     }
 
     /// Submits `request` and waits for it to end. An error after the submission carries the
@@ -82,7 +93,12 @@ impl Client {
     pub fn download(&self, task: &TaskInfo) -> Result<Vec<Image>> {
         task.images()
             .iter()
-            .map(|url| self.drive(DownloadMachine::new(self.config(), url, drive::seed())?))
+            .map(|url| {
+                self.drive(
+                    DownloadMachine::new(self.config(), url, drive::seed())?,
+                    None,
+                )
+            })
             .collect()
     }
 
@@ -102,16 +118,22 @@ impl Client {
         files::save_all(&self.download(task)?, dir.as_ref(), stem)
     }
 
-    /// The one loop: asks the machine what to do, does it on this thread, and reports back.
-    fn drive<M: Machine>(&self, mut machine: M) -> Result<M::Output> {
+    /// The one loop: asks the machine what to do, does it on this thread, and reports back; a
+    /// pause ends early when a hint comes.
+    fn drive<M: Machine>(&self, mut machine: M, mut hints: Option<Hints>) -> Result<M::Output> {
         #[cfg(feature = "tracing")]
         let _span = machine.span().entered();
         loop {
             match machine.poll(Instant::now()) {
                 Next::Done(result) => return result,
-                Next::SleepUntil(until) => {
-                    std::thread::sleep(until.saturating_duration_since(Instant::now()));
-                }
+                Next::SleepUntil(until) => match hints.as_mut() {
+                    None => std::thread::sleep(until.saturating_duration_since(Instant::now())),
+                    Some(hints) => {
+                        if hints.wait_until(until) {
+                            machine.hint(Instant::now());
+                        }
+                    }
+                },
                 Next::Send(request, options, _op) => {
                     #[cfg(feature = "tracing")]
                     let _span = drive::span(_op).entered();

@@ -12,6 +12,7 @@ use crate::core::{CallMachine, DownloadMachine, Image, Machine, Next, WaitMachin
 use crate::error::{Error, Result};
 use crate::reqwest_transport::ReqwestTransport;
 use crate::transport::AsyncTransport;
+use crate::webhook::Hints;
 use crate::{drive, files};
 
 /// The async client of the GPT Image 1.5 API, on tokio.
@@ -45,14 +46,21 @@ impl Client {
     /// Starts a task. Retried only when no task can have been created; when the outcome is
     /// unknown, the error says so ([`ErrorKind::OutcomeUnknown`](crate::ErrorKind)).
     pub async fn submit(&self, request: &GenerateRequest) -> Result<CreatedTask> {
-        self.drive(CallMachine::submit(self.config(), request, drive::seed()))
-            .await
+        let watch = drive::watch(self.config(), request)?;
+        let callback = watch.as_ref().map(|w| w.url.as_str());
+        let submit = CallMachine::submit(self.config(), request, callback, drive::seed());
+        let result = self.drive(submit, None).await;
+        drive::settle(self.config(), watch, &result);
+        result
     }
 
     /// Reports a task once.
     pub async fn status(&self, task_id: &str) -> Result<TaskInfo> {
-        self.drive(CallMachine::status(self.config(), task_id, drive::seed())?)
-            .await
+        self.drive(
+            CallMachine::status(self.config(), task_id, drive::seed())?,
+            None,
+        )
+        .await
     }
 
     /// Waits until the task ends, polling on the configured schedule, and returns it if it
@@ -69,8 +77,14 @@ impl Client {
         task_id: &str,
         on_update: impl FnMut(&TaskInfo) + Send,
     ) -> Result<TaskInfo> {
-        let wait = WaitMachine::new(self.config(), task_id, drive::seed(), on_update)?;
-        self.drive(wait).await
+        let hints = drive::hints(self.config(), task_id);
+        let mut wait = WaitMachine::new(self.config(), task_id, drive::seed(), on_update)?;
+        if hints.is_some() {
+            wait = wait.expecting_callback();
+        }
+        let result = self.drive(wait, hints).await;
+        drive::waited(self.config(), task_id, &result);
+        result
     }
 
     /// Submits `request` and waits for it to end. An error after the submission carries the
@@ -88,7 +102,7 @@ impl Client {
         let mut images = Vec::with_capacity(task.images().len());
         for url in task.images() {
             let download = DownloadMachine::new(self.config(), url, drive::seed())?;
-            images.push(self.drive(download).await?);
+            images.push(self.drive(download, None).await?);
         }
         Ok(images)
     }
@@ -117,15 +131,27 @@ impl Client {
             .map_err(|e| Error::download("the writing thread failed", Some(Box::new(e))))?
     }
 
-    /// The one loop: asks the machine what to do, does it on tokio, and reports back.
-    async fn drive<M: Machine>(&self, mut machine: M) -> Result<M::Output> {
+    /// The one loop: asks the machine what to do, does it on tokio, and reports back; a pause
+    /// ends early when a hint comes.
+    async fn drive<M: Machine>(
+        &self,
+        mut machine: M,
+        mut hints: Option<Hints>,
+    ) -> Result<M::Output> {
         #[cfg(feature = "tracing")]
         let span = machine.span();
         let run = async move {
             loop {
                 match machine.poll(Instant::now()) {
                     Next::Done(result) => return result,
-                    Next::SleepUntil(until) => tokio::time::sleep_until(until.into()).await,
+                    Next::SleepUntil(until) => match hints.as_mut() {
+                        None => tokio::time::sleep_until(until.into()).await,
+                        Some(hints) => {
+                            if sleep_or_hint(until, hints).await {
+                                machine.hint(Instant::now());
+                            }
+                        }
+                    },
                     Next::Send(request, options, _op) => {
                         let send = self.inner.transport.send(request, options);
                         #[cfg(feature = "tracing")]
@@ -140,4 +166,18 @@ impl Client {
         let run = tracing::Instrument::instrument(run, span);
         run.await
     }
+}
+
+/// Sleeps until `until`, or less if a hint comes first; whether one came.
+async fn sleep_or_hint(until: Instant, hints: &mut Hints) -> bool {
+    use std::future::Future;
+    let mut sleep = std::pin::pin!(tokio::time::sleep_until(until.into()));
+    let mut hint = std::pin::pin!(hints.next());
+    std::future::poll_fn(|cx| {
+        if hint.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(true);
+        }
+        sleep.as_mut().poll(cx).map(|()| false)
+    })
+    .await
 }

@@ -223,6 +223,9 @@ pub struct Config {
     pub(crate) max_response_bytes: u64,
     pub(crate) max_download_bytes: u64,
     pub(crate) proxy: Option<String>,
+    /// Whether the caller chose the poll schedule (it is then also the fallback with webhooks).
+    pub(crate) poll_explicit: bool,
+    pub(crate) webhooks: Option<crate::webhook::Receiver>,
 }
 
 impl std::fmt::Debug for Config {
@@ -239,6 +242,7 @@ impl std::fmt::Debug for Config {
             .field("max_response_bytes", &self.max_response_bytes)
             .field("max_download_bytes", &self.max_download_bytes)
             .field("proxy", &self.proxy.as_ref().map(|_| "<set>"))
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -277,6 +281,18 @@ impl Config {
     /// The proxy all requests go through, if one is set.
     pub fn proxy(&self) -> Option<&str> {
         self.proxy.as_deref()
+    }
+
+    /// How a wait polls while callbacks are expected: the caller's schedule if they chose one,
+    /// otherwise a slower one, since the callback should come first.
+    pub(crate) fn fallback_poll(&self) -> PollSchedule {
+        if self.poll_explicit {
+            self.poll
+        } else if self.base.loopback {
+            PollSchedule::exponential(Duration::from_secs(1), Duration::from_secs(5), 1.5)
+        } else {
+            PollSchedule::exponential(Duration::from_secs(20), Duration::from_secs(60), 1.5)
+        }
     }
 
     pub(crate) fn endpoint(&self, name: &str) -> String {
@@ -318,6 +334,7 @@ pub struct ClientBuilder<C> {
     max_response_bytes: u64,
     max_download_bytes: u64,
     proxy: Option<String>,
+    webhooks: Option<crate::webhook::Receiver>,
     client: PhantomData<fn() -> C>,
 }
 
@@ -345,6 +362,7 @@ impl<C> Default for ClientBuilder<C> {
             max_response_bytes: 4 * 1024 * 1024,
             max_download_bytes: 64 * 1024 * 1024,
             proxy: None,
+            webhooks: None,
             client: PhantomData,
         }
     }
@@ -414,6 +432,26 @@ impl<C: FromConfig> ClientBuilder<C> {
     /// Sets the poll schedule of waits (default 5 s growing to 10 s; 100 ms to 1 s on loopback).
     pub fn poll(mut self, schedule: PollSchedule) -> Self {
         self.poll = Some(schedule);
+        self
+    }
+
+    /// Submits every task with a callback URL of `receiver` (unless a request names its own),
+    /// and ends each wait soon after the task's genuine callback, confirmed by one status
+    /// request. Polling goes on as the fallback: on this builder's schedule if one is given,
+    /// otherwise a slower one (20 s growing to 60 s against a remote API, the first poll after
+    /// 20 s, since the callback is expected first).
+    ///
+    /// ```
+    /// use gptimage_transport::Client;
+    /// use gptimage_transport::webhook::Receiver;
+    ///
+    /// let receiver = Receiver::new("https://hooks.example.com/gptimage/")?;
+    /// let client = Client::builder().api_key("sk-example").webhooks(receiver).build()?;
+    /// # let _ = client;
+    /// # Ok::<(), gptimage_transport::Error>(())
+    /// ```
+    pub fn webhooks(mut self, receiver: crate::webhook::Receiver) -> Self {
+        self.webhooks = Some(receiver);
         self
     }
 
@@ -501,6 +539,8 @@ impl<C: FromConfig> ClientBuilder<C> {
             max_response_bytes: self.max_response_bytes,
             max_download_bytes: self.max_download_bytes,
             proxy: self.proxy,
+            poll_explicit: self.poll.is_some(),
+            webhooks: self.webhooks,
         })
     }
 

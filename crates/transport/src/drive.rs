@@ -1,6 +1,50 @@
 //! What the two drive loops share. The loops themselves are in `client.rs` (awaiting) and
 //! `blocking.rs` (blocking): each asks a machine what to do, does it, and reports back.
 
+use gptimage_types::{CreatedTask, GenerateRequest, TaskInfo};
+
+use crate::config::Config;
+use crate::error::{ErrorKind, Result};
+use crate::webhook::{Hints, Watch};
+
+/// The callback URL a submission carries: one of the client's receiver's, unless the request
+/// names its own (then no hint can come, and the wait polls as usual).
+pub(crate) fn watch(config: &Config, request: &GenerateRequest) -> Result<Option<Watch>> {
+    match &config.webhooks {
+        Some(receiver) if request.callback_url().is_none() => receiver.issue().map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// After a submission: the callback URL now belongs to the task, or (no task id learned) is
+/// forgotten.
+pub(crate) fn settle(config: &Config, watch: Option<Watch>, result: &Result<CreatedTask>) {
+    if let (Some(receiver), Some(watch)) = (&config.webhooks, watch) {
+        match result {
+            Ok(created) => receiver.bind(&watch, &created.task_id),
+            Err(_) => receiver.forget(&watch),
+        }
+    }
+}
+
+/// The hints a wait for `task_id` listens to, if this client's receiver gave its submission a
+/// callback URL.
+pub(crate) fn hints(config: &Config, task_id: &str) -> Option<Hints> {
+    config.webhooks.as_ref()?.hints(task_id)
+}
+
+/// After a wait: a task that ended needs its callback URL no more. (After a deadline it is
+/// kept, for a wait resumed later.)
+pub(crate) fn waited(config: &Config, task_id: &str, result: &Result<TaskInfo>) {
+    let ended = match result {
+        Ok(_) => true,
+        Err(e) => e.kind() == ErrorKind::TaskFailed,
+    };
+    if let (Some(receiver), true) = (&config.webhooks, ended) {
+        receiver.finish(task_id);
+    }
+}
+
 /// A fresh random seed for one operation's jitter, from the standard library's per-process
 /// random keys (the core takes randomness as an input, like time).
 pub(crate) fn seed() -> u64 {

@@ -65,6 +65,7 @@ mod error;
 #[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
 mod files;
 pub mod transport;
+pub mod webhook;
 
 #[cfg(feature = "async")]
 mod client;

@@ -15,7 +15,7 @@ use super::Image;
 use super::answer::{self, Came, Fetched, Judged, judge};
 use super::request::{Call, Op};
 use super::schedule::{Jitter, backoff};
-use crate::config::Config;
+use crate::config::{Config, PollSchedule};
 use crate::error::{Error, Result, TransportError};
 use crate::transport::{HttpRequest, HttpResponse, SendOptions};
 
@@ -45,6 +45,8 @@ pub(crate) trait Machine {
     fn poll(&mut self, now: Instant) -> Next<Self::Output>;
     /// What came back from the request the last [`poll`](Self::poll) asked for, at `now`.
     fn handle(&mut self, now: Instant, answer: std::result::Result<HttpResponse, TransportError>);
+    /// A hint came at `now` (a genuine callback): the operation may want to look again at once.
+    fn hint(&mut self, _now: Instant) {}
     /// The span the operation runs in.
     #[cfg(feature = "tracing")]
     fn span(&self) -> tracing::Span {
@@ -77,14 +79,15 @@ enum CallState<T> {
 }
 
 impl<'a> CallMachine<'a, CreatedTask> {
-    /// `POST /generate`.
-    pub(crate) fn submit(config: &'a Config, request: &GenerateRequest, seed: u64) -> Self {
-        Self::new(
-            config,
-            Call::submit(config, request),
-            answer::read_submit,
-            seed,
-        )
+    /// `POST /generate`, with `callback` as its `callback_url` when the request names none.
+    pub(crate) fn submit(
+        config: &'a Config,
+        request: &GenerateRequest,
+        callback: Option<&str>,
+        seed: u64,
+    ) -> Self {
+        let call = Call::submit(config, request, callback);
+        Self::new(config, call, answer::read_submit, seed)
     }
 }
 
@@ -214,12 +217,17 @@ impl<T> Machine for CallMachine<'_, T> {
 }
 
 /// A wait: status polls on the configured schedule until the task ends or the deadline comes.
-/// `on_update` sees every status read.
+/// `on_update` sees every status read. While a callback is expected, the schedule is the slower
+/// fallback, and a hint (a genuine callback) makes it poll at once.
 pub(crate) struct WaitMachine<'a, F> {
     config: &'a Config,
     task_id: String,
     deadline: Option<Instant>,
     polls: u32,
+    schedule: PollSchedule,
+    /// With a callback expected and no schedule chosen by the caller, the first poll waits one
+    /// fallback interval: the callback should come first.
+    first_after: Option<Duration>,
     jitter: Jitter,
     on_update: F,
     state: WaitState<'a>,
@@ -240,10 +248,21 @@ impl<'a, F: FnMut(&TaskInfo)> WaitMachine<'a, F> {
             task_id: task_id.to_owned(),
             deadline: None,
             polls: 0,
+            schedule: config.poll,
+            first_after: None,
             jitter: Jitter::new(seed.rotate_left(17)),
             on_update,
             state: WaitState::Polling(Box::new(first)),
         })
+    }
+
+    /// A callback is expected for this task: poll on the fallback schedule.
+    pub(crate) fn expecting_callback(mut self) -> Self {
+        self.schedule = self.config.fallback_poll();
+        if !self.config.poll_explicit {
+            self.first_after = Some(self.schedule.initial);
+        }
+        self
     }
 
     fn finish(&mut self, result: Result<TaskInfo>) {
@@ -266,7 +285,7 @@ impl<'a, F: FnMut(&TaskInfo)> WaitMachine<'a, F> {
             }
             // Pending, running, or a status this client does not know: keep waiting.
             _ => {
-                let next = now + self.config.poll.delay(self.polls);
+                let next = now + self.schedule.delay(self.polls);
                 self.polls += 1;
                 self.state = WaitState::Sleeping(next.min(deadline));
             }
@@ -278,9 +297,17 @@ impl<F: FnMut(&TaskInfo)> Machine for WaitMachine<'_, F> {
     type Output = TaskInfo;
 
     fn poll(&mut self, now: Instant) -> Next<TaskInfo> {
-        let deadline = *self
-            .deadline
-            .get_or_insert_with(|| now + self.config.wait_timeout);
+        let deadline = match self.deadline {
+            Some(deadline) => deadline,
+            None => {
+                let deadline = now + self.config.wait_timeout;
+                self.deadline = Some(deadline);
+                if let Some(after) = self.first_after {
+                    self.state = WaitState::Sleeping((now + after).min(deadline));
+                }
+                deadline
+            }
+        };
         loop {
             match &mut self.state {
                 WaitState::Polling(call) => {
@@ -324,6 +351,14 @@ impl<F: FnMut(&TaskInfo)> Machine for WaitMachine<'_, F> {
     fn handle(&mut self, now: Instant, answer: std::result::Result<HttpResponse, TransportError>) {
         if let WaitState::Polling(call) = &mut self.state {
             call.handle(now, answer);
+        }
+    }
+
+    /// A genuine callback: if the wait is pausing, it polls now. (A hint during a status request
+    /// is seen by the driver at the next pause, and comes back here then.)
+    fn hint(&mut self, now: Instant) {
+        if let WaitState::Sleeping(until) = &mut self.state {
+            *until = now.min(*until);
         }
     }
 

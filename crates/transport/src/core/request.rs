@@ -32,10 +32,23 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    /// `POST {base}/generate` with the request's documented JSON.
-    pub(crate) fn submit(config: &Config, request: &GenerateRequest) -> Self {
+    /// `POST {base}/generate` with the request's documented JSON, and `callback`, a URL this
+    /// client issued, as its `callback_url` when the request names none.
+    pub(crate) fn submit(
+        config: &Config,
+        request: &GenerateRequest,
+        callback: Option<&str>,
+    ) -> Self {
         let url = Url::parse(&config.endpoint("generate")).expect("the base URL was checked");
-        let body = serde_json::to_vec(request).expect("a request always serializes");
+        let body = match callback.filter(|_| request.callback_url().is_none()) {
+            None => serde_json::to_vec(request),
+            Some(callback) => {
+                let mut value = serde_json::to_value(request).expect("a request always serializes");
+                value["callback_url"] = serde_json::Value::from(callback);
+                serde_json::to_vec(&value)
+            }
+        }
+        .expect("a request always serializes");
         Self {
             op: Op::Submit,
             method: Method::POST,
@@ -151,7 +164,7 @@ mod tests {
     fn the_submission_request_is_exactly_the_documented_one() {
         let config = config();
         let request = GenerateRequest::text_to_image("a cat").build().unwrap();
-        let request = Call::submit(&config, &request).to_http(&config);
+        let request = Call::submit(&config, &request, None).to_http(&config);
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri(), "https://api.example/api/generate");
         assert_eq!(request.headers()["authorization"], "Bearer sk-secret-key");

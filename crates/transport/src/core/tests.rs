@@ -63,7 +63,7 @@ fn status_body(status: &str) -> Vec<u8> {
 
 fn submit_call(config: &Config) -> Call {
     let request = GenerateRequest::text_to_image("a cat").build().unwrap();
-    Call::submit(config, &request)
+    Call::submit(config, &request, None)
 }
 
 /// (retried, error kind, retry-after) of a failed attempt.
@@ -427,7 +427,7 @@ fn a_submission_that_may_have_arrived_is_never_sent_again() {
     let config = config();
     let request = GenerateRequest::text_to_image("a cat").build().unwrap();
     let start = Instant::now();
-    let mut call = CallMachine::submit(&config, &request, 1);
+    let mut call = CallMachine::submit(&config, &request, None, 1);
     let (sent, _) = sends(&mut call, start);
     assert_eq!(sent.method(), http::Method::POST);
     call.handle(
@@ -598,4 +598,47 @@ fn downloads_follow_redirects_without_the_key_and_not_forever() {
         error.to_string().contains("redirected too many times"),
         "{error}"
     );
+}
+
+#[test]
+fn a_hint_makes_a_waiting_wait_poll_at_once() {
+    // No schedule chosen: with a callback expected, the first poll waits for the fallback's
+    // first interval (20 s for a remote API), and a hint brings it forward.
+    let receiver = crate::webhook::Receiver::new("https://hooks.example/").unwrap();
+    let config = builder().webhooks(receiver).config().unwrap();
+    let start = Instant::now();
+    let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {})
+        .unwrap()
+        .expecting_callback();
+    assert_eq!(sleeps(&mut wait, start), at(start, 20.0));
+    wait.hint(at(start, 3.0));
+    sends(&mut wait, at(start, 3.0));
+    wait.handle(
+        at(start, 3.1),
+        answer(200, &status_body("IN_PROGRESS"), &[]),
+    );
+    // Then the fallback schedule (20 s, growing to 60 s); a hint that finds the task running
+    // changes nothing else.
+    assert_eq!(sleeps(&mut wait, at(start, 3.1)), at(start, 23.1));
+    wait.hint(at(start, 10.0));
+    sends(&mut wait, at(start, 10.0));
+    wait.handle(at(start, 10.0), answer(200, &status_body("SUCCESS"), &[]));
+    assert_eq!(
+        ends(&mut wait, at(start, 10.0)).unwrap().status,
+        TaskStatus::Success
+    );
+
+    // A schedule the caller chose is kept, first poll at once.
+    let receiver = crate::webhook::Receiver::new("https://hooks.example/").unwrap();
+    let config = builder()
+        .webhooks(receiver)
+        .poll_interval(Duration::from_secs(7))
+        .config()
+        .unwrap();
+    let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {})
+        .unwrap()
+        .expecting_callback();
+    sends(&mut wait, start);
+    wait.handle(start, answer(200, &status_body("PENDING"), &[]));
+    assert_eq!(sleeps(&mut wait, start), at(start, 7.0));
 }

@@ -23,6 +23,7 @@ pub struct Settings {
     pub poll: PollSchedule,
     pub wait_timeout: Duration,
     pub max_download_bytes: u64,
+    pub webhooks: Option<gptimage_transport::webhook::Receiver>,
 }
 
 impl Settings {
@@ -36,10 +37,15 @@ impl Settings {
             poll: PollSchedule::fixed(Duration::from_millis(20)),
             wait_timeout: Duration::from_secs(20),
             max_download_bytes: 64 * 1024 * 1024,
+            webhooks: None,
         }
     }
 
     pub fn apply<C: FromConfig>(&self, builder: ClientBuilder<C>) -> ClientBuilder<C> {
+        let builder = match &self.webhooks {
+            Some(receiver) => builder.webhooks(receiver.clone()),
+            None => builder,
+        };
         builder
             .api_key(self.key.clone())
             .base_url(self.base_url.clone())

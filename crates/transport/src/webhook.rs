@@ -1,0 +1,619 @@
+//! Webhooks: a [`Receiver`] that gives each submission its own secret callback URL and turns a
+//! genuine delivery into a *hint* that makes the wait for that task ask `/status` at once.
+//!
+//! A callback is never a result: its body is not even read. It only wakes a wait, and the status
+//! request decides; polling goes on as the fallback, at a slower pace, so a lost callback costs
+//! time, never correctness. Deliveries may come more than once, late, or never.
+//!
+//! ```no_run
+//! # #[cfg(feature = "async")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use gptimage_transport::Client;
+//! use gptimage_transport::webhook::Receiver;
+//! use gptimage_types::GenerateRequest;
+//!
+//! // The address the service can reach, and where this program listens for it.
+//! let receiver = Receiver::new("https://hooks.example.com/gptimage/")?;
+//! let _listener = receiver.listen("0.0.0.0:8787")?; // or mount `receiver.handle` in your server
+//! let client = Client::builder().api_key("sk-...").webhooks(receiver).build()?;
+//! // The submission carries a callback URL; the wait ends soon after the callback.
+//! let task = client.generate(&GenerateRequest::text_to_image("a red fox").build()?).await?;
+//! # let _ = task;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Several replicas
+//!
+//! The receiver keeps its tokens in memory: a callback is accepted only by the process that
+//! submitted the task. Give each replica its own public base URL (a path prefix that names the
+//! replica, routed to it by the load balancer, such as `https://hooks.example.com/r/3/`). A
+//! callback that lands on another replica is answered 404 and changes nothing; the waiting replica
+//! falls back to polling, so nothing needs shared state for correctness.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode, header};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// The largest callback body accepted.
+pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
+/// Callback URLs kept at once; the oldest are forgotten first.
+const MAX_WATCHED: usize = 100_000;
+/// Hex digits of a token's public selector (64 bits) and secret verifier (128 bits).
+const SELECTOR_HEX: usize = 16;
+const VERIFIER_HEX: usize = 32;
+
+/// Receives the service's callbacks and wakes the waits they are about.
+///
+/// Cheap to clone (clones share their tokens). Its `Debug` never shows a token.
+#[derive(Clone)]
+pub struct Receiver {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The public base URL, ending in `/`.
+    base: String,
+    /// Its path, which every callback's path starts with.
+    path: String,
+    registry: Mutex<Registry>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Registry {
+    by_selector: HashMap<String, Entry>,
+    by_task: HashMap<String, String>,
+    order: VecDeque<String>,
+}
+
+struct Entry {
+    verifier: [u8; VERIFIER_HEX / 2],
+    task_id: Option<String>,
+    hints: u64,
+    wakers: Vec<Waker>,
+}
+
+/// A callback URL issued for one submission.
+pub(crate) struct Watch {
+    selector: String,
+    /// The URL to send as the request's `callback_url`.
+    pub(crate) url: String,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("base", &self.shared.base)
+            .field("watched", &self.registry().by_selector.len())
+            .finish()
+    }
+}
+
+impl Receiver {
+    /// A receiver whose callback URLs start with `public_base_url`: an absolute `http(s)` URL
+    /// the service can reach, which routes to wherever [`handle`](Self::handle) is mounted.
+    pub fn new(public_base_url: &str) -> Result<Self> {
+        let mut url = Url::parse(public_base_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "the webhook base URL {public_base_url:?} is not an absolute http(s) URL"
+                ))
+            })?;
+        url.set_query(None);
+        url.set_fragment(None);
+        if !url.path().ends_with('/') {
+            let path = format!("{}/", url.path());
+            url.set_path(&path);
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path: url.path().to_owned(),
+                base: url.into(),
+                registry: Mutex::new(Registry::default()),
+                changed: Condvar::new(),
+            }),
+        })
+    }
+
+    /// The public base URL, ending in `/`.
+    pub fn base_url(&self) -> &str {
+        &self.shared.base
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Issues a callback URL with a fresh token.
+    pub(crate) fn issue(&self) -> Result<Watch> {
+        let mut random = [0u8; SELECTOR_HEX / 2 + VERIFIER_HEX / 2];
+        getrandom::fill(&mut random)
+            .map_err(|e| Error::config(format!("no randomness for a callback token: {e}")))?;
+        let (selector, verifier) = random.split_at(SELECTOR_HEX / 2);
+        let selector = hex(selector);
+        let url = format!("{}{selector}{}", self.shared.base, hex(verifier));
+        let mut registry = self.registry();
+        if registry.order.len() >= MAX_WATCHED
+            && let Some(oldest) = registry.order.pop_front()
+            && let Some(entry) = registry.by_selector.remove(&oldest)
+            && let Some(task) = entry.task_id
+        {
+            registry.by_task.remove(&task);
+        }
+        registry.by_selector.insert(
+            selector.clone(),
+            Entry {
+                verifier: verifier.try_into().expect("the verifier is 16 bytes"),
+                task_id: None,
+                hints: 0,
+                wakers: Vec::new(),
+            },
+        );
+        registry.order.push_back(selector.clone());
+        Ok(Watch { selector, url })
+    }
+
+    /// Ties an issued callback URL to the task its submission created.
+    pub(crate) fn bind(&self, watch: &Watch, task_id: &str) {
+        let mut registry = self.registry();
+        if let Some(entry) = registry.by_selector.get_mut(&watch.selector) {
+            entry.task_id = Some(task_id.to_owned());
+            registry
+                .by_task
+                .insert(task_id.to_owned(), watch.selector.clone());
+        }
+    }
+
+    /// Forgets a callback URL: its submission made no task, or the wait for it is over.
+    pub(crate) fn forget(&self, watch: &Watch) {
+        self.forget_selector(&watch.selector);
+    }
+
+    fn forget_selector(&self, selector: &str) {
+        let mut registry = self.registry();
+        if let Some(entry) = registry.by_selector.remove(selector)
+            && let Some(task) = entry.task_id
+        {
+            registry.by_task.remove(&task);
+        }
+        registry.order.retain(|s| s != selector);
+    }
+
+    /// The task ended: no wait will listen for it again. Its URL stays genuine (late and
+    /// duplicate deliveries are still answered 200, so the service does not retry them) until
+    /// the receiver's capacity evicts it.
+    pub(crate) fn finish(&self, task_id: &str) {
+        let mut registry = self.registry();
+        if let Some(selector) = registry.by_task.remove(task_id)
+            && let Some(entry) = registry.by_selector.get_mut(&selector)
+        {
+            entry.task_id = None;
+        }
+    }
+
+    /// The hints for `task_id`, if its submission carried one of this receiver's URLs.
+    pub(crate) fn hints(&self, task_id: &str) -> Option<Hints> {
+        let registry = self.registry();
+        let selector = registry.by_task.get(task_id)?.clone();
+        let seen = registry.by_selector.get(&selector)?.hints;
+        Some(Hints {
+            receiver: self.clone(),
+            selector,
+            seen,
+        })
+    }
+
+    /// Handles one delivery, from any HTTP server: `POST {base path}{token}` with a body of at
+    /// most [`MAX_CALLBACK_BYTES`]. A token this receiver issued is answered `200` at once and
+    /// wakes the wait for its task; anything else is answered `404`, `405` or `413` and changes
+    /// nothing. The body is never read: a callback is a hint, never a result.
+    ///
+    /// ```
+    /// use gptimage_transport::webhook::Receiver;
+    ///
+    /// let receiver = Receiver::new("https://hooks.example.com/gptimage/").unwrap();
+    /// let forged = http::Request::post("/gptimage/0123456789abcdef0123456789abcdef0123456789abcdef")
+    ///     .body(b"{}".to_vec())
+    ///     .unwrap();
+    /// assert_eq!(receiver.handle(forged).status(), 404);
+    /// ```
+    pub fn handle(&self, request: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
+        if request.method() != Method::POST {
+            let mut response = answer(StatusCode::METHOD_NOT_ALLOWED, "only POST is accepted");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+            return response;
+        }
+        if request.body().len() > MAX_CALLBACK_BYTES {
+            return answer(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large");
+        }
+        let token = request
+            .uri()
+            .path()
+            .strip_prefix(&self.shared.path)
+            .filter(|t| t.len() == SELECTOR_HEX + VERIFIER_HEX);
+        let accepted = token.is_some_and(|token| self.hint(token));
+        if accepted {
+            answer(StatusCode::OK, "accepted")
+        } else {
+            answer(StatusCode::NOT_FOUND, "no such callback")
+        }
+    }
+
+    /// Counts a delivery for `token` if this receiver issued it; wakes its waiters.
+    fn hint(&self, token: &str) -> bool {
+        let (selector, verifier) = token.split_at(SELECTOR_HEX);
+        let Some(verifier) = unhex(verifier) else {
+            return false;
+        };
+        let mut registry = self.registry();
+        let Some(entry) = registry.by_selector.get_mut(selector) else {
+            return false;
+        };
+        if !constant_time_eq(&entry.verifier, &verifier) {
+            return false;
+        }
+        entry.hints += 1;
+        for waker in entry.wakers.drain(..) {
+            waker.wake();
+        }
+        drop(registry);
+        self.shared.changed.notify_all();
+        true
+    }
+
+    /// Serves [`handle`](Self::handle) on `addr` from a small built-in HTTP/1.1 listener on its
+    /// own thread, for programs without a server of their own. It stops when the returned
+    /// [`Listener`] is dropped.
+    pub fn listen(&self, addr: impl ToSocketAddrs) -> std::io::Result<Listener> {
+        Listener::start(self.clone(), addr)
+    }
+}
+
+/// New hints for one task, as a wait sees them.
+pub(crate) struct Hints {
+    receiver: Receiver,
+    selector: String,
+    seen: u64,
+}
+
+impl Hints {
+    /// Whether a hint came since the last look; marks it seen.
+    fn take(&mut self, registry: &mut Registry, waker: Option<&Waker>) -> bool {
+        let Some(entry) = registry.by_selector.get_mut(&self.selector) else {
+            return false;
+        };
+        if entry.hints > self.seen {
+            self.seen = entry.hints;
+            return true;
+        }
+        if let Some(waker) = waker
+            && !entry.wakers.iter().any(|w| w.will_wake(waker))
+        {
+            entry.wakers.push(waker.clone());
+        }
+        false
+    }
+
+    /// Blocks until `until`, or until a hint comes; whether one came.
+    #[cfg_attr(not(feature = "blocking"), allow(dead_code))]
+    pub(crate) fn wait_until(&mut self, until: Instant) -> bool {
+        let receiver = self.receiver.clone();
+        let shared = receiver.shared.clone();
+        let mut registry = receiver.registry();
+        loop {
+            if self.take(&mut registry, None) {
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            registry = shared
+                .changed
+                .wait_timeout(registry, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Completes when a hint comes (at once if one came since the last look).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn next(&mut self) -> NextHint<'_> {
+        NextHint { hints: self }
+    }
+}
+
+/// The future of [`Hints::next`].
+pub(crate) struct NextHint<'a> {
+    hints: &'a mut Hints,
+}
+
+impl Future for NextHint<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let receiver = self.hints.receiver.clone();
+        let mut registry = receiver.registry();
+        if self.hints.take(&mut registry, Some(cx.waker())) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// The built-in listener of [`Receiver::listen`]: one thread accepting connections, a thread per
+/// connection (at most 64 at once), each request read with a timeout and a size limit.
+pub struct Listener {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Listener {
+    fn start(receiver: Receiver, addr: impl ToSocketAddrs) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(AtomicUsize::new(0));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("gptimage-webhooks".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        active.fetch_sub(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    let (receiver, active) = (receiver.clone(), active.clone());
+                    let spawned = std::thread::Builder::new().spawn(move || {
+                        serve(stream, &receiver);
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    });
+                    if spawned.is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads one request (head at most 16 KiB, body at most the limit), answers it, closes.
+fn serve(mut stream: TcpStream, receiver: &Receiver) {
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
+    let response = match read_request(&mut stream) {
+        Some(request) => receiver.handle(request),
+        None => answer(StatusCode::BAD_REQUEST, "not an HTTP request"),
+    };
+    let reason = response.status().canonical_reason().unwrap_or("");
+    let mut head = format!(
+        "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n",
+        response.status().as_u16(),
+        response.body().len()
+    );
+    if let Some(allow) = response.headers().get(header::ALLOW) {
+        head.push_str(&format!("allow: {}\r\n", allow.to_str().unwrap_or("POST")));
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(response.body());
+}
+
+fn read_request(stream: &mut TcpStream) -> Option<http::Request<Vec<u8>>> {
+    const MAX_HEAD: usize = 16 * 1024;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        if data.len() > MAX_HEAD {
+            return None;
+        }
+        let n = stream.read(&mut buf).ok().filter(|n| *n > 0)?;
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = std::str::from_utf8(&data[..head_end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let (method, target) = (first.next()?, first.next()?);
+    let length: usize = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    // One byte past the limit is enough to refuse the body.
+    let wanted = length.min(MAX_CALLBACK_BYTES + 1);
+    let mut body = data[head_end..].to_vec();
+    while body.len() < wanted {
+        let n = stream.read(&mut buf).ok().filter(|n| *n > 0)?;
+        body.extend_from_slice(&buf[..n]);
+    }
+    body.truncate(wanted);
+    http::Request::builder()
+        .method(method)
+        .uri(target)
+        .body(body)
+        .ok()
+}
+
+fn answer(status: StatusCode, what: &str) -> http::Response<Vec<u8>> {
+    let body = serde_json::json!({ "accepted": status == StatusCode::OK, "message": what });
+    let mut response = http::Response::new(body.to_string().into_bytes());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<[u8; VERIFIER_HEX / 2]> {
+    let mut out = [0u8; VERIFIER_HEX / 2];
+    if text.len() != VERIFIER_HEX {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(path: &str) -> http::Request<Vec<u8>> {
+        http::Request::post(path).body(b"{}".to_vec()).unwrap()
+    }
+
+    #[test]
+    fn genuine_tokens_are_accepted_and_anything_else_changes_nothing() {
+        let receiver = Receiver::new("https://hooks.example/cb").unwrap();
+        assert_eq!(receiver.base_url(), "https://hooks.example/cb/");
+        let watch = receiver.issue().unwrap();
+        receiver.bind(&watch, "t1");
+        let mut hints = receiver.hints("t1").unwrap();
+        let path = watch.url.strip_prefix("https://hooks.example").unwrap();
+        assert_eq!(path.len(), "/cb/".len() + 48);
+        // One character of the secret changed, a wrong method, a huge body: refused.
+        let mut forged = path.to_owned();
+        let last = forged.pop().unwrap();
+        forged.push(if last == '0' { '1' } else { '0' });
+        assert_eq!(receiver.handle(post(&forged)).status(), 404);
+        let get = http::Request::get(path).body(Vec::new()).unwrap();
+        assert_eq!(receiver.handle(get).status(), 405);
+        let huge = http::Request::post(path)
+            .body(vec![b'x'; MAX_CALLBACK_BYTES + 1])
+            .unwrap();
+        assert_eq!(receiver.handle(huge).status(), 413);
+        assert!(!hints.wait_until(Instant::now()), "nothing counted yet");
+        // The genuine one, five times: each accepted, one hint seen.
+        for _ in 0..5 {
+            assert_eq!(receiver.handle(post(path)).status(), 200);
+        }
+        assert!(hints.wait_until(Instant::now()));
+        assert!(
+            !hints.wait_until(Instant::now()),
+            "duplicates were one hint"
+        );
+        // Once the task has ended, late deliveries are still welcome, and wake nobody.
+        receiver.finish("t1");
+        assert_eq!(receiver.handle(post(path)).status(), 200);
+        assert!(receiver.hints("t1").is_none());
+        // A submission that made no task forgets its URL at once.
+        let unused = receiver.issue().unwrap();
+        let unused_path = unused
+            .url
+            .strip_prefix("https://hooks.example")
+            .unwrap()
+            .to_owned();
+        receiver.forget(&unused);
+        assert_eq!(receiver.handle(post(&unused_path)).status(), 404);
+    }
+
+    #[test]
+    fn tokens_are_unique_and_never_shown() {
+        let receiver = Receiver::new("http://127.0.0.1:9/").unwrap();
+        let a = receiver.issue().unwrap();
+        let b = receiver.issue().unwrap();
+        assert_ne!(a.url, b.url);
+        let shown = format!("{receiver:?}");
+        assert!(!shown.contains(&a.url[a.url.len() - 32..]), "{shown}");
+        assert!(Receiver::new("ftp://x/").is_err());
+        assert!(Receiver::new("/relative").is_err());
+    }
+
+    #[test]
+    fn the_listener_serves_the_handler_over_loopback() {
+        let receiver = Receiver::new("http://127.0.0.1/hooks/").unwrap();
+        let listener = receiver.listen("127.0.0.1:0").unwrap();
+        let watch = receiver.issue().unwrap();
+        receiver.bind(&watch, "t9");
+        let mut hints = receiver.hints("t9").unwrap();
+        let path = &watch.url["http://127.0.0.1".len()..];
+        let send = |path: &str| {
+            let mut stream = TcpStream::connect(listener.local_addr()).unwrap();
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                 content-length: 2\r\n\r\n{{}}"
+            );
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text
+        };
+        assert!(send("/hooks/nope").starts_with("HTTP/1.1 404"));
+        assert!(send(path).starts_with("HTTP/1.1 200"));
+        assert!(hints.wait_until(Instant::now() + Duration::from_secs(5)));
+        drop(listener);
+    }
+}
