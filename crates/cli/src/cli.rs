@@ -15,6 +15,8 @@ Examples:
   gptimage batch prompts.jsonl --out results/ --concurrency 4
   gptimage batch prompts.jsonl --state postgres://batch@db/images   (one of many workers)
   gptimage batch-status --out results/                   (from another terminal)
+  gptimage generate \"a red fox\" --listen 0.0.0.0:8787 --public-url https://me.example/hooks/
+                                  (end the wait on the service's callback; polling stays on)
 
 The API key comes from --api-key or GPTIMAGE_API_KEY; --emulator needs none.
 Exit codes: 0 success, 1 task failed, 2 usage or validation error (nothing sent),
@@ -93,9 +95,12 @@ pub(crate) struct Generate {
     /// How closely an edit follows its input: low or high.
     #[arg(long)]
     pub(crate) fidelity: Option<String>,
-    /// A webhook URL the service notifies when the task ends.
-    #[arg(long, value_name = "URL")]
+    /// A webhook URL the service notifies when the task ends (your own receiver; see --listen
+    /// to have this command receive it).
+    #[arg(long, value_name = "URL", conflicts_with = "listen")]
     pub(crate) callback_url: Option<String>,
+    #[command(flatten)]
+    pub(crate) listen: Listen,
     /// Print the task id and return without waiting.
     #[arg(long)]
     pub(crate) no_wait: bool,
@@ -131,11 +136,26 @@ pub(crate) struct Batch {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) concurrency: u16,
     #[command(flatten)]
+    pub(crate) listen: Listen,
+    #[command(flatten)]
     pub(crate) state: State,
     /// Send again the lines whose earlier submission had an unknown outcome. Only after checking
     /// the account: each may already have made (and charged) a task.
     #[arg(long)]
     pub(crate) resubmit_unknown: bool,
+}
+
+/// Receiving the service's callbacks, so each wait ends soon after its task does.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct Listen {
+    /// Receive the service's callbacks on ADDR (such as 0.0.0.0:8787) and end each wait soon
+    /// after its task's callback; polling goes on as a fallback. Useful only on a machine the
+    /// service can reach. Each task gets its own secret callback URL: treat it like the key.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// The public URL that reaches --listen (behind a proxy or NAT); by default http://ADDR/.
+    #[arg(long, value_name = "URL", requires = "listen")]
+    pub(crate) public_url: Option<String>,
 }
 
 /// Where a batch's state lives.

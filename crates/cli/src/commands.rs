@@ -9,7 +9,7 @@ use gptimage::{
 };
 use gptimage_emulator::Emulator;
 
-use crate::cli::{Generate, Global, Status, Wait};
+use crate::cli::{Generate, Global, Listen, Status, Wait};
 use crate::progress;
 use crate::report::{Report, code, describe};
 
@@ -18,6 +18,7 @@ pub(crate) struct Context {
     pub(crate) client: Client,
     pub(crate) quiet: bool,
     pub(crate) verbose: bool,
+    _listener: Option<gptimage::webhook::Listener>,
     _emulator: Option<Emulator>,
 }
 
@@ -26,7 +27,10 @@ const NO_KEY: &str = "no API key: set GPTIMAGE_API_KEY (or pass --api-key), or a
                       try everything against a local emulator without one";
 
 impl Context {
-    pub(crate) async fn new(global: &Global) -> Result<Self, (String, u8)> {
+    pub(crate) async fn new(
+        global: &Global,
+        listen: Option<&Listen>,
+    ) -> Result<Self, (String, u8)> {
         let mut builder = Client::builder();
         let emulator = if global.emulator {
             let config = gptimage_emulator::Config::default()
@@ -61,6 +65,34 @@ impl Context {
         if let Some(interval) = global.poll_interval {
             builder = builder.poll(PollSchedule::fixed(Duration::from_secs_f64(interval)));
         }
+        let listener = match listen.and_then(|l| l.listen.map(|addr| (addr, l))) {
+            None => None,
+            Some((addr, listen)) => {
+                let public = match &listen.public_url {
+                    Some(url) => url.clone(),
+                    None if addr.ip().is_unspecified() || addr.port() == 0 => {
+                        return Err((
+                            format!(
+                                "--listen {addr} needs --public-url: the address the service \
+                                 should send callbacks to"
+                            ),
+                            code::USAGE,
+                        ));
+                    }
+                    None => format!("http://{addr}/"),
+                };
+                let receiver = gptimage::webhook::Receiver::new(&public)
+                    .map_err(|e| (describe(&e, None), code::USAGE))?;
+                let listener = receiver
+                    .listen(addr)
+                    .map_err(|e| (format!("could not listen on {addr}: {e}"), code::USAGE))?;
+                if global.verbose {
+                    eprintln!("receiving callbacks on {addr} for {}", receiver.base_url());
+                }
+                builder = builder.webhooks(receiver);
+                Some(listener)
+            }
+        };
         let client = builder
             .build()
             .map_err(|e| (describe(&e, None), code::USAGE))?;
@@ -71,6 +103,7 @@ impl Context {
             client,
             quiet: global.quiet,
             verbose: global.verbose,
+            _listener: listener,
             _emulator: emulator,
         })
     }

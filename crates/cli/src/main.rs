@@ -74,7 +74,12 @@ async fn run(cli: Cli, request: Option<gptimage::GenerateRequest>) -> u8 {
     if let Command::BatchStatus(args) = &cli.command {
         return batch::status(args).await;
     }
-    let context = match commands::Context::new(&cli.global).await {
+    let listen = match &cli.command {
+        Command::Generate(args) => Some(&args.listen),
+        Command::Batch(args) => Some(&args.listen),
+        _ => None,
+    };
+    let context = match commands::Context::new(&cli.global, listen).await {
         Ok(context) => context,
         Err((message, exit)) => {
             eprintln!("error: {message}");
@@ -97,4 +102,15 @@ async fn run(cli: Cli, request: Option<gptimage::GenerateRequest>) -> u8 {
     };
     report.print(json, quiet);
     report.exit_code()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own checks (conflicts and requirements name real arguments, …) over every command.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -494,3 +494,36 @@ fn ctrl_c_stops_a_batch_with_130_and_it_resumes() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(emulator.counters().tasks_created, 3);
 }
+
+#[test]
+fn a_batch_with_listen_ends_each_wait_on_its_callback() {
+    let config = Config::instant().with_timings(Duration::ZERO, Duration::from_millis(500));
+    let emulator = Emulator::spawn(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(4, "called back"));
+    let out = dir.path().join("out");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let mut command = batch(&emulator, &file, &out, &["--listen", &listen]);
+    command.args(["--poll-interval", "20"]);
+    let output = run(&mut command);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let counters = emulator.counters();
+    assert_eq!(counters.webhooks_delivered, 4);
+    assert!(
+        counters.status_requests <= 12,
+        "{} status requests",
+        counters.status_requests
+    );
+    assert_eq!(pngs(&out).len(), 4);
+}

@@ -298,3 +298,54 @@ fn a_wait_ends_at_its_deadline_when_the_server_hangs() {
     );
     assert!(took < Duration::from_secs(4), "a 2 s wait took {took:?}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn listen_ends_the_wait_on_the_callback_and_refuses_a_callback_url() {
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let output = run(gptimage()
+        .args(["generate", "called back", "--emulator", "--json"])
+        .args(["--poll-interval", "20", "--listen", &listen, "--out"])
+        .arg(dir.path()));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(json(&output)["status"], "SUCCESS");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "a 20 s poll interval, done in {took:?}"
+    );
+
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let output = run(against(&emulator).args([
+        "generate",
+        "two receivers",
+        "--listen",
+        &listen,
+        "--callback-url",
+        "http://127.0.0.1:9/hook",
+    ]));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--callback-url"),
+        "{}",
+        stderr(&output)
+    );
+    let output =
+        run(against(&emulator).args(["generate", "where to?", "--listen", "0.0.0.0:8787"]));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--public-url"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(emulator.counters().generate_requests, 0, "nothing was sent");
+}

@@ -80,5 +80,8 @@ pub use gptimage_transport::blocking;
 /// The transports: the traits to plug in another HTTP stack, and the built-in ones.
 pub use gptimage_transport::transport;
 
+/// Webhooks: receive the service's callbacks and end waits on them.
+pub use gptimage_transport::webhook;
+
 /// The rest of the API's vocabulary: envelopes, webhooks, timestamps, keys.
 pub mod types;
