@@ -168,23 +168,17 @@ pub const DEPENDENCY_RULES: &[DependencyRule] = &[
     DependencyRule {
         package: "gptimage-batch",
         direct_allowlist: None,
-        forbidden: &[
-            "gptimage-cli",
-            "gptimage-emulator",
-            "axum",
-            "clap",
-            "indicatif",
-        ],
+        forbidden: &["gptimage-cli", "gptimage-emulator", "clap", "indicatif"],
     },
 ];
 
-/// What the SDK crates must never pull into a user's build: the tools built on them, the
-/// server side, and any database.
+/// What the SDK crates must never pull into a user's build, whatever features are on: the tools
+/// built on them, the emulator, and any database. (A server framework comes only with the
+/// feature that asks for it: see [`DEFAULT_FORBIDDEN`].)
 pub const SDK_FORBIDDEN: &[&str] = &[
     "gptimage-emulator",
     "gptimage-cli",
     "gptimage-batch",
-    "axum",
     "sqlx",
     "sqlx-core",
     "libsqlite3-sys",
@@ -365,23 +359,35 @@ pub fn check_facade_only_reexports(root: &Path) -> Vec<String> {
 /// Packages that a blocking-only build of the facade must not contain.
 pub const ASYNC_CRATES: &[&str] = &["tokio", "reqwest", "hyper", "mio", "axum"];
 
+/// Packages that the facade's default build must not contain: server frameworks come only with
+/// the feature that asks for them (`axum`).
+pub const DEFAULT_FORBIDDEN: &[&str] = &["axum", "sqlx", "sqlx-core", "libsqlite3-sys"];
+
 /// A blocking-only build of the facade (`--no-default-features --features blocking,rustls`)
-/// builds no async runtime and no reqwest, as `cargo tree` resolves it.
+/// contains none of [`ASYNC_CRATES`]; its default build none of [`DEFAULT_FORBIDDEN`]. Checked
+/// with `cargo tree`.
 pub fn check_blocking_build(root: &Path) -> Vec<String> {
+    let blocking = ["--no-default-features", "--features", "blocking,rustls"];
+    let mut violations = check_build(root, &blocking, ASYNC_CRATES, "a blocking-only build");
+    violations.extend(check_build(
+        root,
+        &[],
+        DEFAULT_FORBIDDEN,
+        "the default build",
+    ));
+    violations
+}
+
+/// The packages of the facade built with `features` include none of `forbidden`.
+fn check_build(root: &Path, features: &[&str], forbidden: &[&str], what: &str) -> Vec<String> {
     if !root.join("crates/gptimage").exists() {
         return Vec::new();
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(cargo)
-        .args(["tree", "--package", "gptimage", "--no-default-features"])
-        .args([
-            "--features",
-            "blocking,rustls",
-            "--edges",
-            "normal",
-            "--prefix",
-            "none",
-        ])
+        .args(["tree", "--package", "gptimage"])
+        .args(features)
+        .args(["--edges", "normal", "--prefix", "none"])
         .current_dir(root)
         .output();
     let output = match output {
@@ -395,17 +401,19 @@ pub fn check_blocking_build(root: &Path) -> Vec<String> {
         Err(e) => return vec![format!("could not run cargo tree: {e}")],
     };
     let tree = String::from_utf8_lossy(&output.stdout);
-    let names: BTreeSet<&str> = tree
+    let packages: BTreeSet<&str> = tree
         .lines()
         .filter_map(|line| line.split_whitespace().next())
         .collect();
-    let mut violations: Vec<String> = ASYNC_CRATES
+    let mut violations: Vec<String> = forbidden
         .iter()
-        .filter(|name| names.contains(**name))
-        .map(|name| format!("a blocking-only build of gptimage contains {name}"))
+        .filter(|p| packages.contains(*p))
+        .map(|p| format!("{what} of the facade must not contain {p}, but does"))
         .collect();
-    if !names.contains("ureq") {
-        violations.push("a blocking-only build of gptimage does not contain ureq".to_owned());
+    if packages.is_empty() || !packages.contains("gptimage-transport") {
+        violations.push(format!(
+            "{what} of the facade could not be listed by cargo tree"
+        ));
     }
     violations
 }

@@ -288,6 +288,40 @@ impl Receiver {
     }
 }
 
+#[cfg(feature = "axum")]
+impl Receiver {
+    /// The receiver as an axum 0.8 router (feature `axum`), serving [`handle`](Self::handle) at
+    /// the base URL's path; merge it into an application's router. Its signature names axum's
+    /// types, so it follows axum's major version.
+    ///
+    /// ```no_run
+    /// # async fn run() -> std::io::Result<()> {
+    /// use gptimage_transport::webhook::Receiver;
+    ///
+    /// let receiver = Receiver::new("https://api.example.com/gptimage/hooks/").unwrap();
+    /// let app = axum::Router::new().merge(receiver.axum_router());
+    /// let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+    /// axum::serve(listener, app).await
+    /// # }
+    /// ```
+    pub fn axum_router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
+        let receiver = self.clone();
+        let route = format!("{}{{token}}", self.shared.path);
+        let serve = move |request: axum::extract::Request| {
+            let receiver = receiver.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let answer = match axum::body::to_bytes(body, MAX_CALLBACK_BYTES).await {
+                    Ok(bytes) => receiver.handle(http::Request::from_parts(parts, bytes.to_vec())),
+                    Err(_) => answer(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"),
+                };
+                answer.map(axum::body::Body::from)
+            }
+        };
+        axum::Router::new().route(&route, axum::routing::any(serve))
+    }
+}
+
 /// New hints for one task, as a wait sees them.
 pub(crate) struct Hints {
     receiver: Receiver,
@@ -590,6 +624,45 @@ mod tests {
         assert!(!shown.contains(&a.url[a.url.len() - 32..]), "{shown}");
         assert!(Receiver::new("ftp://x/").is_err());
         assert!(Receiver::new("/relative").is_err());
+    }
+
+    #[cfg(feature = "axum")]
+    #[tokio::test]
+    async fn the_axum_router_serves_the_handler() {
+        let receiver = Receiver::new("http://127.0.0.1/gptimage/hooks/").unwrap();
+        let watch = receiver.issue().unwrap();
+        receiver.bind(&watch, "t7");
+        let mut hints = receiver.hints("t7").unwrap();
+        let app: axum::Router = axum::Router::new().merge(receiver.axum_router());
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(tcp, app).await });
+        let path = watch.url["http://127.0.0.1".len()..].to_owned();
+        let status = |path: String, body: Vec<u8>| async move {
+            tokio::task::spawn_blocking(move || {
+                let mut stream = TcpStream::connect(addr).unwrap();
+                let head = format!(
+                    "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                stream.write_all(head.as_bytes()).unwrap();
+                stream.write_all(&body).unwrap();
+                let mut text = String::new();
+                let _ = stream.read_to_string(&mut text);
+                text[9..12].to_owned()
+            })
+            .await
+            .unwrap()
+        };
+        assert_eq!(
+            status("/gptimage/hooks/nope".into(), b"{}".to_vec()).await,
+            "404"
+        );
+        let huge = vec![b'x'; MAX_CALLBACK_BYTES + 1];
+        assert_eq!(status(path.clone(), huge).await, "413");
+        assert!(!hints.wait_until(Instant::now()));
+        assert_eq!(status(path, b"{}".to_vec()).await, "200");
+        assert!(hints.wait_until(Instant::now() + Duration::from_secs(5)));
     }
 
     #[test]
