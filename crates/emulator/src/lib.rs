@@ -201,6 +201,12 @@ impl Emulator {
         self.app.store.task_request(task_id)
     }
 
+    /// When a task ended (`SUCCESS` or `FAILED`), on this process's clock: for benchmarks that
+    /// measure how late a client notices.
+    pub fn task_finished_at(&self, task_id: &str) -> Option<std::time::Instant> {
+        self.app.store.task_finished(task_id)
+    }
+
     /// What the emulator has counted so far.
     pub fn counters(&self) -> Counters {
         self.app.store.counters()

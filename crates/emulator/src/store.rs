@@ -292,6 +292,10 @@ impl Store {
     }
 
     /// The status document of a task, whoever owns it (for webhooks).
+    pub(crate) fn task_finished(&self, id: &str) -> Option<Instant> {
+        self.lock().tasks.get(id).and_then(|t| t.finished)
+    }
+
     pub(crate) fn task_request(&self, id: &str) -> Option<GenerateRequest> {
         self.lock().tasks.get(id).map(|t| t.request.clone())
     }

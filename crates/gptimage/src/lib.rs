@@ -45,6 +45,7 @@
 //! | `rustls` | yes | TLS through rustls |
 //! | `native-tls` | no | TLS through the platform's library instead (turn `default-features` off) |
 //! | `tracing` | no | `tracing` spans for each request and wait; the key is never recorded |
+//! | `axum` | no | `webhook::Receiver::axum_router`, the webhook receiver as an axum router |
 //!
 //! A blocking-only build: `gptimage = { version = "0.1", default-features = false, features =
 //! ["blocking", "rustls"] }`.

@@ -284,12 +284,10 @@ impl Config {
     }
 
     /// How a wait polls while callbacks are expected: the caller's schedule if they chose one,
-    /// otherwise a slower one, since the callback should come first.
+    /// otherwise a slower one (20 s growing to 60 s), since the callback should come first.
     pub(crate) fn fallback_poll(&self) -> PollSchedule {
         if self.poll_explicit {
             self.poll
-        } else if self.base.loopback {
-            PollSchedule::exponential(Duration::from_secs(1), Duration::from_secs(5), 1.5)
         } else {
             PollSchedule::exponential(Duration::from_secs(20), Duration::from_secs(60), 1.5)
         }
@@ -438,8 +436,8 @@ impl<C: FromConfig> ClientBuilder<C> {
     /// Submits every task with a callback URL of `receiver` (unless a request names its own),
     /// and ends each wait soon after the task's genuine callback, confirmed by one status
     /// request. Polling goes on as the fallback: on this builder's schedule if one is given,
-    /// otherwise a slower one (20 s growing to 60 s against a remote API, the first poll after
-    /// 20 s, since the callback is expected first).
+    /// otherwise a slower one (20 s growing to 60 s, the first poll after 20 s, since the
+    /// callback is expected first).
     ///
     /// ```
     /// use gptimage_transport::Client;

@@ -33,6 +33,7 @@
 //! - `blocking`: [`blocking::Client`], on ureq; builds no tokio or reqwest.
 //! - `rustls` (default): TLS through rustls. `native-tls`: TLS through the platform library.
 //! - `tracing`: `tracing` spans for each request and wait; the key is never recorded.
+//! - `axum`: `webhook::Receiver::axum_router`, the webhook receiver as an axum router.
 //!
 //! ```no_run
 //! # #[cfg(feature = "async")]
