@@ -89,6 +89,7 @@ struct Entry {
 pub(crate) struct Watch {
     selector: String,
     /// The URL to send as the request's `callback_url`.
+    #[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
     pub(crate) url: String,
 }
 
