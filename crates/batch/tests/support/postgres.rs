@@ -83,22 +83,9 @@ impl Postgres {
         format!("postgres://gptimage@127.0.0.1:{}/{database}", self.port)
     }
 
-    /// Creates a database (one per test keeps tests apart).
+    /// Creates a database (one per test keeps tests apart); its URL.
     pub fn create_database(&self, name: &str) -> String {
-        let createdb = self.bin.join("createdb");
-        let output = Command::new(createdb)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "gptimage",
-                name,
-            ])
-            .output()
-            .expect("createdb runs");
-        assert!(output.status.success(), "createdb: {}", text(&output));
+        self.sql("postgres", &format!("CREATE DATABASE {name}"));
         self.url(name)
     }
 
