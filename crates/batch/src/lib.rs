@@ -44,6 +44,7 @@
 mod error;
 mod index;
 pub mod machine;
+mod plan;
 mod run;
 mod source;
 mod store;
@@ -51,9 +52,10 @@ mod store;
 pub use error::Error;
 pub use index::write_index;
 pub use machine::LineState;
+pub use plan::{Plan, plan};
 pub use run::{Batch, Options, Summary};
 pub use source::{MAX_LINE_BYTES, ParsedLine, RawLine, Source, stem};
-pub use store::{Claim, LineRecord, Pages, Progress, StateUrl, Store, Worker};
+pub use store::{Claim, LineRecord, Pages, Progress, StateUrl, Store, Submitting, Worker};
 
 /// A short, stable name for an SDK error's kind, as reports and the state store it.
 ///

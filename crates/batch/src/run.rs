@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gptimage::{Client, ErrorKind};
@@ -12,7 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::machine::LineState;
 use crate::source::{Source, stem};
-use crate::store::{Claim, LineRecord, Progress, StateUrl, Store, Worker};
+use crate::store::{Claim, LineRecord, Progress, StateUrl, Store, Submitting, Worker};
 use crate::{Error, error_kind_name};
 
 /// How often a worker looks for dead workers, and for lines others let go, while it has
@@ -31,6 +32,10 @@ pub struct Options {
     /// Send lines whose earlier submission had an unknown outcome again. Only for a user who
     /// checked that the account holds no task for them: otherwise they may be paid twice.
     pub resubmit_unknown: bool,
+    /// The most credits this batch may commit, counting every run and worker (10 a task; a
+    /// failed task's are given back). Lines beyond it are left pending for a run with a larger
+    /// budget.
+    pub max_credits: Option<u64>,
 }
 
 impl Options {
@@ -40,6 +45,7 @@ impl Options {
             out: out.into(),
             concurrency: 4,
             resubmit_unknown: false,
+            max_credits: None,
         }
     }
 }
@@ -53,6 +59,8 @@ pub struct Summary {
     pub handled: u64,
     /// Whether the run was stopped before the batch ended.
     pub interrupted: bool,
+    /// Whether the credit budget left lines unsent.
+    pub over_budget: bool,
 }
 
 /// A batch file bound to its state: what workers run.
@@ -124,12 +132,13 @@ impl Batch {
             .work(client, options, stop, &mut on_line, &worker)
             .await;
         let left = store.leave(&worker).await;
-        let (handled, interrupted) = result?;
+        let (handled, interrupted, over_budget) = result?;
         left?;
         Ok(Summary {
             progress: store.progress().await?,
             handled,
             interrupted,
+            over_budget,
         })
     }
 
@@ -140,7 +149,7 @@ impl Batch {
         stop: impl Future<Output = impl Sized>,
         on_line: &mut impl FnMut(&LineRecord),
         worker: &Arc<Worker>,
-    ) -> Result<(u64, bool), Error> {
+    ) -> Result<(u64, bool, bool), Error> {
         let store = &self.store;
         store.retry_refused().await?;
         if options.resubmit_unknown {
@@ -151,6 +160,8 @@ impl Batch {
         let mut jobs = JoinSet::new();
         let mut reap = tokio::time::interval(REAP_EVERY);
         let (mut handled, mut stopping, mut failure) = (0u64, false, None::<Error>);
+        // Set by a line the budget refused: nothing more is claimed, what is under way ends.
+        let over_budget = Arc::new(AtomicBool::new(false));
         // The first failure stops the worker: nothing new is claimed or sent, waits are let go,
         // and a submission already on the wire still gets its answer recorded (or printed).
         let halt = |error: Error, failure: &mut Option<Error>, stopping: &mut bool| {
@@ -160,7 +171,10 @@ impl Batch {
         };
         tokio::pin!(stop);
         loop {
-            while !stopping && jobs.len() < options.concurrency.max(1) {
+            while !stopping
+                && !over_budget.load(Ordering::SeqCst)
+                && jobs.len() < options.concurrency.max(1)
+            {
                 let claim = match store.claim(worker).await {
                     Ok(Some(claim)) => claim,
                     Ok(None) => break,
@@ -175,12 +189,17 @@ impl Batch {
                     source: self.source.clone(),
                     worker: worker.clone(),
                     out: options.out.clone(),
+                    budget: options.max_credits,
+                    over_budget: over_budget.clone(),
                 };
                 let cancelled = cancelled.clone();
                 jobs.spawn(async move { job.run(claim, cancelled).await });
             }
             if jobs.is_empty() {
-                if stopping || !store.others_busy(worker).await? {
+                if stopping
+                    || over_budget.load(Ordering::SeqCst)
+                    || !store.others_busy(worker).await?
+                {
                     break;
                 }
                 // Others still hold lines: wait, in case one of them dies and leaves them.
@@ -214,7 +233,7 @@ impl Batch {
         }
         match failure {
             Some(error) => Err(error),
-            None => Ok((handled, stopping)),
+            None => Ok((handled, stopping, over_budget.load(Ordering::SeqCst))),
         }
     }
 }
@@ -226,6 +245,8 @@ struct Job {
     source: Arc<Source>,
     worker: Arc<Worker>,
     out: PathBuf,
+    budget: Option<u64>,
+    over_budget: Arc<AtomicBool>,
 }
 
 impl Job {
@@ -285,9 +306,25 @@ impl Job {
                 format!("line-{number}-item-{item}"),
             ];
             store.still_alive(worker).await?;
-            let name = store
-                .start_submitting(worker, item, number, &names, &record.prompt)
+            let submitting = store
+                .start_submitting(worker, item, number, &names, &record.prompt, self.budget)
                 .await?;
+            let name = match submitting {
+                Submitting::Named(name) => name,
+                Submitting::OverBudget => {
+                    self.over_budget.store(true, Ordering::SeqCst);
+                    store.release(worker, item, None).await?;
+                    let budget = self.budget.unwrap_or_default();
+                    record.error = Some((
+                        "over_budget".into(),
+                        format!(
+                            "not submitted: the budget of {budget} credits allows no more tasks \
+                             (run again with a larger --max-credits to continue)"
+                        ),
+                    ));
+                    return Ok(Some(record));
+                }
+            };
             record.name = Some(name);
             pause_at("before-post");
             match self.client.submit(&parsed.request).await {

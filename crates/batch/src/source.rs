@@ -151,6 +151,42 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Calls `each` with every non-blank line in order, reading the file once from the start.
+    pub fn scan(&self, mut each: impl FnMut(RawLine)) -> Result<(), Error> {
+        let cannot = |e: std::io::Error| Error::Source {
+            path: self.path.clone(),
+            source: e.into(),
+        };
+        let mut reader = BufReader::new(File::open(&self.path).map_err(cannot)?);
+        let mut bytes = Vec::new();
+        let (mut item, mut number) = (0u64, 0u64);
+        loop {
+            bytes.clear();
+            if reader.read_until(b'\n', &mut bytes).map_err(cannot)? == 0 {
+                break;
+            }
+            number += 1;
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let text = if bytes.len() > MAX_LINE_BYTES {
+                String::from_utf8_lossy(&bytes[..64]).into_owned()
+            } else {
+                String::from_utf8_lossy(&bytes).trim_end().to_owned()
+            };
+            each(RawLine { item, number, text });
+            item += 1;
+        }
+        if item != self.len() {
+            return Err(Error::Changed {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl RawLine {
     /// Parses the line: a JSON object with the API's fields (`prompt`, `size`, `quality`,
     /// `images`, `input_fidelity`, `callback_url`) and an optional `name`; friendly spellings

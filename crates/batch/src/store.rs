@@ -16,6 +16,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Row};
 
 use crate::machine::LineState;
 use crate::{Error, Source};
+use gptimage::types::CREDITS_PER_TASK;
 
 /// Where the state of a batch is kept: `sqlite:PATH` or `postgres://…`.
 ///
@@ -127,6 +128,7 @@ const SCHEMA: &[&str] = &[
         file_name TEXT NOT NULL,
         items BIGINT NOT NULL,
         claimed BIGINT NOT NULL DEFAULT 0,
+        committed BIGINT NOT NULL DEFAULT 0,
         created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
     "CREATE TABLE IF NOT EXISTS gptimage_workers (
         id BIGINT PRIMARY KEY,
@@ -225,6 +227,15 @@ pub struct Claim {
     pub name: Option<String>,
 }
 
+/// How [`Store::start_submitting`] went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitting {
+    /// Committed as submitting; its images are named after this.
+    Named(String),
+    /// The budget allows no more tasks: nothing was committed, nothing may be sent.
+    OverBudget,
+}
+
 /// Everything the state knows of one line.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LineRecord {
@@ -269,6 +280,9 @@ pub struct Progress {
     pub states: BTreeMap<String, u64>,
     /// Credits consumed by finished tasks, refunds included.
     pub credits: u64,
+    /// Credits committed: tasks that may have been charged (finished, running, or of unknown
+    /// outcome), counted at their price; what a budget is measured against.
+    pub committed: u64,
     /// Workers running now.
     pub workers: u64,
 }
@@ -474,12 +488,24 @@ impl Store {
 
     /// Sends unknown-outcome lines again: only on the user's explicit word, after checking that
     /// the account holds no task for them.
+    /// Their credits are no longer counted as committed: the user says no task exists.
     pub async fn resubmit_unknown(&self) -> Result<u64, Error> {
-        self.execute(
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let moved = sqlx::query(
             "UPDATE gptimage_lines SET state = 'pending', owner = NULL, task_id = NULL,
              error_kind = NULL, error_message = NULL WHERE state = 'unknown'",
         )
+        .execute(&mut *tx)
         .await
+        .map_err(|e| self.error(e))?
+        .rows_affected();
+        sqlx::query("UPDATE gptimage_batch SET committed = committed - $1 WHERE one = 1")
+            .bind((moved * CREDITS_PER_TASK) as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?;
+        tx.commit().await.map_err(|e| self.error(e))?;
+        Ok(moved)
     }
 
     async fn execute(&self, sql: &'static str) -> Result<u64, Error> {
@@ -642,9 +668,10 @@ impl Store {
         })
     }
 
-    /// `pending → submitting`, committed before the POST goes out. The line's images get the
-    /// first of `names` no other line has. Returns the name chosen; an error means nothing may
-    /// be sent.
+    /// `pending → submitting`, committed before the POST goes out, with the task's credits
+    /// counted against `budget` (all credits this batch may commit, across runs and workers) in
+    /// the same transaction: the budget is exact however many workers run. The line's images get
+    /// the first of `names` no other line has. An error means nothing may be sent.
     pub async fn start_submitting(
         &self,
         worker: &Worker,
@@ -652,8 +679,23 @@ impl Store {
         line: u64,
         names: &[String],
         prompt: &str,
-    ) -> Result<String, Error> {
+        budget: Option<u64>,
+    ) -> Result<Submitting, Error> {
+        let budget = budget.map_or(-1, |b| b.min(i64::MAX as u64) as i64);
         for name in names {
+            let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+            let within = sqlx::query(
+                "UPDATE gptimage_batch SET committed = committed + $1
+                 WHERE one = 1 AND ($2 < 0 OR committed + $1 <= $2)",
+            )
+            .bind(CREDITS_PER_TASK as i64)
+            .bind(budget)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?;
+            if within.rows_affected() == 0 {
+                return Ok(Submitting::OverBudget);
+            }
             let result = sqlx::query(
                 "UPDATE gptimage_lines SET state = 'submitting', worker = $2, line = $3,
                  name = $4, prompt = $5
@@ -665,15 +707,19 @@ impl Store {
             .bind(line as i64)
             .bind(name.clone())
             .bind(prompt.to_owned())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await;
             match result {
-                Ok(done) if done.rows_affected() == 1 => return Ok(name.clone()),
+                Ok(done) if done.rows_affected() == 1 => {
+                    tx.commit().await.map_err(|e| self.error(e))?;
+                    return Ok(Submitting::Named(name.clone()));
+                }
                 Ok(_) => {
                     return Err(Error::LostWorker {
                         url: self.url.clone(),
                     });
                 }
+                // The transaction is dropped (rolled back) with its credits; try the next name.
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() => continue,
                 Err(e) => return Err(self.error(e)),
             }
@@ -721,8 +767,9 @@ impl Store {
         .await
     }
 
-    /// `submitting → refused` (no task exists, so a later start may send it again) or
-    /// `submitting → unknown` (a task may exist).
+    /// `submitting → refused` (no task exists, so a later start may send it again, and its
+    /// credits are not committed) or `submitting → unknown` (a task may exist: its credits stay
+    /// counted).
     pub async fn not_submitted(
         &self,
         worker: &Worker,
@@ -732,7 +779,12 @@ impl Store {
         message: &str,
     ) -> Result<(), Error> {
         debug_assert!(LineState::Submitting.may_become(state, crate::machine::Actor::Worker));
-        self.transition(
+        let refund = if state == LineState::Refused {
+            CREDITS_PER_TASK
+        } else {
+            0
+        };
+        self.transition_refunding(
             sqlx::query(
                 "UPDATE gptimage_lines SET state = $3, owner = NULL, error_kind = $4,
                  error_message = $5 WHERE item = $1 AND worker = $2 AND state = 'submitting'",
@@ -742,6 +794,7 @@ impl Store {
             .bind(state.as_str())
             .bind(kind.to_owned())
             .bind(message.to_owned()),
+            refund,
         )
         .await
     }
@@ -771,7 +824,7 @@ impl Store {
         .await
     }
 
-    /// `submitted → failed`: the task ended `FAILED`.
+    /// `submitted → failed`: the task ended `FAILED`, and the service gave its credits back.
     pub async fn failed(
         &self,
         worker: &Worker,
@@ -779,7 +832,7 @@ impl Store {
         message: &str,
         credits: Option<u64>,
     ) -> Result<(), Error> {
-        self.transition(
+        self.transition_refunding(
             sqlx::query(
                 "UPDATE gptimage_lines SET state = 'failed', owner = NULL, credits = $3,
                  error_kind = 'task_failed', error_message = $4
@@ -789,6 +842,7 @@ impl Store {
             .bind(worker.id)
             .bind(credits.map(|c| c as i64))
             .bind(message.to_owned()),
+            CREDITS_PER_TASK,
         )
         .await
     }
@@ -813,6 +867,27 @@ impl Store {
             .bind(reason.map(|(_, m)| m.to_owned())),
         )
         .await
+    }
+
+    /// A transition that gives `refund` committed credits back, in one transaction.
+    async fn transition_refunding(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+        refund: u64,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let moved = query.execute(&mut *tx).await.map_err(|e| self.error(e))?;
+        if moved.rows_affected() != 1 {
+            return Err(Error::LostWorker {
+                url: self.url.clone(),
+            });
+        }
+        sqlx::query("UPDATE gptimage_batch SET committed = committed - $1 WHERE one = 1")
+            .bind(refund as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?;
+        tx.commit().await.map_err(|e| self.error(e))
     }
 
     async fn transition(
@@ -862,19 +937,23 @@ impl Store {
 
     /// How the batch stands: counts by state, credits, workers.
     pub async fn progress(&self) -> Result<Progress, Error> {
-        let batch =
-            sqlx::query("SELECT batch_id, file_name, items FROM gptimage_batch WHERE one = 1")
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.error(e))?
-                .ok_or_else(|| Error::NoState {
-                    url: self.url.clone(),
-                })?;
+        let batch = sqlx::query(
+            "SELECT batch_id, file_name, items, committed FROM gptimage_batch WHERE one = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?
+        .ok_or_else(|| Error::NoState {
+            url: self.url.clone(),
+        })?;
         let mut progress = Progress {
             batch_id: batch.try_get("batch_id").map_err(|e| self.error(e))?,
             file_name: batch.try_get("file_name").map_err(|e| self.error(e))?,
             lines: batch
                 .try_get::<i64, _>("items")
+                .map_err(|e| self.error(e))? as u64,
+            committed: batch
+                .try_get::<i64, _>("committed")
                 .map_err(|e| self.error(e))? as u64,
             ..Progress::default()
         };

@@ -86,11 +86,11 @@ async fn a_dead_workers_lines_follow_the_rules(url: StateUrl, dir: &Path) {
     let first = store.claim(&doomed).await.unwrap().unwrap();
     let second = store.claim(&doomed).await.unwrap().unwrap();
     store
-        .start_submitting(&doomed, first.item, 1, &["one".into()], "reap 0")
+        .start_submitting(&doomed, first.item, 1, &["one".into()], "reap 0", None)
         .await
         .unwrap();
     store
-        .start_submitting(&doomed, second.item, 2, &["two".into()], "reap 1")
+        .start_submitting(&doomed, second.item, 2, &["two".into()], "reap 1", None)
         .await
         .unwrap();
     store
@@ -106,10 +106,11 @@ async fn a_dead_workers_lines_follow_the_rules(url: StateUrl, dir: &Path) {
             3,
             &["one".into(), "one-line-3".into()],
             "x",
+            None,
         )
         .await
         .unwrap();
-    assert_eq!(name, "one-line-3");
+    assert_eq!(name, gptimage_batch::Submitting::Named("one-line-3".into()));
     store
         .not_submitted(&doomed, third.item, LineState::Refused, "api", "401")
         .await
@@ -153,6 +154,54 @@ async fn a_dead_workers_lines_follow_the_rules(url: StateUrl, dir: &Path) {
     assert_eq!(progress.count(LineState::Submitted), 1);
 }
 
+/// Three workers race to submit 40 lines under a budget of 95 credits: exactly nine tasks are
+/// committed, however the race goes; a refusal gives its credits back.
+async fn the_budget_is_exact_under_racing_workers(url: StateUrl, dir: &Path) {
+    let source = batch_file(dir, 40, "budget");
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let store = open(&url, &source).await;
+        handles.push(tokio::spawn(async move {
+            let worker = store.join(Path::new("out")).await.unwrap();
+            let mut committed = Vec::new();
+            while let Some(claim) = store.claim(&worker).await.unwrap() {
+                let name = format!("n{}", claim.item);
+                let line = claim.item + 1;
+                match store
+                    .start_submitting(&worker, claim.item, line, &[name], "p", Some(95))
+                    .await
+                    .unwrap()
+                {
+                    gptimage_batch::Submitting::Named(_) => committed.push(claim.item),
+                    gptimage_batch::Submitting::OverBudget => break,
+                }
+            }
+            (store, worker, committed)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut kept = Vec::new();
+    for handle in handles {
+        let (store, worker, committed) = handle.await.unwrap();
+        all.extend(committed.iter().copied());
+        kept.push((store, worker, committed));
+    }
+    assert_eq!(all.len(), 9, "95 credits buy nine tasks: {all:?}");
+    let (store, worker, committed) = &kept[0];
+    assert_eq!(store.progress().await.unwrap().committed, 90);
+    if let Some(item) = committed.first() {
+        store
+            .not_submitted(worker, *item, LineState::Refused, "api", "401")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.progress().await.unwrap().committed,
+            80,
+            "a refusal is refunded"
+        );
+    }
+}
+
 async fn another_file_is_refused(url: StateUrl, dir: &Path) {
     let source = batch_file(dir, 2, "mine");
     let _store = open(&url, &source).await;
@@ -184,6 +233,12 @@ async fn sqlite_dead_workers_lines_follow_the_rules() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_budget_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    the_budget_is_exact_under_racing_workers(sqlite(dir.path()), dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_refuses_another_file() {
     let dir = tempfile::tempdir().unwrap();
     another_file_is_refused(sqlite(dir.path()), dir.path()).await;
@@ -196,6 +251,7 @@ async fn postgres_store() {
     let url = |name: &str| StateUrl::Postgres(cluster.create_database(name));
     claims_are_won_once(url("race"), dir.path()).await;
     a_dead_workers_lines_follow_the_rules(url("reap"), dir.path()).await;
+    the_budget_is_exact_under_racing_workers(url("budget"), dir.path()).await;
     another_file_is_refused(url("refuse"), dir.path()).await;
 }
 

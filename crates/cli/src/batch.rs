@@ -38,6 +38,7 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
         out: out.clone(),
         concurrency: usize::from(args.concurrency),
         resubmit_unknown: args.resubmit_unknown,
+        max_credits: args.max_credits,
     };
     let (mut done, mut not_done) = (0u64, 0u64);
     let stop = async {
@@ -75,8 +76,9 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
     let progress = &summary.progress;
     if !context.quiet {
         eprintln!(
-            "{}{}; images and index.html in {}",
+            "{}, {} credits spent{}; images and index.html in {}",
             counts(progress),
+            progress.credits,
             if summary.interrupted {
                 ", interrupted"
             } else {
@@ -86,6 +88,15 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
         );
         advise(progress, &state);
     }
+    if summary.over_budget {
+        eprintln!(
+            "{} line(s) not submitted: --max-credits {} allows no more ({} credits committed); \
+             run again with a larger budget to continue",
+            progress.count(LineState::Pending),
+            args.max_credits.unwrap_or_default(),
+            progress.committed
+        );
+    }
     if summary.interrupted {
         eprintln!("run the same command again to resume: no line is submitted twice");
         code::INTERRUPTED
@@ -93,6 +104,54 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
         code::OK
     } else {
         code::TASK_FAILED
+    }
+}
+
+/// `gptimage batch --dry-run`: what a run would submit and cost now; sends nothing.
+pub(crate) async fn dry_run(args: &BatchArgs) -> u8 {
+    let state = match state_url(args.state.state.as_deref(), &args.output.out) {
+        Ok(state) => state,
+        Err(code) => return code,
+    };
+    let plan = match gptimage_batch::plan(&args.file, &state, args.resubmit_unknown).await {
+        Ok(plan) => plan,
+        Err(error) => return fail(&error),
+    };
+    if args.output.json {
+        let invalid: Vec<_> = plan
+            .invalid
+            .iter()
+            .map(|(line, reason)| json!({"line": line, "error": reason}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "dry_run": true,
+                "lines": plan.lines,
+                "would_submit": plan.would_submit,
+                "credits": plan.credits,
+                "already_submitted": plan.already_submitted,
+                "invalid": invalid,
+            })
+        );
+    } else {
+        for (line, reason) in &plan.invalid {
+            eprintln!("line {line}: {reason}");
+        }
+        eprintln!(
+            "{} of {} lines would be submitted, costing {} credits ({} already submitted, {} \
+             invalid); nothing was sent",
+            plan.would_submit,
+            plan.lines,
+            plan.credits,
+            plan.already_submitted,
+            plan.invalid.len()
+        );
+    }
+    if plan.invalid.is_empty() {
+        code::OK
+    } else {
+        code::USAGE
     }
 }
 
@@ -124,6 +183,7 @@ pub(crate) async fn status(args: &BatchStatus) -> u8 {
             "lines": progress.lines,
             "states": progress.states,
             "credits": progress.credits,
+            "committed": progress.committed,
             "workers": progress.workers,
             "not_done": lines,
         });
@@ -136,8 +196,8 @@ pub(crate) async fn status(args: &BatchStatus) -> u8 {
         );
         println!("  {}", counts(&progress));
         println!(
-            "  {} credits spent, {} worker(s) running",
-            progress.credits, progress.workers
+            "  {} credits spent ({} committed), {} worker(s) running",
+            progress.credits, progress.committed, progress.workers
         );
         if !not_done.is_empty() {
             println!("not done:");

@@ -143,6 +143,15 @@ pub(crate) struct Batch {
     /// the account: each may already have made (and charged) a task.
     #[arg(long)]
     pub(crate) resubmit_unknown: bool,
+    /// Never commit more than this many credits to the batch, counting earlier runs and every
+    /// worker (10 a task; failed tasks are refunded). Lines beyond it wait for a run with a
+    /// larger budget.
+    #[arg(long, value_name = "CREDITS")]
+    pub(crate) max_credits: Option<u64>,
+    /// Check every line and say how many tasks a run would submit now and what they would cost;
+    /// send nothing (exit 2 if a line is invalid).
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 /// Receiving the service's callbacks, so each wait ends soon after its task does.

@@ -74,6 +74,11 @@ async fn run(cli: Cli, request: Option<gptimage::GenerateRequest>) -> u8 {
     if let Command::BatchStatus(args) = &cli.command {
         return batch::status(args).await;
     }
+    if let Command::Batch(args) = &cli.command
+        && args.dry_run
+    {
+        return batch::dry_run(args).await;
+    }
     let listen = match &cli.command {
         Command::Generate(args) => Some(&args.listen),
         Command::Batch(args) => Some(&args.listen),

@@ -337,10 +337,13 @@ fn a_kill_at_every_step_of_a_line_never_pays_twice() {
                 2 + u64::from(step.created),
                 "{name}: the unknown line was not sent again"
             );
-            // Only the user's explicit word sends it again.
+            // Only the user's explicit word sends it again; its credits were counted until then.
+            assert_eq!(status["committed"], 30, "{name}: {status}");
             let output = run(&mut batch(&emulator, &file, &out, &["--resubmit-unknown"]));
             assert_eq!(output.status.code(), Some(0), "{name}: {}", stderr(&output));
-            assert_eq!(count(&batch_status(out.to_str().unwrap()), "done"), 3);
+            let status = batch_status(out.to_str().unwrap());
+            assert_eq!(count(&status, "done"), 3);
+            assert_eq!(status["committed"], 30, "{name}: counted once: {status}");
         }
         assert_eq!(pngs(&out).len(), 3, "{name}: one picture per line");
     }
@@ -529,4 +532,97 @@ fn a_batch_with_listen_ends_each_wait_on_its_callback() {
         counters.status_requests
     );
     assert_eq!(pngs(&out).len(), 4);
+}
+
+#[test]
+fn max_credits_submits_exactly_what_the_budget_allows_across_reruns() {
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(5, "budgeted"));
+    let out = dir.path().join("out");
+    let output = run(&mut batch(&emulator, &file, &out, &["--max-credits", "25"]));
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("3 line(s) not submitted"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        emulator.counters().tasks_created,
+        2,
+        "25 credits buy two tasks"
+    );
+    let output = run(&mut batch(&emulator, &file, &out, &["--max-credits", "40"]));
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(
+        emulator.counters().tasks_created,
+        4,
+        "earlier runs' spending counts"
+    );
+    let output = run(&mut batch(&emulator, &file, &out, &["--max-credits", "50"]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("50 credits spent"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(emulator.counters().tasks_created, 5);
+    let status = batch_status(out.to_str().unwrap());
+    assert_eq!(
+        (status["credits"].as_u64(), status["committed"].as_u64()),
+        (Some(50), Some(50))
+    );
+}
+
+#[test]
+fn dry_run_sends_nothing_and_states_the_cost() {
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(4, "planned"));
+    let out = dir.path().join("out");
+    // No key needed, nothing sent, no state created.
+    let output = run(gptimage()
+        .arg("batch")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .args(["--dry-run", "--json"]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let plan = json(&output);
+    assert_eq!(
+        (plan["would_submit"].as_u64(), plan["credits"].as_u64()),
+        (Some(4), Some(40))
+    );
+    assert!(!out.join("gptimage-batch.sqlite").exists());
+    // After two lines were submitted, only the rest would be.
+    let output = run(&mut batch(&emulator, &file, &out, &["--max-credits", "20"]));
+    assert_eq!(output.status.code(), Some(1));
+    let output = run(&mut batch(&emulator, &file, &out, &["--dry-run"]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output)
+            .contains("2 of 4 lines would be submitted, costing 20 credits (2 already submitted"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        emulator.counters().generate_requests,
+        2,
+        "the dry runs sent nothing"
+    );
+    // An invalid line is named, and exits 2.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\": \"fine\"}\n{\"prompt\": \"\"}\n").unwrap();
+    let output = run(gptimage()
+        .arg("batch")
+        .arg(&bad)
+        .arg("--out")
+        .arg(dir.path().join("bad"))
+        .arg("--dry-run"));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("line 2: 'prompt' is blank"),
+        "{}",
+        stderr(&output)
+    );
 }
