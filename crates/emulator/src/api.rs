@@ -70,6 +70,13 @@ async fn generate(State(app): State<Arc<App>>, request: Request) -> Response {
     let id = match app.store.create(&key, generate, now) {
         Ok(id) => id,
         Err(Refusal::RateLimited { retry_after }) => {
+            if !app.store.config.rate_limit_retry_after {
+                return error(
+                    &app,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too Many Requests: slow down.",
+                );
+            }
             let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             return rate_limited(&app, seconds);
         }

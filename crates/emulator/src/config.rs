@@ -195,6 +195,8 @@ pub struct Config {
     pub seed: u64,
     /// New tasks allowed per key per window: `(count, window)`. `None` for no limit.
     pub rate_limit: Option<(u32, Duration)>,
+    /// Whether the rate limit's 429 answers say `Retry-After` (many real services do not).
+    pub rate_limit_retry_after: bool,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// How long finished tasks and their images are kept.
@@ -232,6 +234,7 @@ impl Default for Config {
             faults: Vec::new(),
             seed: 0x005E_ED0F_1A6E,
             rate_limit: None,
+            rate_limit_retry_after: true,
             max_body_bytes: 64 * 1024,
             task_ttl: Duration::from_secs(3600),
             max_tasks: 10_000,
@@ -294,6 +297,14 @@ impl Config {
     /// Limits new tasks to `count` per `window` per key; more are answered 429 with `Retry-After`.
     pub fn with_rate_limit(mut self, count: u32, window: Duration) -> Self {
         self.rate_limit = Some((count, window));
+        self
+    }
+
+    /// Like [`with_rate_limit`](Self::with_rate_limit), but the 429 answers are bare (no
+    /// `Retry-After`), as many real services send them.
+    pub fn with_bare_rate_limit(mut self, count: u32, window: Duration) -> Self {
+        self.rate_limit = Some((count, window));
+        self.rate_limit_retry_after = false;
         self
     }
 

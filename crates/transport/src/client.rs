@@ -48,7 +48,8 @@ impl Client {
     pub async fn submit(&self, request: &GenerateRequest) -> Result<CreatedTask> {
         let watch = drive::watch(self.config(), request)?;
         let callback = watch.as_ref().map(|w| w.url.as_str());
-        let submit = CallMachine::submit(self.config(), request, callback, drive::seed());
+        let pacer = &self.inner.pacer;
+        let submit = CallMachine::submit(self.config(), request, callback, pacer, drive::seed());
         let result = self.drive(submit, None).await;
         drive::settle(self.config(), watch, &result);
         result

@@ -46,6 +46,10 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// The longest `Retry-After` honoured (default 120 s).
     pub max_retry_after: Duration,
+    /// Retries of a submission the service answered 429 (default 6), counted apart from the
+    /// others: a 429 means no task was made, so another attempt is always safe; the client's
+    /// pacer decides when (see [`ClientBuilder::rate_limit`]).
+    pub max_rate_limited: u32,
 }
 
 impl Default for RetryPolicy {
@@ -55,6 +59,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(8),
             max_retry_after: Duration::from_secs(120),
+            max_rate_limited: 6,
         }
     }
 }
@@ -64,6 +69,7 @@ impl RetryPolicy {
     pub fn none() -> Self {
         Self {
             max_retries: 0,
+            max_rate_limited: 0,
             ..Self::default()
         }
     }
@@ -85,6 +91,75 @@ impl RetryPolicy {
     pub fn max_retry_after(mut self, max: Duration) -> Self {
         self.max_retry_after = max;
         self
+    }
+
+    /// Sets how many 429 answers a submission retries after (`u32::MAX`: it waits its turn
+    /// until the wait timeout, as `gptimage batch` does).
+    pub fn max_rate_limited(mut self, retries: u32) -> Self {
+        self.max_rate_limited = retries;
+        self
+    }
+}
+
+/// A rate of new tasks: `count` per `per`, as services state their limits ("20 per 10 s").
+///
+/// ```
+/// use std::time::Duration;
+/// use gptimage_transport::Rate;
+///
+/// let rate: Rate = "20/10".parse().unwrap(); // COUNT/SECONDS
+/// assert_eq!(rate, Rate::new(20, Duration::from_secs(10)));
+/// assert!("20 per ten".parse::<Rate>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    count: u32,
+    per: Duration,
+}
+
+impl Rate {
+    /// `count` (at least 1) per `per` (at least 1 ms).
+    pub fn new(count: u32, per: Duration) -> Self {
+        Self {
+            count: count.max(1),
+            per: per.max(Duration::from_millis(1)),
+        }
+    }
+
+    /// How many.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Per how long.
+    pub fn per(&self) -> Duration {
+        self.per
+    }
+
+    /// The spacing of submissions at this rate.
+    pub(crate) fn interval(&self) -> Duration {
+        self.per / self.count
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let wrong = || format!("{text:?} is not a rate: give COUNT/SECONDS, such as 20/10");
+        let (count, seconds) = text.trim().split_once('/').ok_or_else(wrong)?;
+        let count: u32 = count.trim().parse().map_err(|_| wrong())?;
+        let seconds: f64 = seconds
+            .trim()
+            .trim_end_matches('s')
+            .parse()
+            .map_err(|_| wrong())?;
+        if count == 0 || !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 {
+            return Err(format!(
+                "{text:?}: the count must be at least 1 and the seconds between 0 and 86400"
+            ));
+        }
+        Ok(Self::new(count, Duration::from_secs_f64(seconds)))
     }
 }
 
@@ -226,6 +301,7 @@ pub struct Config {
     /// Whether the caller chose the poll schedule (it is then also the fallback with webhooks).
     pub(crate) poll_explicit: bool,
     pub(crate) webhooks: Option<crate::webhook::Receiver>,
+    pub(crate) rate: Option<Rate>,
 }
 
 impl std::fmt::Debug for Config {
@@ -243,6 +319,7 @@ impl std::fmt::Debug for Config {
             .field("max_download_bytes", &self.max_download_bytes)
             .field("proxy", &self.proxy.as_ref().map(|_| "<set>"))
             .field("webhooks", &self.webhooks)
+            .field("rate", &self.rate)
             .finish()
     }
 }
@@ -333,6 +410,7 @@ pub struct ClientBuilder<C> {
     max_download_bytes: u64,
     proxy: Option<String>,
     webhooks: Option<crate::webhook::Receiver>,
+    rate: Option<Rate>,
     client: PhantomData<fn() -> C>,
 }
 
@@ -361,6 +439,7 @@ impl<C> Default for ClientBuilder<C> {
             max_download_bytes: 64 * 1024 * 1024,
             proxy: None,
             webhooks: None,
+            rate: None,
             client: PhantomData,
         }
     }
@@ -453,6 +532,27 @@ impl<C: FromConfig> ClientBuilder<C> {
         self
     }
 
+    /// Paces new tasks at `rate`, shared by every clone of the client (off by default). Whatever
+    /// the setting, a 429 to a submission slows all of them: `Retry-After` holds every
+    /// submission that long; a bare 429 halves the rate, which recovers step by step as the
+    /// service accepts again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gptimage_transport::{Client, Rate};
+    ///
+    /// let client = Client::builder()
+    ///     .api_key("sk-example")
+    ///     .rate_limit(Rate::new(20, Duration::from_secs(10)))
+    ///     .build()?;
+    /// # let _ = client;
+    /// # Ok::<(), gptimage_transport::Error>(())
+    /// ```
+    pub fn rate_limit(mut self, rate: Rate) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
     /// Polls at a fixed interval.
     pub fn poll_interval(self, interval: Duration) -> Self {
         self.poll(PollSchedule::fixed(interval))
@@ -539,6 +639,7 @@ impl<C: FromConfig> ClientBuilder<C> {
             proxy: self.proxy,
             poll_explicit: self.poll.is_some(),
             webhooks: self.webhooks,
+            rate: self.rate,
         })
     }
 

@@ -62,6 +62,7 @@ macro_rules! client_shell {
         struct Inner {
             config: Config,
             transport: Box<dyn $transport>,
+            pacer: std::sync::Mutex<crate::core::pace::Pacer>,
         }
 
         impl std::fmt::Debug for Client {
@@ -94,12 +95,24 @@ macro_rules! client_shell {
 
             /// A client over another transport: another HTTP stack, or a function in a test.
             pub fn with_transport(config: Config, transport: impl $transport) -> Self {
+                let pacer = crate::core::pace::Pacer::new(config.rate);
                 Self {
                     inner: Arc::new(Inner {
                         config,
                         transport: Box::new(transport),
+                        pacer: std::sync::Mutex::new(pacer),
                     }),
                 }
+            }
+
+            /// How hard the service is pushing back on this client's submissions (shared by
+            /// its clones), for progress displays.
+            pub fn pacing(&self) -> crate::Pacing {
+                self.inner
+                    .pacer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pacing()
             }
 
             /// The configuration.

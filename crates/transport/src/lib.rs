@@ -83,7 +83,8 @@ pub mod blocking;
 pub use client::Client;
 pub use config::{
     API_KEY_ENV, BASE_URL_ENV, ClientBuilder, Config, DEFAULT_BASE_URL, FromConfig, PollSchedule,
-    RetryPolicy,
+    Rate, RetryPolicy,
 };
 pub use core::Image;
+pub use core::pace::Pacing;
 pub use error::{Error, ErrorKind, Result};

@@ -53,9 +53,11 @@ pub(crate) enum Judged<T> {
     /// The call succeeded.
     Done(T),
     /// Another attempt may succeed and cannot pay twice; the server may have asked for a pause.
+    /// `rate_limited`: it was a 429, the service pushing back.
     Retry {
         error: Error,
         retry_after: Option<Duration>,
+        rate_limited: bool,
     },
     /// Final: another attempt would not help, or might create a second task.
     Fail(Error),
@@ -98,7 +100,12 @@ pub(crate) fn judge<T>(call: &Call, came: Came<T>) -> Judged<T> {
         ) => {
             let error = Error::api(code, Some(http.as_u16()), message, retry_after);
             match ApiCode::from_code(code) {
-                ApiCode::RateLimited | ApiCode::ServerError(_) => retry(error, retry_after),
+                ApiCode::RateLimited => Judged::Retry {
+                    error,
+                    retry_after,
+                    rate_limited: true,
+                },
+                ApiCode::ServerError(_) => retry(error, retry_after),
                 _ => Judged::Fail(error),
             }
         }
@@ -135,7 +142,11 @@ pub(crate) fn judge<T>(call: &Call, came: Came<T>) -> Judged<T> {
             },
         ) => {
             let error = Error::api(429, Some(429), None, retry_after);
-            retry(error, retry_after)
+            Judged::Retry {
+                error,
+                retry_after,
+                rate_limited: true,
+            }
         }
         // API calls never follow redirects, so the key is never sent elsewhere.
         (_, Foreign { http, location, .. }) if http.is_redirection() => {
@@ -226,7 +237,11 @@ pub(crate) fn judge<T>(call: &Call, came: Came<T>) -> Judged<T> {
 }
 
 fn retry<T>(error: Error, retry_after: Option<Duration>) -> Judged<T> {
-    Judged::Retry { error, retry_after }
+    Judged::Retry {
+        error,
+        retry_after,
+        rate_limited: false,
+    }
 }
 
 fn download_error(call: &Call, e: TransportError) -> Error {

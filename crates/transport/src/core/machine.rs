@@ -7,12 +7,14 @@
 //! that reaches past it, and no sleep either, so a wait ends by its deadline whatever the server
 //! does.
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use gptimage_types::{CreatedTask, GenerateRequest, TaskInfo, TaskStatus};
 
 use super::Image;
 use super::answer::{self, Came, Fetched, Judged, judge};
+use super::pace::Pacer;
 use super::request::{Call, Op};
 use super::schedule::{Jitter, backoff};
 use crate::config::{Config, PollSchedule};
@@ -69,6 +71,12 @@ pub(crate) struct CallMachine<'a, T> {
     last_error: Option<Error>,
     cut_off: bool,
     state: CallState<T>,
+    /// A submission's pacing: the client's shared pacer, its slot, its 429s, and how long it
+    /// may be kept waiting for a slot (the wait timeout, from its first step).
+    pacer: Option<&'a Mutex<Pacer>>,
+    booked: bool,
+    rate_limited: u32,
+    patience: Option<Instant>,
 }
 
 enum CallState<T> {
@@ -79,15 +87,19 @@ enum CallState<T> {
 }
 
 impl<'a> CallMachine<'a, CreatedTask> {
-    /// `POST /generate`, with `callback` as its `callback_url` when the request names none.
+    /// `POST /generate`, with `callback` as its `callback_url` when the request names none,
+    /// paced by the client's `pacer`.
     pub(crate) fn submit(
         config: &'a Config,
         request: &GenerateRequest,
         callback: Option<&str>,
+        pacer: &'a Mutex<Pacer>,
         seed: u64,
     ) -> Self {
         let call = Call::submit(config, request, callback);
-        Self::new(config, call, answer::read_submit, seed)
+        let mut machine = Self::new(config, call, answer::read_submit, seed);
+        machine.pacer = Some(pacer);
+        machine
     }
 }
 
@@ -115,7 +127,16 @@ impl<'a, T> CallMachine<'a, T> {
             last_error: None,
             cut_off: false,
             state: CallState::Ready,
+            pacer: None,
+            booked: false,
+            rate_limited: 0,
+            patience: None,
         }
+    }
+
+    fn pacer(&self) -> Option<MutexGuard<'a, Pacer>> {
+        self.pacer
+            .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Bounds every request and sleep of the call by `deadline`.
@@ -133,12 +154,26 @@ impl<'a, T> CallMachine<'a, T> {
         self.state = CallState::Finished(Some(result));
     }
 
-    /// Ends the call at its deadline, with the last failure seen (or a deadline error).
+    /// Ends the call at its deadline (or, for a submission, its patience), with the last
+    /// failure seen, or an error saying why it never went.
     fn cut(&mut self) {
         self.cut_off = true;
-        let error = self.last_error.take().unwrap_or_else(|| {
-            Error::deadline(self.call.task_id.as_deref().unwrap_or(""), Duration::ZERO)
-        });
+        let error = self
+            .last_error
+            .take()
+            .unwrap_or_else(|| match self.call.op {
+                Op::Submit => Error::api(
+                    429,
+                    None,
+                    Some(
+                        "not sent: the client's pacing (after the service's 429s) found no turn \
+                     within the wait timeout"
+                            .to_owned(),
+                    ),
+                    None,
+                ),
+                _ => Error::deadline(self.call.task_id.as_deref().unwrap_or(""), Duration::ZERO),
+            });
         self.finish(Err(error));
     }
 }
@@ -149,7 +184,20 @@ impl<T> Machine for CallMachine<'_, T> {
     fn poll(&mut self, now: Instant) -> Next<T> {
         loop {
             match &mut self.state {
+                CallState::Ready if !self.booked && self.pacer.is_some() => {
+                    // A submission goes in its turn: the slot the pacer gives it, never later
+                    // than its patience allows.
+                    let patience = *self.patience.get_or_insert(now + self.config.wait_timeout);
+                    let slot = self.pacer().map_or(now, |mut p| p.reserve(now));
+                    self.booked = true;
+                    if slot > patience {
+                        self.cut();
+                    } else if slot > now {
+                        self.state = CallState::Sleeping(slot);
+                    }
+                }
                 CallState::Ready => {
+                    self.booked = false;
                     let mut timeout = self.config.request_timeout;
                     if let Some(deadline) = self.deadline {
                         let left = deadline.saturating_duration_since(now);
@@ -195,16 +243,43 @@ impl<T> Machine for CallMachine<'_, T> {
         }
         let policy = &self.config.retry;
         match judge(&self.call, (self.read)(&self.call, self.config, answer)) {
-            Judged::Done(value) => self.finish(Ok(value)),
+            Judged::Done(value) => {
+                if let Some(mut pacer) = self.pacer() {
+                    pacer.accepted();
+                }
+                self.finish(Ok(value));
+            }
             Judged::Fail(error) => self.finish(Err(error)),
+            // A paced submission that was pushed back: no task was made. Its own budget; the
+            // pacer slows every submission of the client and gives this one its next turn.
+            Judged::Retry {
+                error,
+                retry_after,
+                rate_limited: true,
+            } if self.pacer.is_some() => {
+                if let Some(mut pacer) = self.pacer() {
+                    pacer.refused(now, retry_after);
+                }
+                let too_long = retry_after.is_some_and(|a| a > policy.max_retry_after);
+                if self.rate_limited >= policy.max_rate_limited || too_long {
+                    self.finish(Err(error));
+                    return;
+                }
+                self.rate_limited += 1;
+                self.last_error = Some(error);
+                self.state = CallState::Ready;
+            }
             Judged::Retry { error, .. } if self.retries >= policy.max_retries => {
                 self.finish(Err(error));
             }
             Judged::Retry {
                 error,
                 retry_after: Some(asked),
+                ..
             } if asked > policy.max_retry_after => self.finish(Err(error)),
-            Judged::Retry { error, retry_after } => {
+            Judged::Retry {
+                error, retry_after, ..
+            } => {
                 let delay = retry_after
                     .unwrap_or_else(|| backoff(policy, self.retries, self.jitter.next()));
                 self.retries += 1;

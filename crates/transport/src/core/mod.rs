@@ -9,6 +9,7 @@
 
 pub(crate) mod answer;
 pub(crate) mod machine;
+pub(crate) mod pace;
 pub(crate) mod request;
 pub(crate) mod schedule;
 

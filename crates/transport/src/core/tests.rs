@@ -69,7 +69,9 @@ fn submit_call(config: &Config) -> Call {
 /// (retried, error kind, retry-after) of a failed attempt.
 fn judged<T: std::fmt::Debug>(call: &Call, came: Came<T>) -> (bool, ErrorKind, Option<Duration>) {
     match judge(call, came) {
-        Judged::Retry { error, retry_after } => (true, error.kind(), retry_after),
+        Judged::Retry {
+            error, retry_after, ..
+        } => (true, error.kind(), retry_after),
         Judged::Fail(error) => (false, error.kind(), error.retry_after()),
         Judged::Done(v) => panic!("expected a failure, got {v:?}"),
     }
@@ -427,7 +429,8 @@ fn a_submission_that_may_have_arrived_is_never_sent_again() {
     let config = config();
     let request = GenerateRequest::text_to_image("a cat").build().unwrap();
     let start = Instant::now();
-    let mut call = CallMachine::submit(&config, &request, None, 1);
+    let pacer = std::sync::Mutex::new(super::pace::Pacer::new(None));
+    let mut call = CallMachine::submit(&config, &request, None, &pacer, 1);
     let (sent, _) = sends(&mut call, start);
     assert_eq!(sent.method(), http::Method::POST);
     call.handle(
@@ -641,4 +644,55 @@ fn a_hint_makes_a_waiting_wait_poll_at_once() {
     sends(&mut wait, start);
     wait.handle(start, answer(200, &status_body("PENDING"), &[]));
     assert_eq!(sleeps(&mut wait, start), at(start, 7.0));
+}
+
+#[test]
+fn submissions_take_their_turn_and_a_429_has_its_own_budget() {
+    use super::pace::Pacer;
+    use crate::config::Rate;
+    // No ordinary retries at all: 429s are counted apart.
+    let config = builder()
+        .retry(RetryPolicy::none().max_rate_limited(2))
+        .config()
+        .unwrap();
+    let pacer = std::sync::Mutex::new(Pacer::new(Some(Rate::new(2, Duration::from_secs(1)))));
+    let request = GenerateRequest::text_to_image("a cat").build().unwrap();
+    let start = Instant::now();
+    let mut first = CallMachine::submit(&config, &request, None, &pacer, 1);
+    let mut second = CallMachine::submit(&config, &request, None, &pacer, 2);
+    sends(&mut first, start);
+    assert_eq!(
+        sleeps(&mut second, start),
+        at(start, 0.5),
+        "one every half second"
+    );
+    sends(&mut second, at(start, 0.5));
+    // A bare 429 to the first: the rate halves, and it goes again in its turn.
+    first.handle(at(start, 0.1), answer(429, b"", &[]));
+    let turn = sleeps(&mut first, at(start, 0.1));
+    assert_eq!(
+        turn,
+        at(start, 1.1),
+        "the next slot, a whole (halved-rate) interval away"
+    );
+    sends(&mut first, turn);
+    first.handle(
+        turn,
+        answer(429, br#"{"code":429,"message":"slow","data":null}"#, &[]),
+    );
+    let turn = sleeps(&mut first, turn);
+    sends(&mut first, turn);
+    first.handle(turn, answer(429, b"", &[]));
+    let error = ends(&mut first, turn).unwrap_err();
+    assert_eq!(error.code(), Some(429), "the 429 budget (2) is spent");
+    second.handle(
+        at(start, 0.6),
+        answer(
+            200,
+            br#"{"code":200,"data":{"task_id":"t2","status":"PENDING"}}"#,
+            &[],
+        ),
+    );
+    assert_eq!(ends(&mut second, at(start, 0.6)).unwrap().task_id, "t2");
+    assert_eq!(pacer.lock().unwrap().pacing().pushbacks, 3);
 }

@@ -1,0 +1,234 @@
+//! Pacing of submissions: one pacer per client, shared by its clones, spacing new tasks at the
+//! configured rate and slowing all of them when the service pushes back. It reads no clock: every
+//! call takes `now`.
+//!
+//! The scheme is AIMD over a GCRA-style schedule, as TCP paces a connection: each submission
+//! books the next free slot, `interval` after the previous one; a 429 with `Retry-After` holds
+//! every slot until then, and a bare 429 doubles the interval (multiplicative decrease of the
+//! rate); each accepted submission adds a tenth of the configured rate back (additive increase),
+//! up to the configured rate, or, with none configured, until the pacer stops pacing at all.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Rate;
+
+/// The slowest pace a pushed-back client falls to: one submission a minute.
+const SLOWEST: Duration = Duration::from_secs(60);
+/// The interval the first bare 429 sets when no rate was configured.
+const FIRST_INTERVAL: Duration = Duration::from_secs(1);
+/// With no configured rate, pacing stops once it recovers past this many submissions a second.
+const UNPACED_ABOVE: f64 = 50.0;
+
+/// How hard the service is pushing back, for progress displays.
+///
+/// ```
+/// # #[cfg(feature = "async")] {
+/// let client = gptimage_transport::Client::builder().api_key("sk-x").build().unwrap();
+/// let pacing = client.pacing();
+/// assert_eq!(pacing.pushbacks, 0);
+/// assert_eq!(pacing.per_second, None); // no rate configured, none learned
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Pacing {
+    /// The submissions a second the client allows itself now (`None`: unpaced).
+    pub per_second: Option<f64>,
+    /// The service's 429 answers to submissions so far.
+    pub pushbacks: u64,
+}
+
+/// The pacer's state.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    /// The configured interval: the fastest the pacer goes.
+    ceiling: Option<Duration>,
+    /// The interval now (`None`: unpaced).
+    interval: Option<Duration>,
+    /// The earliest start of the next submission.
+    next: Option<Instant>,
+    /// When the rate was last halved: 429s within one interval of it answer submissions sent
+    /// before, and do not halve it again (as TCP halves once per round trip).
+    decreased: Option<Instant>,
+    pushbacks: u64,
+}
+
+impl Pacer {
+    /// A pacer at `rate`, or unpaced until the service pushes back.
+    pub(crate) fn new(rate: Option<Rate>) -> Self {
+        let ceiling = rate.map(|r| r.interval());
+        Self {
+            ceiling,
+            interval: ceiling,
+            next: None,
+            decreased: None,
+            pushbacks: 0,
+        }
+    }
+
+    /// Books the next slot for a submission wanting to go at `now`; when it may go.
+    pub(crate) fn reserve(&mut self, now: Instant) -> Instant {
+        let start = self.next.map_or(now, |next| next.max(now));
+        self.next = Some(start + self.interval.unwrap_or_default());
+        start
+    }
+
+    /// A submission was answered 429 at `now`: every later one waits.
+    pub(crate) fn refused(&mut self, now: Instant, retry_after: Option<Duration>) {
+        self.pushbacks += 1;
+        let hold = match retry_after {
+            // The service said how long: everyone waits that long, at the same rate.
+            Some(asked) => asked,
+            // It did not: halve the rate, once a round.
+            None => {
+                let recent = match (self.decreased, self.interval) {
+                    (Some(at), Some(interval)) => now < at + interval,
+                    _ => false,
+                };
+                if !recent {
+                    let doubled = self
+                        .interval
+                        .map_or(FIRST_INTERVAL, |i| (i * 2).max(FIRST_INTERVAL / 4))
+                        .min(SLOWEST);
+                    self.interval = Some(doubled);
+                    self.decreased = Some(now);
+                }
+                self.interval.unwrap_or(FIRST_INTERVAL)
+            }
+        };
+        let until = now + hold;
+        self.next = Some(self.next.map_or(until, |next| next.max(until)));
+    }
+
+    /// A submission was accepted: the rate recovers by a step.
+    pub(crate) fn accepted(&mut self) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let rate = 1.0 / interval.as_secs_f64().max(1e-6);
+        let step = self
+            .ceiling
+            .map_or(0.1, |c| 0.1 / c.as_secs_f64().max(1e-6));
+        let faster = rate + step;
+        self.interval = match self.ceiling {
+            Some(ceiling) => Some(Duration::from_secs_f64(1.0 / faster).max(ceiling)),
+            None if faster > UNPACED_ABOVE => None,
+            None => Some(Duration::from_secs_f64(1.0 / faster)),
+        };
+    }
+
+    /// How hard the service is pushing back.
+    pub(crate) fn pacing(&self) -> Pacing {
+        Pacing {
+            per_second: self.interval.map(|i| 1.0 / i.as_secs_f64().max(1e-6)),
+            pushbacks: self.pushbacks,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(start: Instant, seconds: f64) -> Instant {
+        start + Duration::from_secs_f64(seconds)
+    }
+
+    #[test]
+    fn a_configured_rate_spaces_submissions() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(Some(Rate::new(4, Duration::from_secs(2))));
+        let slots: Vec<Instant> = (0..4).map(|_| pacer.reserve(start)).collect();
+        assert_eq!(
+            slots,
+            [
+                at(start, 0.0),
+                at(start, 0.5),
+                at(start, 1.0),
+                at(start, 1.5)
+            ]
+        );
+        // An idle pacer does not bank slots: a late submission goes at once.
+        assert_eq!(pacer.reserve(at(start, 10.0)), at(start, 10.0));
+    }
+
+    #[test]
+    fn a_bare_429_halves_the_rate_and_successes_win_it_back() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(Some(Rate::new(2, Duration::from_secs(1))));
+        pacer.reserve(start);
+        pacer.refused(start, None);
+        assert_eq!(pacer.pacing().per_second, Some(1.0));
+        assert_eq!(pacer.reserve(start), at(start, 1.0), "everyone waits");
+        pacer.refused(at(start, 1.5), None);
+        assert_eq!(pacer.pacing().per_second, Some(0.5));
+        for _ in 0..20 {
+            pacer.accepted();
+        }
+        assert_eq!(
+            pacer.pacing().per_second,
+            Some(2.0),
+            "back to the configured rate, no more"
+        );
+        assert_eq!(pacer.pacing().pushbacks, 2);
+    }
+
+    #[test]
+    fn a_burst_of_429s_halves_the_rate_once() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(None);
+        for _ in 0..4 {
+            pacer.refused(start, None);
+        }
+        assert_eq!(
+            pacer.pacing().per_second,
+            Some(1.0),
+            "four answers to one round"
+        );
+        pacer.refused(at(start, 1.5), None);
+        assert_eq!(
+            pacer.pacing().per_second,
+            Some(0.5),
+            "a later round halves it again"
+        );
+    }
+
+    #[test]
+    fn retry_after_holds_every_submission() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(None);
+        assert_eq!(pacer.reserve(start), start, "unpaced");
+        pacer.refused(start, Some(Duration::from_secs(3)));
+        assert_eq!(pacer.reserve(at(start, 1.0)), at(start, 3.0));
+        assert_eq!(
+            pacer.reserve(at(start, 1.0)),
+            at(start, 3.0),
+            "the same rate as before"
+        );
+        assert_eq!(pacer.pacing().per_second, None);
+    }
+
+    #[test]
+    fn an_unconfigured_pacer_learns_and_then_lets_go() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(None);
+        pacer.refused(start, None);
+        assert_eq!(pacer.pacing().per_second, Some(1.0));
+        for _ in 0..600 {
+            pacer.accepted();
+        }
+        assert_eq!(
+            pacer.pacing().per_second,
+            None,
+            "recovered past any limit seen"
+        );
+        for round in 0..20 {
+            pacer.refused(at(start, 100.0 * f64::from(round)), None);
+        }
+        assert_eq!(
+            pacer.pacing().per_second,
+            Some(1.0 / 60.0),
+            "never slower than one a minute"
+        );
+    }
+}
