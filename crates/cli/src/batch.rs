@@ -55,7 +55,15 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
                 not_done += 1;
             }
             bar.inc(1);
-            bar.set_message(format!("{done} done, {not_done} not done"));
+            let pacing = context.client.pacing();
+            let pushback = match (pacing.pushbacks, pacing.per_second) {
+                (0, _) => String::new(),
+                (n, Some(rate)) => {
+                    format!("; the service pushes back ({n}× 429), pacing {rate:.2}/s")
+                }
+                (n, None) => format!("; the service pushed back ({n}× 429)"),
+            };
+            bar.set_message(format!("{done} done, {not_done} not done{pushback}"));
             bar.suspend(|| {
                 if let Some((_, message)) = &line.error {
                     eprintln!("line {}: {message}", line.line);

@@ -132,9 +132,15 @@ pub(crate) struct Batch {
     pub(crate) file: PathBuf,
     #[command(flatten)]
     pub(crate) output: Output,
-    /// How many tasks run at once.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// How many tasks are in flight at once (submitted and not yet finished). Waiting is cheap;
+    /// the service's limit on new tasks (often about 20 per 10 s) and its task time (tens of
+    /// seconds) make a few dozen to a few hundred useful.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) concurrency: u16,
+    /// The starting rate of new tasks, COUNT/SECONDS. The command slows down by itself when the
+    /// service answers 429 (which never fails a line) and speeds up again, never above this.
+    #[arg(long, value_name = "COUNT/SECONDS", default_value = "20/10")]
+    pub(crate) rate: gptimage::Rate,
     #[command(flatten)]
     pub(crate) listen: Listen,
     #[command(flatten)]

@@ -27,9 +27,12 @@ const NO_KEY: &str = "no API key: set GPTIMAGE_API_KEY (or pass --api-key), or a
                       try everything against a local emulator without one";
 
 impl Context {
+    /// The client of a command; `rate`, for a batch: its pace, and a 429 that never fails a
+    /// submission (it waits its turn, up to the wait timeout).
     pub(crate) async fn new(
         global: &Global,
         listen: Option<&Listen>,
+        rate: Option<gptimage::Rate>,
     ) -> Result<Self, (String, u8)> {
         let mut builder = Client::builder();
         let emulator = if global.emulator {
@@ -58,6 +61,11 @@ impl Context {
         };
         if let Some(timeout) = global.timeout {
             builder = builder.wait_timeout(Duration::from_secs_f64(timeout));
+        }
+        if let Some(rate) = rate {
+            builder = builder
+                .rate_limit(rate)
+                .retry(gptimage::RetryPolicy::default().max_rate_limited(u32::MAX));
         }
         if let Some(timeout) = global.request_timeout {
             builder = builder.request_timeout(Duration::from_secs_f64(timeout));

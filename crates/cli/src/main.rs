@@ -84,7 +84,11 @@ async fn run(cli: Cli, request: Option<gptimage::GenerateRequest>) -> u8 {
         Command::Batch(args) => Some(&args.listen),
         _ => None,
     };
-    let context = match commands::Context::new(&cli.global, listen).await {
+    let rate = match &cli.command {
+        Command::Batch(args) => Some(args.rate),
+        _ => None,
+    };
+    let context = match commands::Context::new(&cli.global, listen, rate).await {
         Ok(context) => context,
         Err((message, exit)) => {
             eprintln!("error: {message}");

@@ -626,3 +626,29 @@ fn dry_run_sends_nothing_and_states_the_cost() {
         stderr(&output)
     );
 }
+
+#[test]
+fn bare_429s_never_fail_a_batch_line() {
+    // 4 new tasks per 2 s, refused with bare 429s: the batch's starting rate (2 a second) is the
+    // limit, and the pacer learns the rest.
+    let config = Config::instant().with_bare_rate_limit(4, Duration::from_secs(2));
+    let emulator = Emulator::spawn(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(16, "paced"));
+    let out = dir.path().join("out");
+    let output = run(&mut batch(
+        &emulator,
+        &file,
+        &out,
+        &["--concurrency", "8", "--json"],
+    ));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let counters = emulator.counters();
+    assert_eq!(counters.tasks_created, 16, "every line done, once");
+    let refused = counters.generate_requests - counters.tasks_created;
+    assert!(
+        refused <= 8,
+        "{refused} answers of 429 for 16 lines: the pacer did not learn"
+    );
+    assert_eq!(count(&batch_status(out.to_str().unwrap()), "done"), 16);
+}

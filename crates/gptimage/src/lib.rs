@@ -68,7 +68,7 @@ pub use gptimage_types::{
 // The clients, their configuration and their one error type.
 pub use gptimage_transport::{
     API_KEY_ENV, BASE_URL_ENV, ClientBuilder, Config, DEFAULT_BASE_URL, Error, ErrorKind,
-    FromConfig, Image, PollSchedule, Result, RetryPolicy,
+    FromConfig, Image, Pacing, PollSchedule, Rate, Result, RetryPolicy,
 };
 
 #[cfg(feature = "async")]
