@@ -1,8 +1,12 @@
-//! The cost of one status request through each client, against plain reqwest and plain ureq
-//! doing the same request (send, read the body, parse the envelope) to the same emulator.
+//! The cost of one status request through each client, against the plain HTTP stack doing the
+//! same request (send, read the body, parse the envelope) to the same emulator.
 //!
-//! Run with `cargo bench -p gptimage-transport`. Requests are sequential over keep-alive
-//! connections; each measurement is bounded by a request count and by time.
+//! Run with `cargo bench -p gptimage-transport --bench status_cost`. The arms run interleaved,
+//! round by round (A B C A B C …, `BENCH_ROUNDS` rounds of `BENCH_REQUESTS` sequential requests
+//! over keep-alive connections), so machine noise lands on every arm alike; each ratio printed is
+//! the median of the per-round ratios. The fair baseline is the plain stack configured with the
+//! same connect and overall timeouts as the client; the plain stack without timeouts shows what
+//! the timeouts themselves cost.
 
 use std::time::{Duration, Instant};
 
@@ -10,78 +14,120 @@ use gptimage_emulator::{Config, Emulator};
 use gptimage_transport::{Client, blocking};
 use gptimage_types::StatusResponse;
 
-const REQUESTS: u32 = 3000;
-const WARMUP: u32 = 200;
-const TIME_LIMIT: Duration = Duration::from_secs(20);
+const CONNECT: Duration = Duration::from_secs(10);
+const OVERALL: Duration = Duration::from_secs(60);
 
-/// Mean time per call of `f`, after a warm-up, over at most `REQUESTS` calls or `TIME_LIMIT`.
-fn measure(mut f: impl FnMut()) -> Duration {
-    for _ in 0..WARMUP {
-        f();
-    }
+fn setting(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        .clamp(1, 100_000)
+}
+
+/// Mean time per call of `f` over `n` calls.
+fn time(n: u32, f: &mut dyn FnMut()) -> Duration {
     let started = Instant::now();
-    let mut n = 0;
-    while n < REQUESTS && started.elapsed() < TIME_LIMIT {
+    for _ in 0..n {
         f();
-        n += 1;
     }
     started.elapsed() / n
 }
 
-fn report(name: &str, client: Duration, plain: Duration, plain_name: &str) {
-    println!(
-        "{name:<16} {:>8.1} µs/request   {plain_name:<6} {:>8.1} µs/request   ratio {:.2}",
-        client.as_secs_f64() * 1e6,
-        plain.as_secs_f64() * 1e6,
-        client.as_secs_f64() / plain.as_secs_f64()
-    );
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Runs the arms interleaved; prints each arm's median time and its median ratio to `arms[1]`
+/// (the fair baseline) and, for the baseline, to `arms[2]` (no timeouts).
+fn compare(title: &str, arms: &mut [(&str, &mut dyn FnMut())], rounds: u32, requests: u32) {
+    for (_, f) in arms.iter_mut() {
+        time(requests.min(200), *f); // warm-up: connections, caches
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
+    for _ in 0..rounds {
+        for (i, (_, f)) in arms.iter_mut().enumerate() {
+            times[i].push(time(requests, *f).as_secs_f64() * 1e6);
+        }
+    }
+    let ratio =
+        |a: usize, b: usize| median(times[a].iter().zip(&times[b]).map(|(x, y)| x / y).collect());
+    println!("{title}");
+    for (i, (name, _)) in arms.iter().enumerate() {
+        let against = match i {
+            0 => format!("{:.3}× the fair baseline", ratio(0, 1)),
+            1 => format!("{:.3}× the stack without timeouts", ratio(1, 2)),
+            _ => String::new(),
+        };
+        println!(
+            "  {name:<34} {:>8.1} µs/request   {against}",
+            median(times[i].clone())
+        );
+    }
 }
 
 fn main() {
+    let rounds = setting("BENCH_ROUNDS", 15);
+    let requests = setting("BENCH_REQUESTS", 300);
     let emulator = Emulator::spawn(Config::instant()).expect("the emulator starts");
     let (base, key) = (
         emulator.base_url().to_owned(),
         emulator.api_key().to_owned(),
     );
-
     let blocking_client = blocking::Client::builder()
         .api_key(&key)
         .base_url(&base)
+        .connect_timeout(CONNECT)
+        .request_timeout(OVERALL)
         .build()
         .unwrap();
-    let task = blocking_client
-        .submit(
-            &gptimage_types::GenerateRequest::text_to_image("bench")
-                .build()
-                .unwrap(),
-        )
+    let request = gptimage_types::GenerateRequest::text_to_image("bench")
+        .build()
         .unwrap();
-    let id = task.task_id;
+    let id = blocking_client.submit(&request).unwrap().task_id;
     let url = format!("{base}/status?task_id={id}");
+    let auth = format!("Bearer {key}");
+    println!("{rounds} rounds of {requests} status requests per arm, interleaved; medians");
 
-    // Blocking: the client against plain ureq.
-    let client_time = measure(|| {
-        blocking_client.status(&id).unwrap();
-    });
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .proxy(None)
-        .build()
-        .into();
-    let plain_time = measure(|| {
+    let ureq_agent = |timeouts: bool| -> ureq::Agent {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .proxy(None);
+        let config = if timeouts {
+            config
+                .timeout_connect(Some(CONNECT))
+                .timeout_global(Some(OVERALL))
+        } else {
+            config
+        };
+        config.build().into()
+    };
+    let (fair, bare) = (ureq_agent(true), ureq_agent(false));
+    let plain = |agent: &ureq::Agent| {
         let mut response = agent
             .get(&url)
-            .header("authorization", &format!("Bearer {key}"))
+            .header("authorization", &auth)
             .call()
             .unwrap();
         let body = response.body_mut().read_to_vec().unwrap();
         let parsed: StatusResponse = serde_json::from_slice(&body).unwrap();
         assert!(parsed.data.is_some());
-    });
-    report("blocking client", client_time, plain_time, "ureq");
+    };
+    compare(
+        "blocking client (ureq 3)",
+        &mut [
+            ("gptimage blocking::Client", &mut || {
+                blocking_client.status(&id).unwrap();
+            }),
+            ("plain ureq, same timeouts", &mut || plain(&fair)),
+            ("plain ureq, no timeouts", &mut || plain(&bare)),
+        ],
+        rounds,
+        requests,
+    );
 
-    // Async: the client against plain reqwest, on a current-thread runtime.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -89,23 +135,45 @@ fn main() {
     let async_client = Client::builder()
         .api_key(&key)
         .base_url(&base)
+        .connect_timeout(CONNECT)
+        .request_timeout(OVERALL)
         .build()
         .unwrap();
-    let client_time = measure(|| {
-        runtime.block_on(async_client.status(&id)).unwrap();
-    });
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let plain_time = measure(|| {
+    let reqwest_client = |timeouts: bool| -> reqwest::Client {
+        let builder = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none());
+        let builder = if timeouts {
+            builder.connect_timeout(CONNECT)
+        } else {
+            builder
+        };
+        builder.build().unwrap()
+    };
+    let (fair, bare) = (reqwest_client(true), reqwest_client(false));
+    let plain = |http: &reqwest::Client, timeouts: bool| {
         runtime.block_on(async {
-            let response = http.get(&url).bearer_auth(&key).send().await.unwrap();
-            let body = response.bytes().await.unwrap();
+            let request = http.get(&url).bearer_auth(&key);
+            let request = if timeouts {
+                request.timeout(OVERALL)
+            } else {
+                request
+            };
+            let body = request.send().await.unwrap().bytes().await.unwrap();
             let parsed: StatusResponse = serde_json::from_slice(&body).unwrap();
             assert!(parsed.data.is_some());
         });
-    });
-    report("async client", client_time, plain_time, "reqwest");
+    };
+    compare(
+        "async client (reqwest 0.13)",
+        &mut [
+            ("gptimage Client", &mut || {
+                runtime.block_on(async_client.status(&id)).unwrap();
+            }),
+            ("plain reqwest, same timeouts", &mut || plain(&fair, true)),
+            ("plain reqwest, no timeouts", &mut || plain(&bare, false)),
+        ],
+        rounds,
+        requests,
+    );
 }

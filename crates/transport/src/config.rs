@@ -235,6 +235,9 @@ pub(crate) struct BaseUrl {
     /// The base as given, without a trailing slash.
     pub(crate) base: String,
     pub(crate) loopback: bool,
+    /// `{base}/generate` and `{base}/status`, parsed once.
+    pub(crate) generate: Url,
+    pub(crate) status: Url,
 }
 
 impl BaseUrl {
@@ -263,9 +266,16 @@ impl BaseUrl {
                 url.host_str().unwrap_or_default()
             )));
         }
+        let base = url.as_str().trim_end_matches('/').to_owned();
+        let endpoint = |name: &str| {
+            Url::parse(&format!("{base}/{name}"))
+                .map_err(|e| Error::config(format!("the base URL cannot take /{name} ({e})")))
+        };
         Ok(Self {
             origin: url.origin().ascii_serialization(),
-            base: url.as_str().trim_end_matches('/').to_owned(),
+            generate: endpoint("generate")?,
+            status: endpoint("status")?,
+            base,
             loopback,
         })
     }
@@ -368,10 +378,6 @@ impl Config {
         } else {
             PollSchedule::exponential(Duration::from_secs(20), Duration::from_secs(60), 1.5)
         }
-    }
-
-    pub(crate) fn endpoint(&self, name: &str) -> String {
-        format!("{}/{name}", self.base.base)
     }
 }
 

@@ -291,6 +291,17 @@ fn read_api<T: DeserializeOwned>(
     let http = response.status();
     let retry_after = retry_after(response.headers());
     let body = response.body();
+    // The common case in one pass: a success envelope whose payload reads as `T`. Anything else
+    // takes the tolerant path below, which tells the cases apart.
+    if let Ok(Envelope {
+        code,
+        data: Some(data),
+        ..
+    }) = serde_json::from_slice::<Envelope<T>>(body)
+        && ApiCode::from_code(code) == ApiCode::Success
+    {
+        return Came::Value(data);
+    }
     let Ok(envelope) = serde_json::from_slice::<Envelope<serde_json::Value>>(body) else {
         return Came::Foreign {
             http,

@@ -39,7 +39,7 @@ impl Call {
         request: &GenerateRequest,
         callback: Option<&str>,
     ) -> Self {
-        let url = Url::parse(&config.endpoint("generate")).expect("the base URL was checked");
+        let url = config.base.generate.clone();
         let body = match callback.filter(|_| request.callback_url().is_none()) {
             None => serde_json::to_vec(request),
             Some(callback) => {
@@ -61,7 +61,7 @@ impl Call {
     /// `GET {base}/status?task_id=…`.
     pub(crate) fn status(config: &Config, task_id: &str) -> Result<Self> {
         check_task_id(task_id)?;
-        let mut url = Url::parse(&config.endpoint("status")).expect("the base URL was checked");
+        let mut url = config.base.status.clone();
         url.query_pairs_mut().append_pair("task_id", task_id);
         Ok(Self {
             op: Op::Status,
