@@ -4,9 +4,11 @@
 //!
 //! The scheme is AIMD over a GCRA-style schedule, as TCP paces a connection: each submission
 //! books the next free slot, `interval` after the previous one; a 429 with `Retry-After` holds
-//! every slot until then, and a bare 429 doubles the interval (multiplicative decrease of the
-//! rate); each accepted submission adds a tenth of the configured rate back (additive increase),
-//! up to the configured rate, or, with none configured, until the pacer stops pacing at all.
+//! every slot until then, and a bare 429 cuts the rate to two thirds, once a round
+//! (multiplicative decrease; a 429 at the configured rate also lowers that ceiling by 5%, so the
+//! pacer learns a limit set too high); each accepted submission adds a tenth of the ceiling back
+//! (additive increase), up to the ceiling, or, with none configured, until the pacer stops
+//! pacing at all.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,10 @@ const SLOWEST: Duration = Duration::from_secs(60);
 const FIRST_INTERVAL: Duration = Duration::from_secs(1);
 /// With no configured rate, pacing stops once it recovers past this many submissions a second.
 const UNPACED_ABOVE: f64 = 50.0;
+/// How much a bare 429 stretches the interval (the rate falls to 2/3, as TCP CUBIC's β ≈ 0.7).
+const DECREASE: f64 = 1.5;
+/// How much a bare 429 at the configured rate stretches the ceiling: it learns the true limit.
+const CEILING_STEP: f64 = 1.05;
 
 /// How hard the service is pushing back, for progress displays.
 ///
@@ -79,18 +85,24 @@ impl Pacer {
         let hold = match retry_after {
             // The service said how long: everyone waits that long, at the same rate.
             Some(asked) => asked,
-            // It did not: halve the rate, once a round.
+            // It did not: slow down by a third, once a round. Refused at the configured rate,
+            // that rate was too fast for this service: the ceiling itself comes down 5%.
             None => {
                 let recent = match (self.decreased, self.interval) {
                     (Some(at), Some(interval)) => now < at + interval,
                     _ => false,
                 };
                 if !recent {
-                    let doubled = self
+                    if let (Some(ceiling), Some(interval)) = (self.ceiling, self.interval)
+                        && interval <= ceiling.mul_f64(1.01)
+                    {
+                        self.ceiling = Some(ceiling.mul_f64(CEILING_STEP));
+                    }
+                    let slower = self
                         .interval
-                        .map_or(FIRST_INTERVAL, |i| (i * 2).max(FIRST_INTERVAL / 4))
+                        .map_or(FIRST_INTERVAL, |i| i.mul_f64(DECREASE))
                         .min(SLOWEST);
-                    self.interval = Some(doubled);
+                    self.interval = Some(slower);
                     self.decreased = Some(now);
                 }
                 self.interval.unwrap_or(FIRST_INTERVAL)
@@ -153,28 +165,31 @@ mod tests {
     }
 
     #[test]
-    fn a_bare_429_halves_the_rate_and_successes_win_it_back() {
+    fn a_bare_429_slows_the_rate_learns_the_ceiling_and_successes_win_it_back() {
         let start = Instant::now();
         let mut pacer = Pacer::new(Some(Rate::new(2, Duration::from_secs(1))));
         pacer.reserve(start);
         pacer.refused(start, None);
-        assert_eq!(pacer.pacing().per_second, Some(1.0));
-        assert_eq!(pacer.reserve(start), at(start, 1.0), "everyone waits");
-        pacer.refused(at(start, 1.5), None);
-        assert_eq!(pacer.pacing().per_second, Some(0.5));
+        let rate = pacer.pacing().per_second.unwrap();
+        assert!((rate - 2.0 / 1.5).abs() < 1e-9, "{rate}");
+        assert_eq!(
+            pacer.reserve(start),
+            at(start, 0.75),
+            "everyone waits an interval"
+        );
         for _ in 0..20 {
             pacer.accepted();
         }
-        assert_eq!(
-            pacer.pacing().per_second,
-            Some(2.0),
-            "back to the configured rate, no more"
+        let rate = pacer.pacing().per_second.unwrap();
+        assert!(
+            (rate - 2.0 / 1.05).abs() < 1e-9,
+            "back to the learned ceiling: {rate}"
         );
-        assert_eq!(pacer.pacing().pushbacks, 2);
+        assert_eq!(pacer.pacing().pushbacks, 1);
     }
 
     #[test]
-    fn a_burst_of_429s_halves_the_rate_once() {
+    fn a_burst_of_429s_slows_the_rate_once() {
         let start = Instant::now();
         let mut pacer = Pacer::new(None);
         for _ in 0..4 {
@@ -186,10 +201,10 @@ mod tests {
             "four answers to one round"
         );
         pacer.refused(at(start, 1.5), None);
-        assert_eq!(
-            pacer.pacing().per_second,
-            Some(0.5),
-            "a later round halves it again"
+        let rate = pacer.pacing().per_second.unwrap();
+        assert!(
+            (rate - 1.0 / 1.5).abs() < 1e-9,
+            "a later round slows it again: {rate}"
         );
     }
 
