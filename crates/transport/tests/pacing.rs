@@ -67,9 +67,9 @@ fn retry_after_holds_every_submission<D: Driver>() {
     let emulator =
         Emulator::spawn(Config::instant().with_rate_limit(2, Duration::from_secs(1))).unwrap();
     let client: D = client(&emulator);
-    // Four submissions 100 ms apart: the third is refused, and the fourth, held by the pacer,
+    // Four submissions 200 ms apart: the third is refused, and the fourth, held by the pacer,
     // is not sent until the service said it may be.
-    assert_eq!(submit_all(&client, 4, 4, Duration::from_millis(100)), 4);
+    assert_eq!(submit_all(&client, 4, 4, Duration::from_millis(200)), 4);
     let counters = emulator.counters();
     assert_eq!(
         counters.generate_requests - counters.tasks_created,
