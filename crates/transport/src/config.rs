@@ -305,6 +305,10 @@ pub struct Config {
     pub(crate) poll: PollSchedule,
     pub(crate) wait_timeout: Duration,
     pub(crate) user_agent: String,
+    /// `Authorization` and `User-Agent` as header values, built once (the first marked
+    /// sensitive, so no HTTP stack logs it).
+    pub(crate) auth_header: http::HeaderValue,
+    pub(crate) agent_header: Option<http::HeaderValue>,
     pub(crate) max_response_bytes: u64,
     pub(crate) max_download_bytes: u64,
     pub(crate) proxy: Option<String>,
@@ -629,6 +633,14 @@ impl<C: FromConfig> ClientBuilder<C> {
         } else {
             PollSchedule::default()
         });
+        let user_agent = self
+            .user_agent
+            .unwrap_or_else(|| concat!("gptimage-rust/", env!("CARGO_PKG_VERSION")).to_owned());
+        let mut auth_header =
+            http::HeaderValue::from_str(&format!("Bearer {}", api_key.expose_secret()))
+                .map_err(|_| Error::config("the API key is not a valid header value"))?;
+        auth_header.set_sensitive(true);
+        let agent_header = http::HeaderValue::from_str(&user_agent).ok();
         Ok(Config {
             api_key,
             base,
@@ -637,9 +649,9 @@ impl<C: FromConfig> ClientBuilder<C> {
             retry: self.retry,
             poll,
             wait_timeout: self.wait_timeout,
-            user_agent: self
-                .user_agent
-                .unwrap_or_else(|| concat!("gptimage-rust/", env!("CARGO_PKG_VERSION")).to_owned()),
+            user_agent,
+            auth_header,
+            agent_header,
             max_response_bytes: self.max_response_bytes,
             max_download_bytes: self.max_download_bytes,
             proxy: self.proxy,

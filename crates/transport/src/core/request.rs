@@ -101,17 +101,13 @@ impl Call {
             .body(self.body.clone())
             .expect("a parsed URL is a valid URI");
         let headers = request.headers_mut();
-        if let Ok(agent) = HeaderValue::from_str(&config.user_agent) {
-            headers.insert(header::USER_AGENT, agent);
+        if let Some(agent) = &config.agent_header {
+            headers.insert(header::USER_AGENT, agent.clone());
         }
         let to_api = self.op != Op::Download
             && self.url.origin().ascii_serialization() == config.base.origin;
         if to_api {
-            let mut auth =
-                HeaderValue::from_str(&format!("Bearer {}", config.api_key.expose_secret()))
-                    .expect("an ApiKey is visible ASCII");
-            auth.set_sensitive(true);
-            headers.insert(header::AUTHORIZATION, auth);
+            headers.insert(header::AUTHORIZATION, config.auth_header.clone());
             headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         }
         if self.method == Method::POST {
