@@ -505,12 +505,7 @@ fn a_batch_with_listen_ends_each_wait_on_its_callback() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_batch(dir.path(), &numbered_lines(4, "called back"));
     let out = dir.path().join("out");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", free_port());
     let started = Instant::now();
     let mut command = batch(&emulator, &file, &out, &["--listen", &listen]);
     command.args(["--poll-interval", "20"]);

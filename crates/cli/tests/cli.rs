@@ -299,14 +299,6 @@ fn a_wait_ends_at_its_deadline_when_the_server_hangs() {
     assert!(took < Duration::from_secs(4), "a 2 s wait took {took:?}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn listen_ends_the_wait_on_the_callback_and_refuses_a_callback_url() {
     let started = std::time::Instant::now();

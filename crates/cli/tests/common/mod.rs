@@ -105,3 +105,12 @@ pub fn pngs(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
