@@ -185,15 +185,14 @@ impl<T> Machine for CallMachine<'_, T> {
         loop {
             match &mut self.state {
                 CallState::Ready if !self.booked && self.pacer.is_some() => {
-                    // A submission goes in its turn: the slot the pacer gives it, never later
-                    // than its patience allows.
+                    // A submission goes in its turn, asking the pacer until it is given one,
+                    // never later than its patience allows.
                     let patience = *self.patience.get_or_insert(now + self.config.wait_timeout);
-                    let slot = self.pacer().map_or(now, |mut p| p.reserve(now));
-                    self.booked = true;
-                    if slot > patience {
-                        self.cut();
-                    } else if slot > now {
-                        self.state = CallState::Sleeping(slot);
+                    let turn = self.pacer().map_or(Ok(()), |mut p| p.reserve(now));
+                    match turn {
+                        Ok(()) => self.booked = true,
+                        Err(later) if later > patience => self.cut(),
+                        Err(later) => self.state = CallState::Sleeping(later),
                     }
                 }
                 CallState::Ready => {

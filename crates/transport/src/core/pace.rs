@@ -2,8 +2,9 @@
 //! configured rate and slowing all of them when the service pushes back. It reads no clock: every
 //! call takes `now`.
 //!
-//! The scheme is AIMD over a GCRA-style schedule, as TCP paces a connection: each submission
-//! books the next free slot, `interval` after the previous one; a 429 with `Retry-After` holds
+//! The scheme is AIMD over a GCRA-style schedule, as TCP paces a connection: a submission goes
+//! when its turn comes, `interval` after the previous one (it asks again until then; nothing is
+//! booked ahead, so a slowdown reaches every submission still waiting); a 429 with `Retry-After` holds
 //! every slot until then, and a bare 429 cuts the rate to two thirds, once a round
 //! (multiplicative decrease; a 429 at the configured rate also lowers that ceiling by 5%, so the
 //! pacer learns a limit set too high); each accepted submission adds a tenth of the ceiling back
@@ -72,11 +73,16 @@ impl Pacer {
         }
     }
 
-    /// Books the next slot for a submission wanting to go at `now`; when it may go.
-    pub(crate) fn reserve(&mut self, now: Instant) -> Instant {
-        let start = self.next.map_or(now, |next| next.max(now));
-        self.next = Some(start + self.interval.unwrap_or_default());
-        start
+    /// Whether a submission may go at `now`: `Ok` takes the slot; `Err(t)` means ask again at
+    /// `t`. Nothing is booked ahead, so a slowdown reaches every submission still waiting.
+    pub(crate) fn reserve(&mut self, now: Instant) -> Result<(), Instant> {
+        match self.next {
+            Some(next) if next > now => Err(next),
+            _ => {
+                self.next = Some(now + self.interval.unwrap_or_default());
+                Ok(())
+            }
+        }
     }
 
     /// A submission was answered 429 at `now`: every later one waits.
@@ -150,31 +156,31 @@ mod tests {
     fn a_configured_rate_spaces_submissions() {
         let start = Instant::now();
         let mut pacer = Pacer::new(Some(Rate::new(4, Duration::from_secs(2))));
-        let slots: Vec<Instant> = (0..4).map(|_| pacer.reserve(start)).collect();
+        assert_eq!(pacer.reserve(start), Ok(()));
+        assert_eq!(pacer.reserve(start), Err(at(start, 0.5)), "the next turn");
         assert_eq!(
-            slots,
-            [
-                at(start, 0.0),
-                at(start, 0.5),
-                at(start, 1.0),
-                at(start, 1.5)
-            ]
+            pacer.reserve(at(start, 0.2)),
+            Err(at(start, 0.5)),
+            "nothing booked ahead"
         );
-        // An idle pacer does not bank slots: a late submission goes at once.
-        assert_eq!(pacer.reserve(at(start, 10.0)), at(start, 10.0));
+        assert_eq!(pacer.reserve(at(start, 0.5)), Ok(()));
+        assert_eq!(pacer.reserve(at(start, 0.5)), Err(at(start, 1.0)));
+        // An idle pacer does not bank turns: a late submission goes at once, and only one.
+        assert_eq!(pacer.reserve(at(start, 10.0)), Ok(()));
+        assert_eq!(pacer.reserve(at(start, 10.0)), Err(at(start, 10.5)));
     }
 
     #[test]
     fn a_bare_429_slows_the_rate_learns_the_ceiling_and_successes_win_it_back() {
         let start = Instant::now();
         let mut pacer = Pacer::new(Some(Rate::new(2, Duration::from_secs(1))));
-        pacer.reserve(start);
+        assert_eq!(pacer.reserve(start), Ok(()));
         pacer.refused(start, None);
         let rate = pacer.pacing().per_second.unwrap();
         assert!((rate - 2.0 / 1.5).abs() < 1e-9, "{rate}");
         assert_eq!(
             pacer.reserve(start),
-            at(start, 0.75),
+            Err(at(start, 0.75)),
             "everyone waits an interval"
         );
         for _ in 0..20 {
@@ -212,13 +218,15 @@ mod tests {
     fn retry_after_holds_every_submission() {
         let start = Instant::now();
         let mut pacer = Pacer::new(None);
-        assert_eq!(pacer.reserve(start), start, "unpaced");
+        assert_eq!(pacer.reserve(start), Ok(()), "unpaced");
+        assert_eq!(pacer.reserve(start), Ok(()), "unpaced, again");
         pacer.refused(start, Some(Duration::from_secs(3)));
-        assert_eq!(pacer.reserve(at(start, 1.0)), at(start, 3.0));
+        assert_eq!(pacer.reserve(at(start, 1.0)), Err(at(start, 3.0)));
+        assert_eq!(pacer.reserve(at(start, 3.0)), Ok(()));
         assert_eq!(
-            pacer.reserve(at(start, 1.0)),
-            at(start, 3.0),
-            "the same rate as before"
+            pacer.reserve(at(start, 3.0)),
+            Ok(()),
+            "the same (unpaced) rate as before"
         );
         assert_eq!(pacer.pacing().per_second, None);
     }
