@@ -544,8 +544,8 @@ impl<C: FromConfig> ClientBuilder<C> {
 
     /// Paces new tasks at `rate`, shared by every clone of the client (off by default). Whatever
     /// the setting, a 429 to a submission slows all of them: `Retry-After` holds every
-    /// submission that long; a bare 429 halves the rate, which recovers step by step as the
-    /// service accepts again.
+    /// submission that long; a bare 429 cuts the rate to two thirds, which recovers step by
+    /// step as the service accepts again.
     ///
     /// ```
     /// use std::time::Duration;
