@@ -47,6 +47,16 @@ pub(crate) enum Came<T> {
     Unreadable { http: StatusCode, excerpt: String },
 }
 
+impl<T> Came<T> {
+    /// A failed exchange, by whether the request can have reached the server.
+    fn failed(error: TransportError) -> Self {
+        match error.sent() {
+            RequestSent::No => Came::NotSent(error),
+            _ => Came::MaybeSent(error),
+        }
+    }
+}
+
 /// What an attempt means for the call.
 #[derive(Debug)]
 pub(crate) enum Judged<T> {
@@ -285,8 +295,7 @@ fn read_api<T: DeserializeOwned>(
 ) -> Came<T> {
     let response = match answer {
         Ok(response) => response,
-        Err(e) if e.sent() == RequestSent::No => return Came::NotSent(e),
-        Err(e) => return Came::MaybeSent(e),
+        Err(e) => return Came::failed(e),
     };
     let http = response.status();
     let retry_after = retry_after(response.headers());
@@ -351,8 +360,7 @@ pub(crate) fn read_download(
 ) -> Came<Fetched> {
     let response = match answer {
         Ok(response) => response,
-        Err(e) if e.sent() == RequestSent::No => return Came::NotSent(e),
-        Err(e) => return Came::MaybeSent(e),
+        Err(e) => return Came::failed(e),
     };
     let http = response.status();
     if http.is_redirection()
