@@ -499,11 +499,7 @@ impl Store {
         .await
         .map_err(|e| self.error(e))?
         .rows_affected();
-        sqlx::query("UPDATE gptimage_batch SET committed = committed - $1 WHERE one = 1")
-            .bind((moved * CREDITS_PER_TASK) as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.error(e))?;
+        self.give_back(&mut tx, moved * CREDITS_PER_TASK).await?;
         tx.commit().await.map_err(|e| self.error(e))?;
         Ok(moved)
     }
@@ -882,12 +878,26 @@ impl Store {
                 url: self.url.clone(),
             });
         }
+        self.give_back(&mut tx, refund).await?;
+        tx.commit().await.map_err(|e| self.error(e))
+    }
+
+    /// Takes `credits` off what the batch has committed, inside the transaction that made them
+    /// uncommitted.
+    async fn give_back(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        credits: u64,
+    ) -> Result<(), Error> {
+        if credits == 0 {
+            return Ok(());
+        }
         sqlx::query("UPDATE gptimage_batch SET committed = committed - $1 WHERE one = 1")
-            .bind(refund as i64)
-            .execute(&mut *tx)
+            .bind(credits as i64)
+            .execute(&mut **tx)
             .await
             .map_err(|e| self.error(e))?;
-        tx.commit().await.map_err(|e| self.error(e))
+        Ok(())
     }
 
     async fn transition(
