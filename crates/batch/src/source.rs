@@ -41,8 +41,11 @@ pub struct RawLine {
     pub item: u64,
     /// Its 1-based line number in the file, as people count.
     pub number: u64,
-    /// Its text, without the line ending.
+    /// Its text, without the line ending; only its start when the line is longer than
+    /// [`MAX_LINE_BYTES`].
     pub text: String,
+    /// Whether the line was longer than [`MAX_LINE_BYTES`] (and `text` is only its start).
+    pub too_long: bool,
 }
 
 /// A line that parsed and passed every rule of the API.
@@ -141,13 +144,7 @@ impl Source {
         BufReader::new(file.take(MAX_LINE_BYTES as u64 + 1))
             .read_until(b'\n', &mut bytes)
             .map_err(cannot)?;
-        let text = if bytes.len() > MAX_LINE_BYTES {
-            // Kept short: the state stores it, and the reason says what was wrong.
-            String::from_utf8_lossy(&bytes[..64]).into_owned()
-        } else {
-            String::from_utf8_lossy(&bytes).trim_end().to_owned()
-        };
-        Ok(RawLine { item, number, text })
+        Ok(RawLine::new(item, number, &bytes))
     }
 }
 
@@ -170,12 +167,7 @@ impl Source {
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let text = if bytes.len() > MAX_LINE_BYTES {
-                String::from_utf8_lossy(&bytes[..64]).into_owned()
-            } else {
-                String::from_utf8_lossy(&bytes).trim_end().to_owned()
-            };
-            each(RawLine { item, number, text });
+            each(RawLine::new(item, number, &bytes));
             item += 1;
         }
         if item != self.len() {
@@ -188,13 +180,33 @@ impl Source {
 }
 
 impl RawLine {
+    /// The line of these bytes (with or without its ending). A line over [`MAX_LINE_BYTES`]
+    /// keeps only its start: the state stores it, and the reason says what was wrong.
+    fn new(item: u64, number: u64, bytes: &[u8]) -> Self {
+        let too_long = bytes.len() > MAX_LINE_BYTES;
+        let text = if too_long {
+            String::from_utf8_lossy(&bytes[..64]).into_owned()
+        } else {
+            String::from_utf8_lossy(bytes).trim_end().to_owned()
+        };
+        Self {
+            item,
+            number,
+            text,
+            too_long,
+        }
+    }
+
     /// Parses the line: a JSON object with the API's fields (`prompt`, `size`, `quality`,
     /// `images`, `input_fidelity`, `callback_url`) and an optional `name`; friendly spellings
     /// (`landscape`, `1536x1024`, `HIGH`) become the documented ones. The error says what is
     /// wrong and what is allowed.
     pub fn parse(&self) -> Result<ParsedLine, String> {
-        if self.text.len() > MAX_LINE_BYTES {
-            return Err(format!("longer than {MAX_LINE_BYTES} bytes"));
+        if self.too_long {
+            return Err(format!(
+                "longer than {MAX_LINE_BYTES} bytes (a request is far shorter: a prompt is at \
+                 most 2000 characters)"
+            ));
         }
         let mut value: Value =
             serde_json::from_str(&self.text).map_err(|e| format!("not valid JSON ({e})"))?;
@@ -288,6 +300,24 @@ mod tests {
     }
 
     #[test]
+    fn a_line_too_long_says_so() {
+        let long = format!(
+            "{{\"prompt\": \"{}\"}}\n{{\"prompt\":\"b\"}}\n",
+            "x".repeat(MAX_LINE_BYTES)
+        );
+        let f = file(&long);
+        let source = Source::open(f.path()).unwrap();
+        let first = source.read(0).unwrap();
+        assert!(first.too_long && first.text.len() == 64);
+        let reason = first.parse().unwrap_err();
+        assert!(reason.contains("longer than"), "{reason}");
+        let mut scanned = Vec::new();
+        source.scan(|line| scanned.push(line)).unwrap();
+        assert_eq!(scanned[0], first, "read and scan agree");
+        assert_eq!(scanned[1].parse().unwrap().request.prompt(), "b");
+    }
+
+    #[test]
     fn the_id_is_the_content_not_the_path() {
         let a = Source::open(file("{\"prompt\":\"a\"}\n").path()).unwrap();
         let b = Source::open(file("{\"prompt\":\"a\"}\n").path()).unwrap();
@@ -299,11 +329,7 @@ mod tests {
 
     #[test]
     fn parse_says_what_is_wrong() {
-        let line = |text: &str| RawLine {
-            item: 0,
-            number: 1,
-            text: text.into(),
-        };
+        let line = |text: &str| RawLine::new(0, 1, text.as_bytes());
         assert!(line("nope").parse().unwrap_err().contains("not valid JSON"));
         assert!(
             line("[1]")
