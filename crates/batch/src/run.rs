@@ -415,13 +415,22 @@ impl Job {
 /// the process, or break its state, at an exact step of a line's life. Points: `claimed`,
 /// `before-post`, `after-post`, `submitted`, `downloading`.
 fn pause_at(point: &str) {
-    if std::env::var_os("GPTIMAGE_BATCH_PAUSE_AT").is_some_and(|p| p == point) {
+    // Read once: the hook is asked at every step of every line.
+    static HOOK: std::sync::OnceLock<Option<(std::ffi::OsString, u64)>> =
+        std::sync::OnceLock::new();
+    let hook = HOOK.get_or_init(|| {
+        let at = std::env::var_os("GPTIMAGE_BATCH_PAUSE_AT")?;
         let seconds = std::env::var("GPTIMAGE_BATCH_PAUSE_SECS")
             .ok()
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(60)
             .min(600);
+        Some((at, seconds))
+    });
+    if let Some((at, seconds)) = hook
+        && at == point
+    {
         eprintln!("gptimage-batch: paused at {point}");
-        std::thread::sleep(Duration::from_secs(seconds));
+        std::thread::sleep(Duration::from_secs(*seconds));
     }
 }
