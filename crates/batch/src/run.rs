@@ -269,7 +269,7 @@ impl Job {
             line: number,
             state: claim.state,
             name: claim.name.clone(),
-            prompt: String::new(),
+            prompt: claim.prompt.clone(),
             task_id: claim.task_id.clone(),
             images: Vec::new(),
             files: Vec::new(),
@@ -360,8 +360,6 @@ impl Job {
                     return Ok(Some(record));
                 }
             }
-        } else if let Some(existing) = store.line(item).await? {
-            record.prompt = existing.prompt;
         }
         let task_id = record.task_id.clone().unwrap_or_default();
         let name = record.name.clone().unwrap_or_else(|| stem(None, number));

@@ -225,6 +225,8 @@ pub struct Claim {
     pub task_id: Option<String>,
     /// The stem its images are named after, once chosen.
     pub name: Option<String>,
+    /// Its prompt, once read (empty for a line not yet read).
+    pub prompt: String,
 }
 
 /// How [`Store::start_submitting`] went.
@@ -604,7 +606,7 @@ impl Store {
                     ORDER BY item LIMIT 1 FOR UPDATE SKIP LOCKED)
                  AND owner IS NULL AND state IN ('pending', 'submitted')
                  AND EXISTS (SELECT 1 FROM gptimage_workers WHERE id = $1 AND status = 'running')
-                 RETURNING item, state, task_id, name"
+                 RETURNING item, state, task_id, name, prompt"
             }
             Backend::Sqlite { .. } => {
                 "UPDATE gptimage_lines SET owner = $1 WHERE item = (
@@ -613,7 +615,7 @@ impl Store {
                     ORDER BY item LIMIT 1)
                  AND owner IS NULL AND state IN ('pending', 'submitted')
                  AND EXISTS (SELECT 1 FROM gptimage_workers WHERE id = $1 AND status = 'running')
-                 RETURNING item, state, task_id, name"
+                 RETURNING item, state, task_id, name, prompt"
             }
         };
         if let Some(row) = sqlx::query(claim_existing)
@@ -651,6 +653,7 @@ impl Store {
             state: LineState::Pending,
             task_id: None,
             name: None,
+            prompt: String::new(),
         }))
     }
 
@@ -661,6 +664,7 @@ impl Store {
             state: state.parse().map_err(|e| self.error(e))?,
             task_id: row.try_get("task_id").map_err(|e| self.error(e))?,
             name: row.try_get("name").map_err(|e| self.error(e))?,
+            prompt: row.try_get("prompt").map_err(|e| self.error(e))?,
         })
     }
 
