@@ -5,8 +5,10 @@
 //! round by round (A B C A B C …, `BENCH_ROUNDS` rounds of `BENCH_REQUESTS` sequential requests
 //! over keep-alive connections), so machine noise lands on every arm alike; each ratio printed is
 //! the median of the per-round ratios. The fair baseline is the plain stack configured with the
-//! same connect and overall timeouts as the client; the plain stack without timeouts shows what
-//! the timeouts themselves cost.
+//! same connect and overall timeouts as the client (and, for reqwest, the same headers: ureq sends
+//! its own User-Agent and Accept); the plain stack without timeouts shows what the timeouts
+//! themselves cost. A last ureq arm bounds every phase but name resolution, which shows where
+//! ureq's timeout cost comes from (a resolver thread per request).
 
 use std::time::{Duration, Instant};
 
@@ -40,7 +42,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Runs the arms interleaved; prints each arm's median time and its median ratio to `arms[1]`
-/// (the fair baseline) and, for the baseline, to `arms[2]` (no timeouts).
+/// (the fair baseline) and, for the baseline and any later arm, to `arms[2]` (no timeouts).
 fn compare(title: &str, arms: &mut [(&str, &mut dyn FnMut())], rounds: u32, requests: u32) {
     for (_, f) in arms.iter_mut() {
         time(requests.min(200), *f); // warm-up: connections, caches
@@ -57,8 +59,8 @@ fn compare(title: &str, arms: &mut [(&str, &mut dyn FnMut())], rounds: u32, requ
     for (i, (name, _)) in arms.iter().enumerate() {
         let against = match i {
             0 => format!("{:.3}× the fair baseline", ratio(0, 1)),
-            1 => format!("{:.3}× the stack without timeouts", ratio(1, 2)),
-            _ => String::new(),
+            2 => String::new(),
+            i => format!("{:.3}× the stack without timeouts", ratio(i, 2)),
         };
         println!(
             "  {name:<34} {:>8.1} µs/request   {against}",
@@ -90,21 +92,37 @@ fn main() {
     let auth = format!("Bearer {key}");
     println!("{rounds} rounds of {requests} status requests per arm, interleaved; medians");
 
-    let ureq_agent = |timeouts: bool| -> ureq::Agent {
+    #[derive(Clone, Copy)]
+    enum Timeouts {
+        Same,
+        None,
+        /// Each phase bounded except name resolution: ureq resolves a name on a new thread for
+        /// every request (pooled or not) whenever resolution has a time limit, and an overall
+        /// limit gives it one. This arm shows what that thread costs.
+        AllButResolve,
+    }
+    let ureq_agent = |timeouts: Timeouts| -> ureq::Agent {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .proxy(None);
-        let config = if timeouts {
-            config
+        let some = Some(OVERALL);
+        let config = match timeouts {
+            Timeouts::Same => config.timeout_connect(Some(CONNECT)).timeout_global(some),
+            Timeouts::None => config,
+            Timeouts::AllButResolve => config
                 .timeout_connect(Some(CONNECT))
-                .timeout_global(Some(OVERALL))
-        } else {
-            config
+                .timeout_send_request(some)
+                .timeout_recv_response(some)
+                .timeout_recv_body(some),
         };
         config.build().into()
     };
-    let (fair, bare) = (ureq_agent(true), ureq_agent(false));
+    let (fair, bare, phases) = (
+        ureq_agent(Timeouts::Same),
+        ureq_agent(Timeouts::None),
+        ureq_agent(Timeouts::AllButResolve),
+    );
     let plain = |agent: &ureq::Agent| {
         let mut response = agent
             .get(&url)
@@ -123,6 +141,7 @@ fn main() {
             }),
             ("plain ureq, same timeouts", &mut || plain(&fair)),
             ("plain ureq, no timeouts", &mut || plain(&bare)),
+            ("plain ureq, no limit on resolving", &mut || plain(&phases)),
         ],
         rounds,
         requests,
@@ -151,9 +170,15 @@ fn main() {
         builder.build().unwrap()
     };
     let (fair, bare) = (reqwest_client(true), reqwest_client(false));
+    let agent = concat!("gptimage-rust/", env!("CARGO_PKG_VERSION"));
     let plain = |http: &reqwest::Client, timeouts: bool| {
         runtime.block_on(async {
-            let request = http.get(&url).bearer_auth(&key);
+            // The same request on the wire as the client's: its User-Agent and Accept too.
+            let request = http
+                .get(&url)
+                .bearer_auth(&key)
+                .header("user-agent", agent)
+                .header("accept", "application/json");
             let request = if timeouts {
                 request.timeout(OVERALL)
             } else {

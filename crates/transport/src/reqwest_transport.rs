@@ -1,6 +1,7 @@
 //! The async transport on reqwest: no redirects, no retries, limits enforced while reading.
 
 use crate::config::Config;
+use crate::core::request::ParsedUrl;
 use crate::error::{Error, RequestSent, Result, TransportError, TransportErrorKind};
 use crate::transport::{AsyncTransport, HttpRequest, HttpResponse, SendOptions};
 
@@ -59,8 +60,7 @@ impl AsyncTransport for ReqwestTransport {
         request: HttpRequest,
         options: SendOptions,
     ) -> std::result::Result<HttpResponse, TransportError> {
-        let mut request = reqwest::Request::try_from(request)
-            .map_err(|e| TransportError::new(TransportErrorKind::Other, RequestSent::No, e))?;
+        let mut request = to_reqwest(request)?;
         *request.timeout_mut() = Some(options.timeout);
         let mut response = self.client.execute(request).await.map_err(classify)?;
         let too_large = || {
@@ -70,18 +70,27 @@ impl AsyncTransport for ReqwestTransport {
                 format!("the body is larger than {} bytes", options.max_body_bytes),
             )
         };
-        if response
-            .content_length()
-            .is_some_and(|n| n > options.max_body_bytes)
-        {
+        let announced = response.content_length().unwrap_or(0);
+        if announced > options.max_body_bytes {
             return Err(too_large());
         }
+        // Sized once from the announced length (already checked against the limit); a body
+        // of a single chunk is taken as it is, without a copy.
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             if (body.len() + chunk.len()) as u64 > options.max_body_bytes {
                 return Err(too_large());
             }
-            body.extend_from_slice(&chunk);
+            if body.is_empty() && announced == chunk.len() as u64 {
+                body = Vec::from(chunk);
+            } else {
+                body.reserve(
+                    usize::try_from(announced)
+                        .unwrap_or(0)
+                        .saturating_sub(body.len()),
+                );
+                body.extend_from_slice(&chunk);
+            }
         }
         let mut answer = http::Response::new(body);
         *answer.status_mut() = response.status();
@@ -89,6 +98,21 @@ impl AsyncTransport for ReqwestTransport {
         *answer.headers_mut() = std::mem::take(response.headers_mut());
         Ok(answer)
     }
+}
+
+/// The reqwest request of `request`, reusing the URL the core parsed when it rides along.
+fn to_reqwest(request: HttpRequest) -> std::result::Result<reqwest::Request, TransportError> {
+    let (mut parts, body) = request.into_parts();
+    let url = match ParsedUrl::take(&mut parts) {
+        Some(url) => url,
+        None => url::Url::parse(&parts.uri.to_string())
+            .map_err(|e| TransportError::new(TransportErrorKind::Other, RequestSent::No, e))?,
+    };
+    let mut converted = reqwest::Request::new(parts.method, url);
+    *converted.headers_mut() = parts.headers;
+    *converted.version_mut() = parts.version;
+    *converted.body_mut() = Some(body.into());
+    Ok(converted)
 }
 
 /// Sorts a reqwest error by whether the request can have reached the server.

@@ -26,6 +26,8 @@ pub(crate) struct Call {
     pub(crate) op: Op,
     method: Method,
     pub(crate) url: Url,
+    /// Whether the call goes to the API's origin, and so carries the key.
+    to_api: bool,
     body: Vec<u8>,
     /// The task a status call asks about.
     pub(crate) task_id: Option<String>,
@@ -53,6 +55,7 @@ impl Call {
             op: Op::Submit,
             method: Method::POST,
             url,
+            to_api: true,
             body,
             task_id: None,
         }
@@ -67,6 +70,7 @@ impl Call {
             op: Op::Status,
             method: Method::GET,
             url,
+            to_api: true,
             body: Vec::new(),
             task_id: Some(task_id.to_owned()),
         })
@@ -87,26 +91,27 @@ impl Call {
             op: Op::Download,
             method: Method::GET,
             url: parsed,
+            to_api: false,
             body: Vec::new(),
             task_id: None,
         })
     }
 
     /// The HTTP request of one attempt. Only API calls carry the key, and only to the API's
-    /// origin (which they always go to, as their URL is built from the base URL).
+    /// origin (which they always go to, as their URL is built from the base URL). The parsed URL
+    /// rides along, so a transport whose stack wants one need not parse the URI again.
     pub(crate) fn to_http(&self, config: &Config) -> HttpRequest {
         let mut request = http::Request::builder()
             .method(self.method.clone())
             .uri(self.url.as_str())
+            .extension(ParsedUrl(self.url.clone()))
             .body(self.body.clone())
             .expect("a parsed URL is a valid URI");
         let headers = request.headers_mut();
         if let Some(agent) = &config.agent_header {
             headers.insert(header::USER_AGENT, agent.clone());
         }
-        let to_api = self.op != Op::Download
-            && self.url.origin().ascii_serialization() == config.base.origin;
-        if to_api {
+        if self.to_api {
             headers.insert(header::AUTHORIZATION, config.auth_header.clone());
             headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         }
@@ -136,6 +141,26 @@ impl Call {
     /// The full URL (for downloads, whose URL is not secret to the caller).
     pub(crate) fn url(&self) -> &str {
         self.url.as_str()
+    }
+}
+
+/// The URL a request was built from, carried in its extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct ParsedUrl(pub(crate) Url);
+
+impl ParsedUrl {
+    /// Takes the URL out of `parts`, if it is still the one its URI says (a transport wrapped
+    /// around another may have changed the URI, and then the URI wins).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn take(parts: &mut http::request::Parts) -> Option<Url> {
+        let Self(url) = parts.extensions.remove::<Self>()?;
+        let uri = &parts.uri;
+        let same = uri.scheme_str() == Some(url.scheme())
+            && uri.authority().map(|a| a.as_str())
+                == Some(&url[url::Position::BeforeUsername..url::Position::AfterPort])
+            && uri.path_and_query().map(|p| p.as_str())
+                == Some(&url[url::Position::BeforePath..url::Position::AfterQuery]);
+        same.then_some(url)
     }
 }
 
@@ -180,6 +205,27 @@ mod tests {
         for bad in ["", "  ", "a\nb"] {
             let err = Call::status(&config, bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+        }
+    }
+
+    #[test]
+    fn the_parsed_url_rides_along_only_while_the_uri_agrees() {
+        let config = config();
+        let call = Call::status(&config, "t 1").unwrap();
+        let (mut parts, _) = call.to_http(&config).into_parts();
+        assert_eq!(ParsedUrl::take(&mut parts), Some(call.url.clone()));
+        // Taken once: a second look finds nothing.
+        assert_eq!(ParsedUrl::take(&mut parts), None);
+
+        // A transport wrapped around another changed the URI: the URI wins.
+        for changed in [
+            "https://api.example/api/status?task_id=other",
+            "https://elsewhere.example/api/status?task_id=t+1",
+            "http://api.example/api/status?task_id=t+1",
+        ] {
+            let (mut parts, _) = call.to_http(&config).into_parts();
+            parts.uri = changed.parse().unwrap();
+            assert_eq!(ParsedUrl::take(&mut parts), None, "{changed}");
         }
     }
 
