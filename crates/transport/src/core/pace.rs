@@ -6,8 +6,9 @@
 //! when its turn comes, `interval` after the previous one (it asks again until then; nothing is
 //! booked ahead, so a slowdown reaches every submission still waiting); a 429 with `Retry-After` holds
 //! every slot until then, and a bare 429 cuts the rate to two thirds, once a round
-//! (multiplicative decrease; a 429 at the configured rate also lowers that ceiling by 5%, so the
-//! pacer learns a limit set too high); each accepted submission adds a tenth of the ceiling back
+//! (multiplicative decrease; a 429 at the configured rate also lowers that ceiling, by 5% and
+//! then by steps that double while such 429s keep coming, up to 20%, so the pacer learns a
+//! limit set too high within a few rounds); each accepted submission adds a tenth of the ceiling back
 //! (additive increase), up to the ceiling, or, with none configured, until the pacer stops
 //! pacing at all.
 
@@ -23,8 +24,15 @@ const FIRST_INTERVAL: Duration = Duration::from_secs(1);
 const UNPACED_ABOVE: f64 = 50.0;
 /// How much a bare 429 stretches the interval (the rate falls to 2/3, as TCP CUBIC's β ≈ 0.7).
 const DECREASE: f64 = 1.5;
-/// How much a bare 429 at the configured rate stretches the ceiling: it learns the true limit.
-const CEILING_STEP: f64 = 1.05;
+/// How much the first bare 429 at the configured rate stretches the ceiling: it learns the true
+/// limit. Each further one before the ceiling holds doubles the step, up to `CEILING_STEP_MAX`,
+/// so a rate set twice too high is learned in 8 steps instead of 15, and the ceiling never lands
+/// more than one step under the limit.
+const CEILING_STEP: f64 = 0.05;
+const CEILING_STEP_MAX: f64 = 0.2;
+/// Accepted submissions at the ceiling after which it is known to hold, and the step starts small
+/// again.
+const CEILING_HOLDS_AFTER: u32 = 50;
 
 /// How hard the service is pushing back, for progress displays.
 ///
@@ -57,6 +65,10 @@ pub(crate) struct Pacer {
     /// When the rate was last halved: 429s within one interval of it answer submissions sent
     /// before, and do not halve it again (as TCP halves once per round trip).
     decreased: Option<Instant>,
+    /// The next stretch of the ceiling, and the submissions accepted at the ceiling since the
+    /// last one.
+    ceiling_step: f64,
+    at_ceiling: u32,
     pushbacks: u64,
 }
 
@@ -69,6 +81,8 @@ impl Pacer {
             interval: ceiling,
             next: None,
             decreased: None,
+            ceiling_step: CEILING_STEP,
+            at_ceiling: 0,
             pushbacks: 0,
         }
     }
@@ -92,7 +106,7 @@ impl Pacer {
             // The service said how long: everyone waits that long, at the same rate.
             Some(asked) => asked,
             // It did not: slow down by a third, once a round. Refused at the configured rate,
-            // that rate was too fast for this service: the ceiling itself comes down 5%.
+            // that rate was too fast for this service: the ceiling itself comes down a step.
             None => {
                 let recent = match (self.decreased, self.interval) {
                     (Some(at), Some(interval)) => now < at + interval,
@@ -102,7 +116,9 @@ impl Pacer {
                     if let (Some(ceiling), Some(interval)) = (self.ceiling, self.interval)
                         && interval <= ceiling.mul_f64(1.01)
                     {
-                        self.ceiling = Some(ceiling.mul_f64(CEILING_STEP));
+                        self.ceiling = Some(ceiling.mul_f64(1.0 + self.ceiling_step));
+                        self.ceiling_step = (self.ceiling_step * 2.0).min(CEILING_STEP_MAX);
+                        self.at_ceiling = 0;
                     }
                     let slower = self
                         .interval
@@ -128,6 +144,12 @@ impl Pacer {
             .ceiling
             .map_or(0.1, |c| 0.1 / c.as_secs_f64().max(1e-6));
         let faster = rate + step;
+        if self.ceiling == Some(interval) {
+            self.at_ceiling += 1;
+            if self.at_ceiling >= CEILING_HOLDS_AFTER {
+                self.ceiling_step = CEILING_STEP;
+            }
+        }
         self.interval = match self.ceiling {
             Some(ceiling) => Some(Duration::from_secs_f64(1.0 / faster).max(ceiling)),
             None if faster > UNPACED_ABOVE => None,
@@ -192,6 +214,34 @@ mod tests {
             "back to the learned ceiling: {rate}"
         );
         assert_eq!(pacer.pacing().pushbacks, 1);
+    }
+
+    #[test]
+    fn the_ceiling_comes_down_in_growing_steps_until_it_holds() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(Some(Rate::new(40, Duration::from_secs(1))));
+        let mut ceiling = 40.0;
+        // Each round: back up to the ceiling, then refused there.
+        for (round, step) in [0.05, 0.1, 0.2, 0.2].into_iter().enumerate() {
+            for _ in 0..20 {
+                pacer.accepted();
+            }
+            assert!((pacer.pacing().per_second.unwrap() - ceiling).abs() < 1e-6);
+            pacer.refused(at(start, 10.0 * round as f64), None);
+            ceiling /= 1.0 + step;
+        }
+        for _ in 0..(20 + CEILING_HOLDS_AFTER) {
+            pacer.accepted();
+        }
+        let rate = pacer.pacing().per_second.unwrap();
+        assert!((rate - ceiling).abs() < 1e-6, "{rate} vs {ceiling}");
+        // The ceiling held for a while: the next refusal steps it by 5% again.
+        pacer.refused(at(start, 100.0), None);
+        for _ in 0..20 {
+            pacer.accepted();
+        }
+        let rate = pacer.pacing().per_second.unwrap();
+        assert!((rate - ceiling / 1.05).abs() < 1e-6, "{rate}");
     }
 
     #[test]
