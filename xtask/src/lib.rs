@@ -378,44 +378,161 @@ pub fn check_blocking_build(root: &Path) -> Vec<String> {
     violations
 }
 
-/// The packages of the facade built with `features` include none of `forbidden`.
-fn check_build(root: &Path, features: &[&str], forbidden: &[&str], what: &str) -> Vec<String> {
-    if !root.join("crates/gptimage").exists() {
-        return Vec::new();
+/// The rustls crypto providers a build can contain.
+pub const CRYPTO_PROVIDERS: &[&str] = &["ring", "aws-lc-rs"];
+
+/// Bundled root lists: neither client may trust one instead of the platform's roots.
+pub const BUNDLED_ROOTS: &[&str] = &["webpki-roots", "webpki-root-certs"];
+
+/// Each TLS build of the facade that `cargo xtask ci` checks, and the one crypto provider it must
+/// contain (none: no rustls provider at all).
+pub const TLS_BUILDS: &[(&str, Option<&str>)] = &[
+    ("async,blocking,rustls", Some("ring")),
+    ("blocking,rustls", Some("ring")),
+    ("async,rustls", Some("ring")),
+    ("async,blocking,rustls-aws-lc-rs", Some("aws-lc-rs")),
+    ("async,blocking,rustls-no-provider", None),
+    ("async,blocking,native-tls", None),
+    ("async,blocking,native-tls-vendored", None),
+    ("async,blocking", None),
+];
+
+/// The facade's feature sets that `cargo xtask ci` builds, beyond its default and
+/// `--all-features` builds: the TLS builds of [`TLS_BUILDS`] and a few others.
+pub fn facade_feature_sets() -> Vec<Vec<String>> {
+    let mut sets: Vec<Vec<String>> = ["", "blocking", "async", "async,native-tls,tracing"]
+        .iter()
+        .chain(TLS_BUILDS.iter().map(|(features, _)| features))
+        .map(|features| {
+            let mut args = vec!["--no-default-features".to_owned()];
+            if !features.is_empty() {
+                args.extend(["--features".to_owned(), (*features).to_owned()]);
+            }
+            args
+        })
+        .collect();
+    sets.push(Vec::new());
+    sets.push(vec!["--all-features".to_owned()]);
+    sets
+}
+
+/// Every build of [`TLS_BUILDS`] contains exactly its one crypto provider (and with rustls and
+/// both clients, one rustls), no bundled root list, and OpenSSL only when it asks for
+/// native-tls. Checked with `cargo tree`.
+pub fn check_tls_builds(root: &Path) -> Vec<String> {
+    let mut violations = Vec::new();
+    // The command, with its database's TLS too, has the clients' one provider.
+    if let Ok(Some(packages)) = packages_of(root, "gptimage-cli", &[]) {
+        let found: Vec<&str> = CRYPTO_PROVIDERS
+            .iter()
+            .copied()
+            .filter(|p| packages.contains(*p))
+            .collect();
+        if found != ["ring"] {
+            violations.push(format!(
+                "the command's default build must contain the crypto provider ring and no \
+                 other, but contains {found:?}"
+            ));
+        }
+    }
+    for (features, provider) in TLS_BUILDS {
+        let args = ["--no-default-features", "--features", features];
+        let packages = match facade_packages(root, &args) {
+            Ok(Some(packages)) => packages,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                violations.push(e);
+                continue;
+            }
+        };
+        let found: Vec<&str> = CRYPTO_PROVIDERS
+            .iter()
+            .copied()
+            .filter(|p| packages.contains(*p))
+            .collect();
+        let expected: Vec<&str> = provider.iter().copied().collect();
+        if found != expected {
+            violations.push(format!(
+                "the facade with features {features} must contain the crypto provider(s)                  {expected:?} and no other, but contains {found:?}"
+            ));
+        }
+        for bundled in BUNDLED_ROOTS {
+            if packages.contains(*bundled) {
+                violations.push(format!(
+                    "the facade with features {features} contains the bundled root list                      {bundled}: both clients must trust the platform's roots"
+                ));
+            }
+        }
+        let openssl = packages.contains("openssl-sys");
+        if openssl != features.contains("native-tls") {
+            violations.push(format!(
+                "the facade with features {features} {} OpenSSL",
+                if openssl {
+                    "must not contain"
+                } else {
+                    "must contain"
+                }
+            ));
+        }
+    }
+    violations
+}
+
+/// The names of the packages in the facade's normal dependency tree with `features`; `None`
+/// when there is no facade yet.
+fn facade_packages(root: &Path, features: &[&str]) -> Result<Option<BTreeSet<String>>, String> {
+    packages_of(root, "gptimage", features)
+}
+
+/// The names of the packages in `package`'s normal dependency tree with `features`; `None`
+/// when the package does not exist yet.
+fn packages_of(
+    root: &Path,
+    package: &str,
+    features: &[&str],
+) -> Result<Option<BTreeSet<String>>, String> {
+    let dir = package.strip_prefix("gptimage-").unwrap_or(package);
+    if !root.join("crates").join(dir).exists() {
+        return Ok(None);
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(cargo)
-        .args(["tree", "--package", "gptimage"])
+        .args(["tree", "--package", package])
         .args(features)
         .args(["--edges", "normal", "--prefix", "none"])
         .current_dir(root)
-        .output();
-    let output = match output {
-        Ok(output) if output.status.success() => output,
-        Ok(output) => {
-            return vec![format!(
-                "cargo tree failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )];
-        }
-        Err(e) => return vec![format!("could not run cargo tree: {e}")],
-    };
-    let tree = String::from_utf8_lossy(&output.stdout);
-    let packages: BTreeSet<&str> = tree
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .collect();
-    let mut violations: Vec<String> = forbidden
-        .iter()
-        .filter(|p| packages.contains(*p))
-        .map(|p| format!("{what} of the facade must not contain {p}, but does"))
-        .collect();
-    if packages.is_empty() || !packages.contains("gptimage-transport") {
-        violations.push(format!(
-            "{what} of the facade could not be listed by cargo tree"
+        .output()
+        .map_err(|e| format!("could not run cargo tree: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&output.stderr)
         ));
     }
-    violations
+    let packages: BTreeSet<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    if !packages.contains("gptimage-transport") {
+        return Err(format!(
+            "{package} with {features:?} could not be listed by cargo tree"
+        ));
+    }
+    Ok(Some(packages))
+}
+
+/// The packages of the facade built with `features` include none of `forbidden`.
+fn check_build(root: &Path, features: &[&str], forbidden: &[&str], what: &str) -> Vec<String> {
+    match facade_packages(root, features) {
+        Ok(Some(packages)) => forbidden
+            .iter()
+            .filter(|p| packages.contains(**p))
+            .map(|p| format!("{what} of the facade must not contain {p}, but does"))
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => vec![format!("{what}: {e}")],
+    }
 }
 
 /// Runs every check; the violations of all of them.
@@ -424,6 +541,7 @@ pub fn check_all(root: &Path) -> Vec<String> {
     violations.extend(check_types_is_pure(root));
     violations.extend(check_facade_only_reexports(root));
     violations.extend(check_blocking_build(root));
+    violations.extend(check_tls_builds(root));
     match Graph::load(root) {
         Ok(graph) => violations.extend(check_dependencies(&graph)),
         Err(e) => violations.push(e),

@@ -10,21 +10,6 @@ const USAGE: &str = "usage: cargo xtask <ci|tidy>
         each feature combination of the facade, and the tidy checks
   tidy  the architecture invariants of ARCHITECTURE.md";
 
-/// The facade's feature combinations that must each build on their own.
-const FACADE_FEATURE_SETS: &[&[&str]] = &[
-    &["--no-default-features"],
-    &["--no-default-features", "--features", "blocking"],
-    &["--no-default-features", "--features", "async"],
-    &["--no-default-features", "--features", "blocking,native-tls"],
-    &[
-        "--no-default-features",
-        "--features",
-        "async,native-tls,tracing",
-    ],
-    &[],
-    &["--all-features"],
-];
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -82,11 +67,56 @@ fn ci() -> Result<(), String> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     if xtask::workspace_root().join("crates/gptimage").exists() {
-        for features in FACADE_FEATURE_SETS {
+        for features in xtask::facade_feature_sets() {
             let mut args = vec!["check", "--package", "gptimage"];
-            args.extend_from_slice(features);
+            args.extend(features.iter().map(String::as_str));
             cargo(&format!("facade {}", features.join(" ")), &args, &[])?;
         }
+        // Both clients trust the platform's roots through OpenSSL too, and a build with
+        // `rustls-no-provider` asks the application for its provider.
+        cargo(
+            "TLS through native-tls",
+            &[
+                "test",
+                "--package",
+                "gptimage-transport",
+                "--no-default-features",
+                "--features",
+                "async,blocking,native-tls",
+                "--test",
+                "tls",
+            ],
+            &[],
+        )?;
+        cargo(
+            "TLS with the application's provider",
+            &[
+                "test",
+                "--package",
+                "gptimage-transport",
+                "--no-default-features",
+                "--features",
+                "blocking,rustls-no-provider",
+                "--lib",
+                "tls::",
+            ],
+            &[],
+        )?;
+        // The refusal of https without TLS, in a build that has none.
+        cargo(
+            "no-TLS build",
+            &[
+                "test",
+                "--package",
+                "gptimage-transport",
+                "--no-default-features",
+                "--features",
+                "blocking",
+                "--lib",
+                "need_a_tls_feature",
+            ],
+            &[],
+        )?;
     }
     tidy()?;
     eprintln!("ci: all green in {:.0?}", started.elapsed());

@@ -42,10 +42,18 @@
 //! |---|---|---|
 //! | `async` | yes | [`Client`], on reqwest and tokio |
 //! | `blocking` | no | [`blocking::Client`], on ureq; builds no tokio or reqwest |
-//! | `rustls` | yes | TLS through rustls |
+//! | `rustls` | yes | TLS through rustls on the *ring* provider (needs only a C compiler) |
+//! | `rustls-aws-lc-rs` | no | rustls on aws-lc-rs instead (turn `default-features` off) |
+//! | `rustls-no-provider` | no | rustls on the provider your application installs as the process default |
 //! | `native-tls` | no | TLS through the platform's library instead (turn `default-features` off) |
+//! | `native-tls-vendored` | no | `native-tls` with OpenSSL built from source and linked statically |
 //! | `tracing` | no | `tracing` spans for each request and wait; the key is never recorded |
 //! | `axum` | no | `webhook::Receiver::axum_router`, the webhook receiver as an axum router |
+//!
+//! Whatever the TLS feature, both clients use the same TLS and trust the same roots: the
+//! platform's (the system store, `SSL_CERT_FILE` on Linux), never a bundled list. The library
+//! never installs a process-wide rustls provider, and uses the one your application installed if
+//! there is one. A build without TLS refuses an `https` base URL when the client is built.
 //!
 //! A blocking-only build: `gptimage = { version = "0.1", default-features = false, features =
 //! ["blocking", "rustls"] }`.

@@ -266,6 +266,13 @@ impl BaseUrl {
                 url.host_str().unwrap_or_default()
             )));
         }
+        if url.scheme() == "https" && !crate::tls::AVAILABLE {
+            return Err(Error::config(format!(
+                "the base URL {} is https, but {}",
+                url.as_str().trim_end_matches('/'),
+                crate::tls::MISSING
+            )));
+        }
         let base = url.as_str().trim_end_matches('/').to_owned();
         let endpoint = |name: &str| {
             Url::parse(&format!("{base}/{name}"))
@@ -700,5 +707,23 @@ mod tests {
         ] {
             assert!(BaseUrl::parse(bad, false).is_err(), "{bad}");
         }
+    }
+
+    /// Run by `cargo xtask ci` in a build without TLS as well as in the usual ones.
+    #[test]
+    fn https_base_urls_need_a_tls_feature() {
+        let https = BaseUrl::parse("https://gptimage15.ai/api", false);
+        if crate::tls::AVAILABLE {
+            assert!(https.is_ok());
+        } else {
+            let refused = https.err().unwrap();
+            assert_eq!(refused.kind(), crate::ErrorKind::Config);
+            let message = refused.to_string();
+            for named in ["https", "`rustls`", "`native-tls`"] {
+                assert!(message.contains(named), "{message}");
+            }
+        }
+        // Loopback http, as for the emulator, needs no TLS in any build.
+        assert!(BaseUrl::parse("http://127.0.0.1:8080/api", false).is_ok());
     }
 }

@@ -31,7 +31,16 @@
 //!
 //! - `async` (default): [`Client`], on reqwest and tokio.
 //! - `blocking`: [`blocking::Client`], on ureq; builds no tokio or reqwest.
-//! - `rustls` (default): TLS through rustls. `native-tls`: TLS through the platform library.
+//! - TLS, one of (both clients always use the same TLS and trust the same roots, the platform's;
+//!   the library never installs a process-wide rustls provider):
+//!   - `rustls` (default): rustls on the *ring* provider (needs only a C compiler);
+//!   - `rustls-aws-lc-rs`: rustls on aws-lc-rs instead (turn the defaults off);
+//!   - `rustls-no-provider`: rustls on the provider the application installs as the process
+//!     default before building a client;
+//!   - `native-tls`: the platform's library (OpenSSL on Linux); `native-tls-vendored` builds
+//!     OpenSSL from source and links it statically.
+//!
+//!   A build with none refuses an `https` base URL when the client is built, naming the features.
 //! - `tracing`: `tracing` spans for each request and wait; the key is never recorded.
 //! - `axum`: `webhook::Receiver::axum_router`, the webhook receiver as an axum router.
 //!
@@ -65,6 +74,7 @@ mod drive;
 mod error;
 #[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
 mod files;
+mod tls;
 pub mod transport;
 pub mod webhook;
 

@@ -25,13 +25,24 @@ pub struct ReqwestTransport {
 }
 
 impl ReqwestTransport {
-    /// A transport with the configuration's connect timeout and proxy, following no redirects.
+    /// A transport with the configuration's connect timeout and proxy, following no redirects,
+    /// and the build's TLS: rustls on the chosen provider with the platform's verifier, or the
+    /// platform's TLS library (see the crate's features).
     pub fn new(config: &Config) -> Result<Self> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout())
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
             .no_proxy();
+        #[cfg(feature = "_rustls")]
+        {
+            builder = builder
+                .tls_backend_preconfigured(crate::tls::client_config(crate::tls::provider()?)?);
+        }
+        #[cfg(all(feature = "native-tls", not(feature = "_rustls")))]
+        {
+            builder = builder.tls_backend_native();
+        }
         if let Some(proxy) = config.proxy() {
             let proxy = reqwest::Proxy::all(proxy)
                 .map_err(|e| Error::config(format!("the proxy URL is not usable: {e}")))?;

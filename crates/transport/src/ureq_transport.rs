@@ -31,7 +31,8 @@ pub struct UreqTransport {
 }
 
 impl UreqTransport {
-    /// A transport with the configuration's connect timeout and proxy, following no redirects.
+    /// A transport with the configuration's connect timeout and proxy, following no redirects,
+    /// and the build's TLS, the same as the async client's (see the crate's features).
     pub fn new(config: &Config) -> Result<Self> {
         let proxy = match config.proxy() {
             Some(url) => Some(
@@ -46,10 +47,21 @@ impl UreqTransport {
             .timeout_connect(Some(config.connect_timeout()))
             .timeout_global(Some(config.request_timeout()))
             .proxy(proxy);
-        #[cfg(all(feature = "native-tls", not(feature = "rustls")))]
+        // The same TLS as the async client: the platform's roots (never ureq's bundled list),
+        // through the same rustls provider, or through the platform's library.
+        #[cfg(feature = "_rustls")]
+        let builder = builder.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                .unversioned_rustls_crypto_provider(crate::tls::provider()?)
+                .build(),
+        );
+        #[cfg(all(feature = "native-tls", not(feature = "_rustls")))]
         let builder = builder.tls_config(
             ureq::tls::TlsConfig::builder()
                 .provider(ureq::tls::TlsProvider::NativeTls)
+                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
                 .build(),
         );
         Ok(Self {

@@ -87,6 +87,12 @@ impl Call {
                     None,
                 )
             })?;
+        if parsed.scheme() == "https" && !crate::tls::AVAILABLE {
+            return Err(Error::download(
+                format!("cannot download {url}: {}", crate::tls::MISSING),
+                None,
+            ));
+        }
         Ok(Self {
             op: Op::Download,
             method: Method::GET,
