@@ -378,6 +378,25 @@ pub fn check_blocking_build(root: &Path) -> Vec<String> {
     violations
 }
 
+/// The published crates, and what each package must contain beyond both licence texts and its
+/// README.
+pub const PACKAGE_CONTENTS: &[(&str, &[&str])] = &[
+    ("gptimage-types", &[]),
+    ("gptimage-transport", &[]),
+    (
+        "gptimage",
+        &[
+            "examples/quickstart.rs",
+            "examples/blocking_quickstart.rs",
+            "examples/image_to_image.rs",
+            "examples/many_tasks.rs",
+        ],
+    ),
+    ("gptimage-batch", &[]),
+    ("gptimage-emulator", &[]),
+    ("gptimage-cli", &[]),
+];
+
 /// The rustls crypto providers a build can contain.
 pub const CRYPTO_PROVIDERS: &[&str] = &["ring", "aws-lc-rs"];
 
@@ -514,7 +533,7 @@ fn packages_of(
         .filter_map(|line| line.split_whitespace().next())
         .map(str::to_owned)
         .collect();
-    if !packages.contains("gptimage-transport") {
+    if !packages.contains(package) {
         return Err(format!(
             "{package} with {features:?} could not be listed by cargo tree"
         ));
@@ -535,6 +554,33 @@ fn check_build(root: &Path, features: &[&str], forbidden: &[&str], what: &str) -
     }
 }
 
+/// The parts that features leave out, and what their absence must keep out of a build.
+pub const OPTIONAL_PARTS: &[(&str, &[&str])] = &[
+    // Embedding the emulator needs no command-line parser.
+    ("gptimage-emulator", &["clap", "clap_builder"]),
+    // The command without its `emulator` feature builds no server or image codec.
+    ("gptimage-cli", &["gptimage-emulator", "axum", "image"]),
+];
+
+/// Each package of [`OPTIONAL_PARTS`] built with `--no-default-features` contains none of its
+/// listed packages. Checked with `cargo tree`.
+pub fn check_optional_parts(root: &Path) -> Vec<String> {
+    let mut violations = Vec::new();
+    for (package, absent) in OPTIONAL_PARTS {
+        match packages_of(root, package, &["--no-default-features"]) {
+            Ok(Some(packages)) => violations.extend(
+                absent
+                    .iter()
+                    .filter(|p| packages.contains(**p))
+                    .map(|p| format!("{package} without its default features contains {p}")),
+            ),
+            Ok(None) => {}
+            Err(e) => violations.push(e),
+        }
+    }
+    violations
+}
+
 /// Runs every check; the violations of all of them.
 pub fn check_all(root: &Path) -> Vec<String> {
     let mut violations = check_file_headers(root);
@@ -542,6 +588,7 @@ pub fn check_all(root: &Path) -> Vec<String> {
     violations.extend(check_facade_only_reexports(root));
     violations.extend(check_blocking_build(root));
     violations.extend(check_tls_builds(root));
+    violations.extend(check_optional_parts(root));
     match Graph::load(root) {
         Ok(graph) => violations.extend(check_dependencies(&graph)),
         Err(e) => violations.push(e),

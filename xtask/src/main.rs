@@ -118,6 +118,19 @@ fn ci() -> Result<(), String> {
             &[],
         )?;
     }
+    // Every crate as crates.io would get it, built from its package alone (nothing published).
+    cargo(
+        "packages",
+        &[
+            "package",
+            "--workspace",
+            "--exclude",
+            "xtask",
+            "--allow-dirty",
+        ],
+        &[],
+    )?;
+    check_package_contents()?;
     tidy()?;
     eprintln!("ci: all green in {:.0?}", started.elapsed());
     Ok(())
@@ -139,4 +152,34 @@ fn cargo(step: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> 
     } else {
         Err(format!("{step} failed"))
     }
+}
+
+/// Each published crate carries both licence texts and its README; the facade its examples.
+fn check_package_contents() -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    for (package, extra) in xtask::PACKAGE_CONTENTS {
+        let output = Command::new(&cargo)
+            .args(["package", "--list", "--allow-dirty", "--package", package])
+            .current_dir(xtask::workspace_root())
+            .output()
+            .map_err(|e| format!("could not run cargo package --list: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "cargo package --list --package {package} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let listed = String::from_utf8_lossy(&output.stdout);
+        let files: Vec<&str> = listed.lines().collect();
+        let missing: Vec<&&str> = ["LICENSE-MIT", "LICENSE-APACHE", "README.md"]
+            .iter()
+            .chain(extra.iter())
+            .filter(|f| !files.contains(f))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("the package of {package} lacks {missing:?}"));
+        }
+    }
+    eprintln!("ci: every package carries its licences, README and examples");
+    Ok(())
 }

@@ -7,6 +7,7 @@ use gptimage::{
     Client, Error, GenerateRequest, InputFidelity, PollSchedule, Quality, Size, TaskInfo,
     ValidationError,
 };
+#[cfg(feature = "emulator")]
 use gptimage_emulator::Emulator;
 
 use crate::cli::{Generate, Global, Listen, Status, Wait};
@@ -19,6 +20,7 @@ pub(crate) struct Context {
     pub(crate) quiet: bool,
     pub(crate) verbose: bool,
     _listener: Option<gptimage::webhook::Listener>,
+    #[cfg(feature = "emulator")]
     _emulator: Option<Emulator>,
 }
 
@@ -35,6 +37,17 @@ impl Context {
         rate: Option<gptimage::Rate>,
     ) -> Result<Self, (String, u8)> {
         let mut builder = Client::builder();
+        #[cfg(not(feature = "emulator"))]
+        if global.emulator {
+            return Err((
+                "--emulator: this gptimage was built without its `emulator` feature; install it \
+                 with the defaults (cargo install gptimage-cli), or run the gptimage-emulator \
+                 binary and point --base-url at it"
+                    .to_owned(),
+                code::USAGE,
+            ));
+        }
+        #[cfg(feature = "emulator")]
         let emulator = if global.emulator {
             let config = gptimage_emulator::Config::default()
                 .with_timings(Duration::from_millis(200), Duration::from_millis(600));
@@ -52,13 +65,15 @@ impl Context {
             }
             Some(emulator)
         } else {
+            None
+        };
+        if !global.emulator {
             let key = global.api_key.as_deref().filter(|k| !k.trim().is_empty());
             builder = builder.api_key(key.ok_or((NO_KEY.to_owned(), code::USAGE))?);
             if let Some(base) = &global.base_url {
                 builder = builder.base_url(base);
             }
-            None
-        };
+        }
         if let Some(timeout) = global.timeout {
             builder = builder.wait_timeout(Duration::from_secs_f64(timeout));
         }
@@ -112,6 +127,7 @@ impl Context {
             quiet: global.quiet,
             verbose: global.verbose,
             _listener: listener,
+            #[cfg(feature = "emulator")]
             _emulator: emulator,
         })
     }

@@ -193,6 +193,19 @@ async fn invalid_requests_are_400_with_the_field_and_the_rule() {
             json!({"prompt": "a", "callback_url": "/hook"}),
             "'callback_url'",
         ),
+        // Not RFC 3986 URIs: a strict server refuses them, and so does the emulator.
+        (
+            json!({"prompt": "a", "callback_url": "https://Ï"}),
+            "'callback_url' \"https://Ï\" is not a valid webhook URL: it contains characters outside ASCII",
+        ),
+        (
+            json!({"prompt": "a", "callback_url": "https://example.com/a{b}"}),
+            "'callback_url'",
+        ),
+        (
+            json!({"prompt": "a", "images": ["https://example.com/café.png"]}),
+            "'images'[0]",
+        ),
         (json!({"prompt": 5}), "'prompt' must be a string"),
         (json!(["prompt"]), "the body must be a JSON object"),
     ];

@@ -64,7 +64,8 @@
 //! [`ErrorKind::OutcomeUnknown`] means a submission was sent but its answer was lost, so a task
 //! may exist and be charged: the client never resubmits it by itself, and neither should you
 //! without checking.
-
+// The README's examples run as doctests, so it cannot drift from the API.
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The request and status types: what every program names.

@@ -56,7 +56,8 @@
 //! # Ok(())
 //! # }
 //! ```
-
+// The README's examples run as doctests, so it cannot drift from the API.
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;

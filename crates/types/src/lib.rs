@@ -55,7 +55,8 @@
 //! assert_eq!(task.consumed_credits, Some(10));
 //! # Ok::<(), serde_json::Error>(())
 //! ```
-
+// The README's examples run as doctests, so it cannot drift from the API.
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod key;

@@ -141,9 +141,22 @@ pub enum UrlProblem {
     /// The port is not a number from 1 to 65535.
     #[error("its port is not a number from 1 to 65535")]
     InvalidPort,
-    /// The URL holds whitespace or control characters, which must be percent-encoded.
-    #[error("it contains whitespace or control characters; percent-encode them")]
+    /// The URL holds whitespace, control characters or other characters a URI cannot hold
+    /// (a double quote, `<`, `>`, a backslash, `^`, a backtick, `{`, `|` or `}`), which must be
+    /// percent-encoded.
+    #[error(
+        "it contains whitespace, a control character or one of \"<>\\^`{{|}}, which a URI cannot \
+         hold; percent-encode them"
+    )]
     InvalidCharacter,
+    /// The URL holds characters outside ASCII: it is not an RFC 3986 URI, and a strict server
+    /// refuses it.
+    #[error(
+        "it contains characters outside ASCII ({0:?}), which a URI cannot hold: write an \
+         international host name in its ASCII form (xn--…, punycode) and percent-encode the rest \
+         as UTF-8"
+    )]
+    NotAscii(char),
 }
 
 /// Checks that `url` is an absolute `http` or `https` URL with a host.
@@ -152,15 +165,25 @@ pub enum UrlProblem {
 /// shape the service needs, not every detail of RFC 3986.
 ///
 /// ```
-/// use gptimage_types::check_url;
+/// use gptimage_types::{UrlProblem, check_url};
 ///
 /// assert!(check_url("http://127.0.0.1:8080/cat.png").is_ok());
 /// assert!(check_url("HTTPS://Example.com").is_ok());
 /// assert!(check_url("https://").is_err());
 /// assert!(check_url("example.com/cat.png").is_err());
+/// // Not a URI: refused, never sent as is.
+/// assert_eq!(check_url("https://Ï"), Err(UrlProblem::NotAscii('Ï')));
+/// assert!(check_url("https://xn--bea.example/caf%C3%A9.png").is_ok());
+/// assert!(check_url("https://example.com/a b.png").is_err());
 /// ```
 pub fn check_url(url: &str) -> Result<(), UrlProblem> {
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if let Some(c) = url.chars().find(|c| !c.is_ascii()) {
+        return Err(UrlProblem::NotAscii(c));
+    }
+    if url
+        .chars()
+        .any(|c| c.is_ascii_whitespace() || c.is_ascii_control() || "\"<>\\^`{|}".contains(c))
+    {
         return Err(UrlProblem::InvalidCharacter);
     }
     let Some((scheme, rest)) = url.split_once("://") else {
