@@ -66,6 +66,52 @@ impl Timestamp {
     }
 }
 
+/// A timestamp is a [`SystemTime`](std::time::SystemTime), to the nanosecond.
+///
+/// ```
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+/// use gptimage_types::Timestamp;
+///
+/// let t: Timestamp = "2024-12-19T10:00:00.25Z".parse().unwrap();
+/// let system = SystemTime::from(t);
+/// assert_eq!(system, UNIX_EPOCH + Duration::new(1_734_602_400, 250_000_000));
+/// assert_eq!(Timestamp::from(system), t);
+/// ```
+impl From<Timestamp> for std::time::SystemTime {
+    fn from(t: Timestamp) -> Self {
+        let epoch = std::time::UNIX_EPOCH;
+        match u64::try_from(t.seconds) {
+            Ok(after) => epoch + std::time::Duration::new(after, t.nanos),
+            // Before 1970: step back the whole seconds, then forward the fraction.
+            Err(_) => {
+                epoch - std::time::Duration::from_secs(t.seconds.unsigned_abs())
+                    + std::time::Duration::from_nanos(u64::from(t.nanos))
+            }
+        }
+    }
+}
+
+/// A [`SystemTime`](std::time::SystemTime) as a timestamp, to the nanosecond (a time further
+/// than `i64::MAX` seconds from 1970 saturates).
+impl From<std::time::SystemTime> for Timestamp {
+    fn from(time: std::time::SystemTime) -> Self {
+        match time.duration_since(std::time::UNIX_EPOCH) {
+            Ok(after) => Self::from_unix(
+                i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+                after.subsec_nanos(),
+            ),
+            Err(before) => {
+                let before = before.duration();
+                let seconds = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+                match before.subsec_nanos() {
+                    0 => Self::from_unix(-seconds, 0),
+                    nanos => Self::from_unix(-seconds - 1, 1_000_000_000 - nanos),
+                }
+            }
+        }
+    }
+}
+
 impl FromStr for Timestamp {
     type Err = InvalidTimestamp;
 
@@ -235,6 +281,31 @@ impl<'de> Deserialize<'de> for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_time_round_trips_on_both_sides_of_1970() {
+        use std::time::SystemTime;
+        for (seconds, nanos) in [
+            (0, 0),
+            (1_734_602_400, 250_000_000),
+            (-1, 0),
+            (-1, 999_999_999),
+            (-86_400, 500_000_000),
+        ] {
+            let t = Timestamp::from_unix(seconds, nanos);
+            let back = Timestamp::from(SystemTime::from(t));
+            assert_eq!(
+                (back.unix_seconds(), back.subsec_nanos()),
+                (seconds, nanos),
+                "{t}"
+            );
+        }
+        let late = Timestamp::from(SystemTime::UNIX_EPOCH - std::time::Duration::new(1, 1));
+        assert_eq!(
+            (late.unix_seconds(), late.subsec_nanos()),
+            (-2, 999_999_999)
+        );
+    }
 
     #[test]
     fn both_documented_formats() {

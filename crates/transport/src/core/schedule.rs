@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use gptimage_types::Timestamp;
 use http::header::{self, HeaderMap};
 
 use crate::config::RetryPolicy;
@@ -41,41 +40,16 @@ impl Jitter {
     }
 }
 
+/// How long the server asked to be left alone: `Retry-After` in seconds, or as a date.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
-    let at = http_date(value)?;
-    let now = http_date(headers.get(header::DATE)?.to_str().ok()?)?;
-    let seconds = at.unix_seconds().saturating_sub(now.unix_seconds()).max(0);
-    Some(Duration::from_secs(seconds as u64))
-}
-fn http_date(text: &str) -> Option<Timestamp> {
-    let mut parts = text.split_whitespace();
-    let _weekday = parts.next()?;
-    let day: u32 = parts.next()?.parse().ok()?;
-    let month = match parts.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let year: u32 = parts.next()?.parse().ok()?;
-    let time = parts.next()?;
-    if parts.next()? != "GMT" || year > 9999 {
-        return None;
-    }
-    format!("{year:04}-{month:02}-{day:02}T{time}Z")
-        .parse()
-        .ok()
+    // A date, in any of the three forms RFC 9110 §5.6.7 has recipients accept (IMF-fixdate,
+    // RFC 850, asctime), measured against the server's own `Date`: no clock is read, and the two
+    // machines' clocks need not agree.
+    let at = httpdate::parse_http_date(value).ok()?;
+    let now = httpdate::parse_http_date(headers.get(header::DATE)?.to_str().ok()?.trim()).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }

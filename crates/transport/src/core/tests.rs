@@ -325,6 +325,28 @@ fn retry_after_forms() {
         ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
     ]);
     assert_eq!(retry_after(&dated), Some(Duration::from_secs(30)));
+    // The three forms of RFC 9110 §5.6.7, in either header.
+    for (after, date) in [
+        (
+            "Sunday, 06-Nov-94 08:50:07 GMT",
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+        ),
+        ("Sun Nov  6 08:50:07 1994", "Sunday, 06-Nov-94 08:49:37 GMT"),
+        ("Sun, 06 Nov 1994 08:50:07 GMT", "Sun Nov  6 08:49:37 1994"),
+    ] {
+        let dated = headers(&[("retry-after", after), ("date", date)]);
+        assert_eq!(
+            retry_after(&dated),
+            Some(Duration::from_secs(30)),
+            "{after} / {date}"
+        );
+    }
+    // A date already past is no wait at all.
+    let past = headers(&[
+        ("retry-after", "Sun, 06 Nov 1994 08:49:00 GMT"),
+        ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    ]);
+    assert_eq!(retry_after(&past), Some(Duration::ZERO));
     assert_eq!(
         retry_after(&headers(&[(
             "retry-after",
