@@ -217,8 +217,8 @@ fn shade(image: &mut RgbImage, x0: u32, y0: u32, w: u32, h: u32, amount: f32) {
     }
 }
 
-/// Draws `text` with the 8×8 bitmap font, each font pixel `scale`×`scale`. Characters the font
-/// lacks are drawn as a hollow box.
+/// Draws `text` with the 8×8 bitmap font, each font pixel `scale`×`scale` (see [`glyph`] for
+/// the characters the font lacks).
 fn draw_text(image: &mut RgbImage, text: &str, x0: u32, y0: u32, scale: u32, color: Rgb<u8>) {
     let (width, height) = image.dimensions();
     for (i, c) in text.chars().enumerate() {
@@ -245,18 +245,389 @@ fn draw_text(image: &mut RgbImage, text: &str, x0: u32, y0: u32, scale: u32, col
     }
 }
 
+/// The 8×8 bitmap of `c` (bit 0 of a row is its leftmost pixel). Letters of the Latin scripts
+/// that font8x8 lacks are composed: a base letter and its marks (by canonical decomposition:
+/// `ğ` is `g` and a breve), or drawn here (`ı`, `œ`, `ł`, …). A character of a script the font
+/// lacks shows its code point in hexadecimal in a frame, as Unicode's last-resort font does.
 fn glyph(c: char) -> [u8; 8] {
+    if let Some(bitmap) = font_glyph(c).or_else(|| own_glyph(c)) {
+        return bitmap;
+    }
+    compose(c).unwrap_or_else(|| last_resort(c))
+}
+
+fn font_glyph(c: char) -> Option<[u8; 8]> {
     use font8x8::UnicodeFonts;
-    let fonts: [&dyn Fn(char) -> Option<[u8; 8]>; 4] = [
-        &|c| font8x8::BASIC_FONTS.get(c),
-        &|c| font8x8::LATIN_FONTS.get(c),
-        &|c| font8x8::GREEK_FONTS.get(c),
-        &|c| font8x8::HIRAGANA_FONTS.get(c),
-    ];
-    fonts
-        .iter()
-        .find_map(|font| font(c))
-        .unwrap_or([0x00, 0x7E, 0x42, 0x42, 0x42, 0x42, 0x7E, 0x00])
+    font8x8::BASIC_FONTS
+        .get(c)
+        .or_else(|| font8x8::LATIN_FONTS.get(c))
+        .or_else(|| font8x8::GREEK_FONTS.get(c))
+        .or_else(|| font8x8::HIRAGANA_FONTS.get(c))
+}
+
+/// Rows of a bitmap from pictures: `X` is ink.
+const fn rows<const N: usize>(picture: [&str; N]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut r = 0;
+    while r < N {
+        let bytes = picture[r].as_bytes();
+        let mut x = 0;
+        while x < bytes.len() && x < 8 {
+            if bytes[x] == b'X' {
+                out[r] |= 1 << x;
+            }
+            x += 1;
+        }
+        r += 1;
+    }
+    out
+}
+
+/// Latin letters with no decomposition that font8x8 lacks.
+fn own_glyph(c: char) -> Option<[u8; 8]> {
+    let with = |base: char, extra: [u8; 8]| {
+        font_glyph(base).map(|mut b| {
+            for (row, bits) in b.iter_mut().zip(extra) {
+                *row |= bits;
+            }
+            b
+        })
+    };
+    let bar = |row: usize, bits: u8| {
+        let mut extra = [0u8; 8];
+        extra[row] = bits;
+        extra
+    };
+    Some(match c {
+        // Dotless i and j: the letter without its dot (the top two rows).
+        'ı' | 'ȷ' => {
+            let mut b = font_glyph(if c == 'ı' { 'i' } else { 'j' })?;
+            b[0] = 0;
+            b[1] = 0;
+            b
+        }
+        'Đ' | 'Ɖ' => with('D', bar(3, rows(["XXX....."])[0]))?,
+        'đ' => with('d', bar(1, rows(["...XXXX."])[0]))?,
+        'Ħ' => with('H', bar(1, rows(["XXXXXXXX"])[0]))?,
+        'ħ' => with('h', bar(1, rows(["XXXX...."])[0]))?,
+        'Ŧ' => with('T', bar(3, rows(["..XXXX.."])[0]))?,
+        'ŧ' => with('t', bar(4, rows(["XXXXX..."])[0]))?,
+        'Ł' => with(
+            'L',
+            rows(["", "", "...X....", "..X.....", ".X......", "", "", ""]),
+        )?,
+        'ł' => with(
+            'l',
+            rows(["", "", "....X...", "...X....", "..X.....", "", "", ""]),
+        )?,
+        'Ŀ' => with('L', bar(3, rows(["....X..."])[0]))?,
+        'ŀ' => with('l', bar(3, rows(["......X."])[0]))?,
+        'ŉ' => with('n', bar(0, rows(["X......."])[0]))?,
+        'Œ' => rows([
+            ".XXXXXX.", "XX.XX...", "XX.XX...", "XX.XXXX.", "XX.XX...", "XX.XX...", ".XXXXXX.",
+            "........",
+        ]),
+        'œ' => rows([
+            "........", "........", ".XX.XX..", "X..X..X.", "X..XXXX.", "X..X....", ".XX.XXX.",
+            "........",
+        ]),
+        'Ŋ' => rows([
+            "XX...XX.", "XXX..XX.", "XXXX.XX.", "XX.XXXX.", "XX..XXX.", "XX...XX.", ".....XX.",
+            "...XXX..",
+        ]),
+        'ŋ' => rows([
+            "........", "........", "XXXXX...", "XX..XX..", "XX..XX..", "XX..XX..", "....XX..",
+            "..XXX...",
+        ]),
+        'ĸ' => rows([
+            "........", "........", "XX..XX..", "XX.XX...", "XXXX....", "XX.XX...", "XX..XX..",
+            "........",
+        ]),
+        'ſ' => rows([
+            "...XXX..", "..XX....", "..XX....", "..XX....", "..XX....", "..XX....", "..XX....",
+            "........",
+        ]),
+        'Ĳ' => rows([
+            "XX...XX.", "XX...XX.", "XX...XX.", "XX...XX.", "XX...XX.", "XX.X.XX.", "XX..XX..",
+            "........",
+        ]),
+        'ĳ' => rows([
+            "XX...XX.", "........", "XX...XX.", "XX...XX.", "XX...XX.", "XX...XX.", "XX...XX.",
+            ".....XX.",
+        ]),
+        _ => return modified(c),
+    })
+}
+
+/// The other letters of Latin Extended-B and Additional (African, phonetic and historical
+/// letters): a letter they resemble, with a stroke, a hook, or mirrored or turned; digraphs
+/// (`ǆ`, `ǉ`, `ǳ`) as their two letters at half width.
+fn modified(c: char) -> Option<[u8; 8]> {
+    enum M {
+        Stroke,
+        Hook,
+        Mirror,
+        Turn,
+        Same,
+    }
+    use M::*;
+    let (base, how) = match c {
+        'ƀ' => ('b', Stroke),
+        'Ɨ' => ('I', Stroke),
+        'ƚ' => ('l', Stroke),
+        'ƶ' => ('z', Stroke),
+        'Ƶ' => ('Z', Stroke),
+        'Ǥ' => ('G', Stroke),
+        'ǥ' => ('g', Stroke),
+        'Ⱥ' => ('A', Stroke),
+        'Ȼ' => ('C', Stroke),
+        'ȼ' => ('c', Stroke),
+        'Ƚ' => ('L', Stroke),
+        'Ⱦ' => ('T', Stroke),
+        'Ƀ' => ('B', Stroke),
+        'Ʉ' => ('U', Stroke),
+        'Ɇ' => ('E', Stroke),
+        'ɇ' => ('e', Stroke),
+        'Ɉ' => ('J', Stroke),
+        'ɉ' => ('j', Stroke),
+        'Ɍ' => ('R', Stroke),
+        'ɍ' => ('r', Stroke),
+        'Ɏ' => ('Y', Stroke),
+        'ɏ' => ('y', Stroke),
+        'ƻ' => ('2', Stroke),
+        'Ƃ' | 'Ƅ' => ('b', Hook),
+        'ƃ' | 'ƅ' => ('b', Same),
+        'Ƌ' => ('d', Hook),
+        'ƌ' => ('d', Same),
+        'Ɓ' => ('B', Hook),
+        'Ƈ' => ('C', Hook),
+        'ƈ' => ('c', Hook),
+        'Ɗ' => ('D', Hook),
+        'Ƒ' => ('F', Hook),
+        'ƒ' => ('f', Hook),
+        'Ɠ' => ('G', Hook),
+        'Ƙ' => ('K', Hook),
+        'ƙ' => ('k', Hook),
+        'Ƥ' => ('P', Hook),
+        'ƥ' => ('p', Hook),
+        'Ƭ' | 'Ʈ' => ('T', Hook),
+        'ƭ' | 'ƫ' | 'ȶ' => ('t', Hook),
+        'Ʋ' => ('V', Hook),
+        'Ƴ' => ('Y', Hook),
+        'ƴ' => ('y', Hook),
+        'Ȥ' | 'ɀ' => ('Z', Hook),
+        'ȥ' => ('z', Hook),
+        'Ɲ' | 'Ƞ' => ('N', Hook),
+        'ƞ' | 'ȵ' => ('n', Hook),
+        'ȡ' => ('d', Hook),
+        'ȴ' => ('l', Hook),
+        'ȿ' => ('s', Hook),
+        'Ɋ' => ('Q', Hook),
+        'ɋ' => ('q', Hook),
+        'ƕ' | 'Ƕ' => ('h', Hook),
+        'Ʀ' => ('R', Hook),
+        'Ǝ' => ('E', Mirror),
+        'Ɔ' => ('C', Mirror),
+        'Ƨ' => ('S', Mirror),
+        'ƨ' => ('s', Mirror),
+        'Ƹ' => ('3', Mirror),
+        'ƹ' | 'ƺ' => ('3', Mirror),
+        'ǝ' | 'Ə' => ('e', Turn),
+        'Ɯ' => ('M', Turn),
+        'Ʌ' => ('V', Turn),
+        'Ʊ' => ('Ω', Turn),
+        'ƍ' => ('δ', Turn),
+        'Ɛ' => ('ε', Same),
+        'Ɣ' => ('γ', Same),
+        'Ɩ' => ('ι', Same),
+        'Ʃ' => ('Σ', Same),
+        'Ɵ' => ('θ', Same),
+        'ƛ' => ('λ', Stroke),
+        'ẟ' => ('δ', Same),
+        'Ʒ' | 'ʒ' | 'Ȝ' | 'ȝ' => ('3', Same),
+        'Ǯ' | 'ǯ' => ('3', Hook),
+        'Ƽ' | 'ƽ' => ('5', Same),
+        'ƾ' => ('?', Mirror),
+        'Ƿ' | 'ƿ' => ('p', Hook),
+        'Ȣ' | 'ȣ' => ('8', Same),
+        'ǀ' => ('|', Same),
+        'ǁ' => ('"', Same),
+        'ǂ' => ('#', Same),
+        'ǃ' => ('!', Same),
+        'Ɂ' | 'ɂ' => ('?', Same),
+        'Ƣ' | 'ƣ' => ('q', Hook),
+        'ẜ' | 'ẝ' => ('ſ', Stroke),
+        'ẞ' => ('ß', Same),
+        'ƪ' => ('ſ', Mirror),
+        'Ỽ' | 'ỽ' => ('v', Hook),
+        'Ỿ' | 'ỿ' => ('y', Hook),
+        'ȸ' => return pair('d', 'b'),
+        'ȹ' => return pair('q', 'p'),
+        'Ỻ' => return pair('L', 'L'),
+        'ỻ' => return pair('l', 'l'),
+        _ => return halves(c),
+    };
+    let mut b = font_glyph(base).or_else(|| own_glyph(base))?;
+    match how {
+        Stroke => b[4] |= 0x3F,
+        Hook => {
+            b[0] |= 0b0110_0000;
+            b[1] |= 0b0100_0000;
+        }
+        Mirror => b.iter_mut().for_each(|row| *row = row.reverse_bits() >> 1),
+        Turn => {
+            b.reverse();
+            b.iter_mut().for_each(|row| *row = row.reverse_bits() >> 1);
+        }
+        Same => {}
+    }
+    Some(b)
+}
+
+/// A character whose compatibility decomposition is two letters (`ǆ` is `dž`): both at half
+/// width, side by side.
+fn halves(c: char) -> Option<[u8; 8]> {
+    use unicode_normalization::UnicodeNormalization;
+    let parts: Vec<char> = std::iter::once(c).nfkd().collect();
+    match parts[..] {
+        [a, b] | [a, b, _] if a != c => pair(a, b),
+        _ => None,
+    }
+}
+
+/// Two characters at half width, side by side.
+fn pair(first: char, second: char) -> Option<[u8; 8]> {
+    let half =
+        |g: [u8; 8]| g.map(|row| (0..4).fold(0u8, |acc, x| acc | ((row >> (2 * x) & 1) << x)));
+    let (a, b) = (half(glyph(first)), half(glyph(second)));
+    Some(std::array::from_fn(|row| a[row] | (b[row] << 4)))
+}
+
+/// A letter and its combining marks, drawn together: marks above take the two top rows (a
+/// capital moves down a row to make room, and its mark is one row), marks below the bottom row.
+fn compose(c: char) -> Option<[u8; 8]> {
+    use unicode_normalization::UnicodeNormalization;
+    let mut parts = std::iter::once(c).nfd();
+    let base = parts.next()?;
+    let marks: Vec<char> = parts.collect();
+    if marks.is_empty() || base == c {
+        return None;
+    }
+    let above = marks.iter().any(|&m| mark_above(m).is_some());
+    // An i or j under a mark loses its dot.
+    let base = match base {
+        'i' if above => 'ı',
+        'j' if above => 'ȷ',
+        b => b,
+    };
+    let mut bitmap = font_glyph(base).or_else(|| own_glyph(base))?;
+    let capital = base.is_uppercase() || base.is_ascii_digit();
+    if capital && above {
+        bitmap.rotate_right(1);
+        bitmap[0] = 0;
+    }
+    for mark in marks {
+        if let Some([upper, lower]) = mark_above(mark) {
+            if capital {
+                bitmap[0] |= upper | lower;
+            } else {
+                bitmap[0] |= upper;
+                bitmap[1] |= lower;
+            }
+        } else if let Some(bits) = mark_below(mark) {
+            bitmap[7] |= bits;
+        } else {
+            return None;
+        }
+    }
+    Some(bitmap)
+}
+
+/// A combining mark drawn above a letter, as two rows.
+fn mark_above(mark: char) -> Option<[u8; 2]> {
+    Some(match mark {
+        '\u{300}' => rows(["..X.....", "...X...."]), // grave
+        '\u{301}' => rows(["....X...", "...X...."]), // acute
+        '\u{302}' => rows(["...X....", "..X.X..."]), // circumflex
+        '\u{303}' => rows(["..X.X...", ".X.X...."]), // tilde
+        '\u{304}' => rows(["........", ".XXXX..."]), // macron
+        '\u{306}' => rows([".X..X...", "..XX...."]), // breve
+        '\u{307}' => rows(["...X....", "........"]), // dot above
+        '\u{308}' => rows([".X..X...", "........"]), // diaeresis
+        '\u{309}' => rows(["..XX....", "...X...."]), // hook above
+        '\u{30A}' => rows(["..XX....", "..XX...."]), // ring above
+        '\u{30B}' => rows(["..X.X...", ".X.X...."]), // double acute
+        '\u{30C}' => rows(["..X.X...", "...X...."]), // caron
+        '\u{30F}' => rows([".X.X....", "..X.X..."]), // double grave
+        '\u{311}' => rows(["..XX....", ".X..X..."]), // inverted breve
+        '\u{313}' | '\u{314}' | '\u{31B}' => rows(["....XX..", ".....X.."]), // comma, horn
+        _ => return None,
+    })
+}
+
+/// A combining mark drawn below a letter, as one row.
+fn mark_below(mark: char) -> Option<u8> {
+    Some(match mark {
+        '\u{323}' => rows(["...X...."])[0], // dot below
+        '\u{324}' => rows([".X..X..."])[0], // diaeresis below
+        '\u{325}' => rows(["..XX...."])[0], // ring below
+        '\u{326}' => rows(["..X....."])[0], // comma below
+        '\u{327}' => rows(["...XX..."])[0], // cedilla
+        '\u{328}' => rows(["....XX.."])[0], // ogonek
+        '\u{32D}' | '\u{32E}' | '\u{330}' => rows(["..X.X..."])[0], // circumflex, breve, tilde
+        '\u{331}' => rows([".XXXX..."])[0], // macron below
+        _ => return None,
+    })
+}
+
+/// Unicode's last resort: the code point in hexadecimal, four digits of 3×4 pixels in two rows
+/// (`0E01` for `ก`); beyond the Basic Multilingual Plane, a question mark between corner marks.
+fn last_resort(c: char) -> [u8; 8] {
+    const DIGITS: [[u8; 4]; 16] = {
+        let pictures = [
+            ["XXX", "X.X", "X.X", "XXX"],
+            [".X.", "XX.", ".X.", "XXX"],
+            ["XX.", "..X", ".X.", "XXX"],
+            ["XXX", ".XX", "..X", "XXX"],
+            ["X.X", "X.X", "XXX", "..X"],
+            ["XXX", "XX.", "..X", "XX."],
+            [".XX", "X..", "XXX", "XXX"],
+            ["XXX", "..X", ".X.", ".X."],
+            ["XXX", "XXX", "X.X", "XXX"],
+            ["XXX", "XXX", "..X", "XX."],
+            [".X.", "X.X", "XXX", "X.X"],
+            ["XX.", "XXX", "X.X", "XX."],
+            [".XX", "X..", "X..", ".XX"],
+            ["XX.", "X.X", "X.X", "XX."],
+            ["XXX", "XX.", "X..", "XXX"],
+            ["XXX", "XX.", "X..", "X.."],
+        ];
+        let mut out = [[0u8; 4]; 16];
+        let mut d = 0;
+        while d < 16 {
+            out[d] = rows(pictures[d]);
+            d += 1;
+        }
+        out
+    };
+    let code = c as u32;
+    if code > 0xFFFF {
+        let mut b = font_glyph('?').unwrap_or_default();
+        b[0] |= 0x81;
+        b[7] |= 0x81;
+        return b;
+    }
+    let digit = |i: u32| DIGITS[((code >> (12 - 4 * i)) & 0xF) as usize];
+    let mut bitmap = [0u8; 8];
+    for (row, bits) in bitmap.iter_mut().enumerate() {
+        let (left, right) = if row < 4 {
+            (digit(0), digit(1))
+        } else {
+            (digit(2), digit(3))
+        };
+        *bits = left[row % 4] | (right[row % 4] << 4);
+    }
+    bitmap
 }
 
 /// Encodes pixels as PNG (fast compression: the emulator favours latency over size).
@@ -372,6 +743,44 @@ impl SplitMix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_latin_letter_has_a_glyph_of_its_own() {
+        let blocks = [
+            0x00C0..=0x024F, // Latin-1 Supplement letters, Latin Extended-A and -B
+            0x1E00..=0x1EFF, // Latin Extended Additional (Vietnamese among them)
+        ];
+        let mut missing = Vec::new();
+        for c in blocks.into_iter().flatten().filter_map(char::from_u32) {
+            if c.is_alphabetic() && glyph(c) == last_resort(c) {
+                missing.push(c);
+            }
+        }
+        // The letters the seeds' languages need, by name.
+        for c in "ğĞşŞıİœŒçÇöÖüÜâêîôûéèàëïÿæÆ".chars() {
+            assert_ne!(glyph(c), last_resort(c), "{c}");
+            let base = unicode_normalization::UnicodeNormalization::nfd(std::iter::once(c)).next();
+            if let Some(base) = base.filter(|&b| b != c) {
+                assert_ne!(glyph(c), glyph(base), "{c} looks like {base}");
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "Latin letters without a glyph: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn a_character_of_another_script_shows_its_code_point() {
+        let thai = glyph('ก'); // U+0E01
+        assert_eq!(thai, last_resort('ก'));
+        assert_ne!(thai, last_resort('ข'), "each code point looks different");
+        assert_ne!(
+            thai,
+            [0x00, 0x7E, 0x42, 0x42, 0x42, 0x42, 0x7E, 0x00],
+            "not a box"
+        );
+    }
 
     #[test]
     fn wrapping() {
