@@ -445,11 +445,7 @@ pub fn check_tls_builds(root: &Path) -> Vec<String> {
     let mut violations = Vec::new();
     // The command, with its database's TLS too, has the clients' one provider.
     if let Ok(Some(packages)) = packages_of(root, "gptimage-cli", &[]) {
-        let found: Vec<&str> = CRYPTO_PROVIDERS
-            .iter()
-            .copied()
-            .filter(|p| packages.contains(*p))
-            .collect();
+        let found = providers_in(&packages);
         if found != ["ring"] {
             violations.push(format!(
                 "the command's default build must contain the crypto provider ring and no \
@@ -459,7 +455,7 @@ pub fn check_tls_builds(root: &Path) -> Vec<String> {
     }
     for (features, provider) in TLS_BUILDS {
         let args = ["--no-default-features", "--features", features];
-        let packages = match facade_packages(root, &args) {
+        let packages = match packages_of(root, "gptimage", &args) {
             Ok(Some(packages)) => packages,
             Ok(None) => return Vec::new(),
             Err(e) => {
@@ -467,11 +463,7 @@ pub fn check_tls_builds(root: &Path) -> Vec<String> {
                 continue;
             }
         };
-        let found: Vec<&str> = CRYPTO_PROVIDERS
-            .iter()
-            .copied()
-            .filter(|p| packages.contains(*p))
-            .collect();
+        let found = providers_in(&packages);
         let expected: Vec<&str> = provider.iter().copied().collect();
         if found != expected {
             violations.push(format!(
@@ -500,10 +492,13 @@ pub fn check_tls_builds(root: &Path) -> Vec<String> {
     violations
 }
 
-/// The names of the packages in the facade's normal dependency tree with `features`; `None`
-/// when there is no facade yet.
-fn facade_packages(root: &Path, features: &[&str]) -> Result<Option<BTreeSet<String>>, String> {
-    packages_of(root, "gptimage", features)
+/// The crypto providers among `packages`.
+fn providers_in(packages: &BTreeSet<String>) -> Vec<&'static str> {
+    CRYPTO_PROVIDERS
+        .iter()
+        .copied()
+        .filter(|p| packages.contains(*p))
+        .collect()
 }
 
 /// The names of the packages in `package`'s normal dependency tree with `features`; `None`
@@ -546,7 +541,7 @@ fn packages_of(
 
 /// The packages of the facade built with `features` include none of `forbidden`.
 fn check_build(root: &Path, features: &[&str], forbidden: &[&str], what: &str) -> Vec<String> {
-    match facade_packages(root, features) {
+    match packages_of(root, "gptimage", features) {
         Ok(Some(packages)) => forbidden
             .iter()
             .filter(|p| packages.contains(**p))

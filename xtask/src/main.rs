@@ -10,6 +10,24 @@ const USAGE: &str = "usage: cargo xtask <ci|tidy>
         each feature combination of the facade, and the tidy checks
   tidy  the architecture invariants of ARCHITECTURE.md";
 
+/// Tests of the transport that only a build of their own can run: (step, features, which tests).
+const TRANSPORT_BUILD_TESTS: &[(&str, &str, &[&str])] = &[
+    // Both clients trust the platform's roots through OpenSSL too.
+    (
+        "TLS through native-tls",
+        "async,blocking,native-tls",
+        &["--test", "tls"],
+    ),
+    // A build with `rustls-no-provider` asks the application for its provider.
+    (
+        "TLS with the application's provider",
+        "blocking,rustls-no-provider",
+        &["--lib", "tls::"],
+    ),
+    // The refusal of https without TLS, in a build that has none.
+    ("no-TLS build", "blocking", &["--lib", "need_a_tls_feature"]),
+];
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -72,51 +90,18 @@ fn ci() -> Result<(), String> {
             args.extend(features.iter().map(String::as_str));
             cargo(&format!("facade {}", features.join(" ")), &args, &[])?;
         }
-        // Both clients trust the platform's roots through OpenSSL too, and a build with
-        // `rustls-no-provider` asks the application for its provider.
-        cargo(
-            "TLS through native-tls",
-            &[
+        for (step, features, tests) in TRANSPORT_BUILD_TESTS {
+            let mut args = vec![
                 "test",
                 "--package",
                 "gptimage-transport",
                 "--no-default-features",
                 "--features",
-                "async,blocking,native-tls",
-                "--test",
-                "tls",
-            ],
-            &[],
-        )?;
-        cargo(
-            "TLS with the application's provider",
-            &[
-                "test",
-                "--package",
-                "gptimage-transport",
-                "--no-default-features",
-                "--features",
-                "blocking,rustls-no-provider",
-                "--lib",
-                "tls::",
-            ],
-            &[],
-        )?;
-        // The refusal of https without TLS, in a build that has none.
-        cargo(
-            "no-TLS build",
-            &[
-                "test",
-                "--package",
-                "gptimage-transport",
-                "--no-default-features",
-                "--features",
-                "blocking",
-                "--lib",
-                "need_a_tls_feature",
-            ],
-            &[],
-        )?;
+                features,
+            ];
+            args.extend_from_slice(tests);
+            cargo(step, &args, &[])?;
+        }
     }
     // Every crate as crates.io would get it, built from its package alone (nothing published).
     cargo(

@@ -474,12 +474,12 @@ fn modified(c: char) -> Option<[u8; 8]> {
             b[0] |= 0b0110_0000;
             b[1] |= 0b0100_0000;
         }
-        Mirror => b.iter_mut().for_each(|row| *row = row.reverse_bits() >> 1),
-        Turn => {
-            b.reverse();
-            b.iter_mut().for_each(|row| *row = row.reverse_bits() >> 1);
-        }
+        // Glyphs use columns 0 to 6: a mirror maps column x to 6 - x.
+        Mirror | Turn => b.iter_mut().for_each(|row| *row = row.reverse_bits() >> 1),
         Same => {}
+    }
+    if matches!(how, Turn) {
+        b.reverse();
     }
     Some(b)
 }
