@@ -55,6 +55,11 @@
 //! never installs a process-wide rustls provider, and uses the one your application installed if
 //! there is one. A build without TLS refuses an `https` base URL when the client is built.
 //!
+//! One consequence of sharing the provider: with the `async` and a rustls feature, cargo turns on
+//! reqwest's provider-less rustls in your whole build. Another crate of your program that builds
+//! a `reqwest::Client` without any TLS feature of its own then needs a provider: install one as
+//! the process default, or give that client a configuration (the emulator does the latter).
+//!
 //! A blocking-only build: `gptimage = { version = "0.1", default-features = false, features =
 //! ["blocking", "rustls"] }`.
 //!
