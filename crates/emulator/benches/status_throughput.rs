@@ -26,6 +26,8 @@ fn main() {
         .build()
         .unwrap();
     let (count, elapsed, latencies) = runtime.block_on(async {
+        // reqwest's rustls has no provider here: the benchmark installs one for its own client.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(CONCURRENCY)

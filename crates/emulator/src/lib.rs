@@ -234,31 +234,25 @@ impl Drop for Emulator {
 /// to hosts it may reach.
 fn http_client(config: &Config) -> io::Result<reqwest::Client> {
     let allow_remote = config.allow_remote_urls;
-    let redirects = move || {
-        reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= 5 {
-                attempt.error("too many redirects")
-            } else if allow_remote || worker::is_loopback(attempt.url()) {
-                attempt.follow()
-            } else {
-                attempt.error("redirected to a host that is not loopback")
-            }
-        })
-    };
-    let builder = || {
-        reqwest::Client::builder()
-            .no_proxy()
-            .redirect(redirects())
-            .user_agent(concat!("gptimage-emulator/", env!("CARGO_PKG_VERSION")))
-    };
-    // The emulator needs no TLS of its own, but cargo unifies reqwest's features across a build:
-    // beside the SDK, reqwest has rustls without a provider, and would panic looking for a
-    // process-wide one. So it is handed a configuration on its own provider when its rustls is
-    // there, and built plainly when it is not (that answer is reqwest's "unknown backend").
-    builder()
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            attempt.error("too many redirects")
+        } else if allow_remote || worker::is_loopback(attempt.url()) {
+            attempt.follow()
+        } else {
+            attempt.error("redirected to a host that is not loopback")
+        }
+    });
+    // The emulator needs no TLS of its own, but reqwest's rustls is on in any build beside the
+    // SDK (cargo unifies features), where it would look for a process-wide provider and panic.
+    // So the emulator turns that rustls on itself and always hands it a configuration on its
+    // own provider.
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(redirects)
+        .user_agent(concat!("gptimage-emulator/", env!("CARGO_PKG_VERSION")))
         .tls_backend_preconfigured(tls_config())
         .build()
-        .or_else(|_| builder().build())
         .map_err(io::Error::other)
 }
 

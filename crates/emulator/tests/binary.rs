@@ -28,6 +28,8 @@ fn the_binary_serves_and_stops_on_ctrl_c() {
         .build()
         .unwrap();
     let status = runtime.block_on(async {
+        // reqwest's rustls has no provider here: the test installs one for its own client.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         http.post(format!("{base}/generate"))
             .bearer_auth("sk-terminal")

@@ -158,6 +158,9 @@ fn main() {
         .request_timeout(OVERALL)
         .build()
         .unwrap();
+    // The plain stack's reqwest has rustls without a provider (the client's feature turns it
+    // on; the client hands it its own): the baseline installs ring, the same provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let reqwest_client = |timeouts: bool| -> reqwest::Client {
         let builder = reqwest::Client::builder()
             .no_proxy()

@@ -44,6 +44,9 @@ impl Api {
     pub async fn start(config: Config) -> Self {
         let emulator = Emulator::start(config).await.expect("the emulator starts");
         let key = emulator.api_key().to_owned();
+        // This test client's reqwest has rustls without a provider (the emulator turns it on);
+        // a test may install one for itself (the emulator's own client needs none).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(20))
