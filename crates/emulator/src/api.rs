@@ -37,7 +37,10 @@ async fn generate(State(app): State<Arc<App>>, request: Request) -> Response {
         return method_not_allowed(&app, "POST");
     }
     let fault = app.store.fault(Endpoint::Generate);
-    if let Some(answer) = fault.as_ref().and_then(|f| fault_before(&app, f)) {
+    if let Some(answer) = fault
+        .as_ref()
+        .and_then(|f| fault_before(&app, f, Endpoint::Generate))
+    {
         return answer;
     }
     let (parts, body) = request.into_parts();
@@ -105,7 +108,10 @@ async fn status(State(app): State<Arc<App>>, request: Request) -> Response {
         return method_not_allowed(&app, "GET");
     }
     let fault = app.store.fault(Endpoint::Status);
-    if let Some(answer) = fault.as_ref().and_then(|f| fault_before(&app, f)) {
+    if let Some(answer) = fault
+        .as_ref()
+        .and_then(|f| fault_before(&app, f, Endpoint::Status))
+    {
         return answer;
     }
     let key = match authenticate(&app, request.headers()) {
@@ -148,7 +154,10 @@ async fn file(State(app): State<Arc<App>>, request: Request) -> Response {
         return method_not_allowed(&app, "GET");
     }
     let fault = app.store.fault(Endpoint::Files);
-    if let Some(answer) = fault.as_ref().and_then(|f| fault_before(&app, f)) {
+    if let Some(answer) = fault
+        .as_ref()
+        .and_then(|f| fault_before(&app, f, Endpoint::Files))
+    {
         return answer;
     }
     let mut segments = request
@@ -213,7 +222,7 @@ async fn fallback(State(app): State<Arc<App>>, request: Request) -> Response {
 }
 
 /// The fault's answer when it acts before the request is processed.
-fn fault_before(app: &App, fault: &FaultKind) -> Option<Response> {
+fn fault_before(app: &App, fault: &FaultKind, endpoint: Endpoint) -> Option<Response> {
     match fault {
         FaultKind::ServerError => Some(error(
             app,
@@ -221,8 +230,34 @@ fn fault_before(app: &App, fault: &FaultKind) -> Option<Response> {
             "Internal Server Error: please try again or contact support.",
         )),
         FaultKind::RateLimited { retry_after_secs } => Some(rate_limited(app, *retry_after_secs)),
+        FaultKind::Refuse(status) => Some(refusal(app, *status, endpoint)),
         _ => None,
     }
+}
+
+/// The answer of a [`FaultKind::Refuse`]: the API's envelope with the status's usual message,
+/// or, from the image host, the short XML error object stores answer for a URL they refuse.
+fn refusal(app: &App, status: u16, endpoint: Endpoint) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+    if endpoint == Endpoint::Files {
+        let (code, message) = match status {
+            StatusCode::FORBIDDEN => ("AccessDenied", "Request has expired"),
+            StatusCode::NOT_FOUND => ("NoSuchKey", "The specified key does not exist."),
+            _ => ("Refused", "The request was refused."),
+        };
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>\n"
+        );
+        return (status, [(header::CONTENT_TYPE, "application/xml")], body).into_response();
+    }
+    let message = match status {
+        StatusCode::UNAUTHORIZED => "Unauthorized: the API key is missing or invalid.",
+        StatusCode::PAYMENT_REQUIRED => "Insufficient credits: top up the account.",
+        StatusCode::NOT_FOUND => "Not Found: no task with this id.",
+        StatusCode::FORBIDDEN => "Forbidden: this key may not do that.",
+        _ => "The request was refused.",
+    };
+    error(app, status, message)
 }
 
 /// Sends `answer`, unless a fault that acts after processing says otherwise.
@@ -332,6 +367,9 @@ fn parse_request(bytes: &[u8]) -> Result<GenerateRequest, String> {
     let Value::Object(fields) = value else {
         return Err("the body must be a JSON object".to_owned());
     };
+    // The documentation types every field as a string (or, for `images`, an array of strings):
+    // `null` is none of these. A strict server refuses it, and so does the emulator, which
+    // exists to catch a client's mistakes; an absent field is the way to leave one out.
     for field in [
         "prompt",
         "size",
@@ -339,16 +377,25 @@ fn parse_request(bytes: &[u8]) -> Result<GenerateRequest, String> {
         "input_fidelity",
         "callback_url",
     ] {
-        if !matches!(
-            fields.get(field),
-            None | Some(Value::Null | Value::String(_))
-        ) {
-            return Err(format!("'{field}' must be a string"));
+        match fields.get(field) {
+            None | Some(Value::String(_)) => {}
+            Some(Value::Null) => {
+                return Err(format!(
+                    "'{field}' must be a string, not null: leave the field out instead"
+                ));
+            }
+            Some(_) => return Err(format!("'{field}' must be a string")),
         }
     }
     match fields.get("images") {
-        None | Some(Value::Null) => {}
+        None => {}
         Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+        Some(Value::Null) => {
+            return Err(
+                "'images' must be an array of URL strings, not null: leave the field out instead"
+                    .to_owned(),
+            );
+        }
         Some(_) => return Err("'images' must be an array of URL strings".to_owned()),
     }
     let raw: RawGenerateRequest =

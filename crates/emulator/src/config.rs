@@ -99,6 +99,11 @@ pub enum FaultKind {
     GatewayError(u16),
     /// For [`Endpoint::Webhook`]: deliver the callback this many extra times.
     Duplicate(u32),
+    /// Answer this HTTP status before the request is processed (no task is made), as a service
+    /// does for a key it refuses (401), an empty account (402) or a task id it no longer knows
+    /// (404): in the API's envelope on the API's endpoints, and as an image host does for an
+    /// expired or revoked signed URL (403, 404, 410) on [`Endpoint::Files`]: a short XML error.
+    Refuse(u16),
 }
 
 /// One fault rule: what to do, to which endpoint, how often, how many times.

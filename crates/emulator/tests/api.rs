@@ -207,6 +207,31 @@ async fn invalid_requests_are_400_with_the_field_and_the_rule() {
             "'images'[0]",
         ),
         (json!({"prompt": 5}), "'prompt' must be a string"),
+        // The documentation types each field as a string or an array: null is neither.
+        (
+            json!({"prompt": null}),
+            "'prompt' must be a string, not null",
+        ),
+        (
+            json!({"prompt": "a", "size": null}),
+            "'size' must be a string, not null",
+        ),
+        (
+            json!({"prompt": "a", "quality": null}),
+            "'quality' must be a string, not null",
+        ),
+        (
+            json!({"prompt": "a", "images": ["https://example.com/a.png"], "input_fidelity": null}),
+            "'input_fidelity' must be a string, not null",
+        ),
+        (
+            json!({"prompt": "a", "callback_url": null}),
+            "'callback_url' must be a string, not null",
+        ),
+        (
+            json!({"prompt": "a", "images": null}),
+            "'images' must be an array of URL strings, not null",
+        ),
         (json!(["prompt"]), "the body must be a JSON object"),
     ];
     for (body, message) in cases {
