@@ -46,6 +46,37 @@ pub enum ErrorKind {
     Download,
 }
 
+impl ErrorKind {
+    /// A short, stable name for the kind, for logs, metrics and stored records: it never
+    /// changes between versions (a new kind gets a new name).
+    ///
+    /// ```
+    /// use gptimage_transport::ErrorKind;
+    ///
+    /// assert_eq!(ErrorKind::OutcomeUnknown.as_str(), "outcome_unknown");
+    /// assert_eq!(ErrorKind::DeadlinePassed.to_string(), "deadline");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Config => "config",
+            ErrorKind::Api => "api",
+            ErrorKind::Transport => "transport",
+            ErrorKind::OutcomeUnknown => "outcome_unknown",
+            ErrorKind::TaskFailed => "task_failed",
+            ErrorKind::DeadlinePassed => "deadline",
+            ErrorKind::InvalidResponse => "invalid_response",
+            ErrorKind::Download => "download",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The category of a transport failure.
 ///
 /// ```
@@ -195,6 +226,10 @@ enum Repr {
     Download {
         what: String,
         source: Option<Source>,
+        /// The image host's HTTP status, when it answered with one that is not an image.
+        http_status: Option<u16>,
+        /// Whether saving to the local disk failed (not fetching).
+        write: bool,
     },
 }
 
@@ -274,6 +309,28 @@ impl Error {
         Self::new(Repr::Download {
             what: what.into(),
             source,
+            http_status: None,
+            write: false,
+        })
+    }
+
+    /// A download the image host refused with `http_status`.
+    pub(crate) fn download_refused(what: impl Into<String>, http_status: u16) -> Self {
+        Self::new(Repr::Download {
+            what: what.into(),
+            source: None,
+            http_status: Some(http_status),
+            write: false,
+        })
+    }
+
+    /// An image fetched whole that could not be saved (a full, missing or read-only folder).
+    pub(crate) fn write(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::new(Repr::Download {
+            what: what.into(),
+            source: Some(Box::new(source)),
+            http_status: None,
+            write: true,
         })
     }
 
@@ -323,14 +380,31 @@ impl Error {
         self.code().map(ApiCode::from_code)
     }
 
-    /// The HTTP status of the answer, when there was one.
+    /// The HTTP status of the answer, when there was one: the API's, or for a
+    /// [`Download`](ErrorKind::Download) the image host's refusal (a 403, 404 or 410 usually
+    /// means the result URL expired: ask for the task's status again for fresh URLs).
     pub fn http_status(&self) -> Option<u16> {
         match &self.inner.repr {
-            Repr::Api { http_status, .. } | Repr::InvalidResponse { http_status, .. } => {
-                *http_status
-            }
+            Repr::Api { http_status, .. }
+            | Repr::InvalidResponse { http_status, .. }
+            | Repr::Download { http_status, .. } => *http_status,
             _ => None,
         }
+    }
+
+    /// Whether the images were fetched but could not be saved to disk (the folder is full,
+    /// read-only or cannot be made): a problem of this machine, not of the service. The task's
+    /// images can be fetched again once the folder is fixed.
+    ///
+    /// ```
+    /// # fn check(err: &gptimage_transport::Error) {
+    /// if err.is_write() {
+    ///     eprintln!("free some disk space, then download again: {err}");
+    /// }
+    /// # }
+    /// ```
+    pub fn is_write(&self) -> bool {
+        matches!(self.inner.repr, Repr::Download { write: true, .. })
     }
 
     /// The server's own message: the envelope's `message`, or a failed task's `error_message`.

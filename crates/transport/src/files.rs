@@ -10,23 +10,15 @@ use crate::error::{Error, Result};
 /// Writes `images` into `dir` (created if missing) as `{stem}-{n}.{ext}`, each atomically, and
 /// returns their paths in order.
 pub(crate) fn save_all(images: &[Image], dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        Error::download(
-            format!("could not create the folder {}", dir.display()),
-            Some(Box::new(e)),
-        )
-    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::write(format!("could not create the folder {}", dir.display()), e))?;
     images
         .iter()
         .enumerate()
         .map(|(index, image)| {
             let path = dir.join(file_name(stem, index, image.extension));
-            write_atomically(&path, &image.bytes).map_err(|e| {
-                Error::download(
-                    format!("could not write {}", path.display()),
-                    Some(Box::new(e)),
-                )
-            })?;
+            write_atomically(&path, &image.bytes)
+                .map_err(|e| Error::write(format!("could not write {}", path.display()), e))?;
             Ok(path)
         })
         .collect()
@@ -46,6 +38,16 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
     publish_mode(temporary.as_file())?;
     temporary.as_file().sync_all()?;
     temporary.persist(path).map_err(|e| e.error)?;
+    sync_folder(dir)
+}
+
+/// Makes a rename in `dir` durable: until the folder itself is synced, a power cut can lose the
+/// new name even though the file's bytes reached the disk. (Windows has no such step.)
+fn sync_folder(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }
 

@@ -132,9 +132,9 @@ pub(crate) fn judge<T>(call: &Call, came: Came<T>) -> Judged<T> {
             } else {
                 ""
             };
-            let error = Error::download(
+            let error = Error::download_refused(
                 format!("{} answered HTTP {}{advice}", call.url(), http.as_u16()),
-                None,
+                http.as_u16(),
             );
             if http.is_server_error() || http == StatusCode::TOO_MANY_REQUESTS {
                 retry(error, retry_after)
