@@ -62,15 +62,81 @@ pub enum Error {
     /// A line's task panicked (a bug): the worker stops as for a state error.
     #[error("a line's task stopped unexpectedly ({0}); the state is safe: run the command again")]
     Panicked(String),
-    /// This worker lost its hold on the state (its database session ended, or another worker
-    /// found it unresponsive and counted it out), so it stops sending.
+    /// This worker lost its hold on the batch state (its database session ended, the state
+    /// stopped answering, or another worker counted it out), so it stops sending.
     #[error(
-        "this worker lost its hold on the batch state {url} (another worker may have counted it \
-         out); it sends nothing more: run the command again"
+        "this worker lost its hold on the batch state {url} (its session ended or the state \
+         stopped answering within 10 s, so the other workers may count it out): it sends \
+         nothing more; its lines pass to the other workers (a line it was submitting becomes an \
+         unknown outcome, never resent without you), or to the next run of the same command"
     )]
     LostWorker {
         /// Where the state is.
         url: StateUrl,
+    },
+    /// The state is reached through a connection pooler that moves a session's statements
+    /// between server connections (pgbouncer in transaction or statement mode): a worker's
+    /// liveness lock needs one session, so it could look dead while alive, or alive while dead.
+    #[error(
+        "the batch state {url} is reached through a connection pooler that moves sessions \
+         between server connections (pgbouncer in transaction mode): a worker's liveness needs \
+         one session of its own; point --state at PostgreSQL itself, or at a pool in session \
+         mode"
+    )]
+    Pooled {
+        /// Where the state is.
+        url: StateUrl,
+    },
+    /// The SQLite state is on a network file system, whose locks SQLite cannot rely on: two
+    /// workers could both hold one line.
+    #[error(
+        "the batch state {} is on a network file system ({file_system} at {}), where SQLite's \
+         locks cannot be trusted and two workers could pay for one line twice: keep the state \
+         on a local disk (--state sqlite:/local/path), or share a PostgreSQL state (--state \
+         postgres://…) between machines",
+        path.display(),
+        mount.display()
+    )]
+    NetworkFileSystem {
+        /// The database file.
+        path: PathBuf,
+        /// The file system's type (`nfs4`, `cifs`, …).
+        file_system: String,
+        /// Where it is mounted.
+        mount: PathBuf,
+    },
+    /// A `--resubmit-unknown` token that is not one.
+    #[error(
+        "{0:?} is not an unknown-outcome token: tokens look like 12.1 (line 12, its first \
+         submission), as `gptimage batch-status` prints them"
+    )]
+    BadToken(String),
+    /// The service refused the account (a bad key, no credits): the worker let go of every
+    /// line it held and claimed no more, rather than try each line of the file in turn.
+    #[error(
+        "the service refused the account: {message}; the worker stopped, every line is kept \
+         as it was (no line was lost or paid for twice): fix the key or the account, then run \
+         the command again"
+    )]
+    Refused {
+        /// The API's code (401, 402, …).
+        code: i64,
+        /// The SDK's message.
+        message: String,
+    },
+    /// Images could not be saved into the output folder (full, read-only, missing): the run
+    /// stopped; the lines stay submitted, so a later run downloads them.
+    #[error(
+        "the output folder {} cannot be written: {message}; the run stopped, and its lines \
+         stay submitted: free space or fix its permissions, then run the command again to \
+         download them",
+        folder.display()
+    )]
+    Output {
+        /// The folder.
+        folder: PathBuf,
+        /// What failed.
+        message: String,
     },
 }
 
@@ -79,7 +145,11 @@ impl Error {
     pub fn is_state(&self) -> bool {
         matches!(
             self,
-            Error::State { .. } | Error::NoState { .. } | Error::LostWorker { .. }
+            Error::State { .. }
+                | Error::NoState { .. }
+                | Error::LostWorker { .. }
+                | Error::Pooled { .. }
+                | Error::NetworkFileSystem { .. }
         )
     }
 }

@@ -24,49 +24,61 @@ pub async fn write_index(store: &Store, out: &Path) -> Result<(), Error> {
         .map_err(io)?;
     let mut html = std::io::BufWriter::new(file);
     html.write_all(HEAD.as_bytes()).map_err(io)?;
-    let mut failures = String::new();
     let mut pages = store.pages(PAGE);
     while let Some(page) = pages.next().await? {
-        for line in &page {
+        for line in page.iter().filter(|l| l.state == LineState::Done) {
             let prompt = escape(&line.prompt);
-            match (&line.state, &line.error) {
-                (LineState::Done, _) => {
-                    for file in &line.files {
-                        match file.strip_prefix(out) {
-                            Ok(relative) => writeln!(
-                                html,
-                                "<figure><img src=\"{}\" alt=\"{prompt}\" loading=\"lazy\"><figcaption>line {}: {prompt}</figcaption></figure>",
-                                escape(&relative.display().to_string()),
-                                line.line
-                            ),
-                            Err(_) => writeln!(
-                                html,
-                                "<figure><figcaption>line {}: {prompt}<br><code>{}</code></figcaption></figure>",
-                                line.line,
-                                escape(&file.display().to_string())
-                            ),
-                        }
-                        .map_err(io)?;
-                    }
+            for file in &line.files {
+                match file.strip_prefix(out) {
+                    Ok(relative) => writeln!(
+                        html,
+                        "<figure><img src=\"{}\" alt=\"{prompt}\" loading=\"lazy\"><figcaption>line {}: {prompt}</figcaption></figure>",
+                        escape(&relative.display().to_string()),
+                        line.line
+                    ),
+                    Err(_) => writeln!(
+                        html,
+                        "<figure><figcaption>line {}: {prompt}<br><code>{}</code></figcaption></figure>",
+                        line.line,
+                        escape(&file.display().to_string())
+                    ),
                 }
-                (state, Some((kind, message))) => failures.push_str(&format!(
-                    "<li class=\"failed\">line {} ({state}, {}): {} &mdash; {}</li>\n",
-                    line.line,
-                    escape(kind),
-                    if prompt.is_empty() {
-                        "no prompt".into()
-                    } else {
-                        prompt
-                    },
-                    escape(message)
-                )),
-                _ => {}
+                .map_err(io)?;
             }
         }
     }
     html.write_all(b"</div>\n").map_err(io)?;
-    if !failures.is_empty() {
-        write!(html, "<h2>Not done</h2>\n<ul>\n{failures}</ul>\n").map_err(io)?;
+    // The lines that are not done, in a second pass: nothing is gathered in memory.
+    let mut heading = false;
+    let mut pages = store.pages_not_done(PAGE);
+    while let Some(page) = pages.next().await? {
+        for line in &page {
+            let Some((kind, message)) = &line.error else {
+                continue;
+            };
+            if !heading {
+                html.write_all(b"<h2>Not done</h2>\n<ul>\n").map_err(io)?;
+                heading = true;
+            }
+            let prompt = escape(&line.prompt);
+            writeln!(
+                html,
+                "<li class=\"failed\">line {} ({}, {}): {} &mdash; {}</li>",
+                line.line,
+                line.state,
+                escape(kind),
+                if prompt.is_empty() {
+                    "no prompt".into()
+                } else {
+                    prompt
+                },
+                escape(message)
+            )
+            .map_err(io)?;
+        }
+    }
+    if heading {
+        html.write_all(b"</ul>\n").map_err(io)?;
     }
     html.write_all(b"</body></html>\n").map_err(io)?;
     let file = html.into_inner().map_err(|e| io(e.into_error()))?;

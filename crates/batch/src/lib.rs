@@ -52,31 +52,10 @@ mod store;
 pub use error::Error;
 pub use index::write_index;
 pub use machine::LineState;
-pub use plan::{Plan, plan};
+pub use plan::{Plan, QUOTED_INVALID, plan};
 pub use run::{Batch, Options, Summary};
 pub use source::{MAX_LINE_BYTES, ParsedLine, RawLine, Source, stem};
-pub use store::{Claim, LineRecord, Pages, Progress, StateUrl, Store, Submitting, Worker};
-
-/// A short, stable name for an SDK error's kind, as reports and the state store it.
-///
-/// ```
-/// use gptimage::{Error, GenerateRequest};
-///
-/// let invalid: Error = GenerateRequest::text_to_image("").build().unwrap_err().into();
-/// assert_eq!(gptimage_batch::error_kind_name(&invalid), "invalid_request");
-/// ```
-pub fn error_kind_name(error: &gptimage::Error) -> &'static str {
-    use gptimage::ErrorKind;
-    match error.kind() {
-        ErrorKind::InvalidRequest => "invalid_request",
-        ErrorKind::Config => "config",
-        ErrorKind::Api => "api",
-        ErrorKind::Transport => "transport",
-        ErrorKind::OutcomeUnknown => "outcome_unknown",
-        ErrorKind::TaskFailed => "task_failed",
-        ErrorKind::DeadlinePassed => "deadline",
-        ErrorKind::InvalidResponse => "invalid_response",
-        ErrorKind::Download => "download",
-        _ => "other",
-    }
-}
+pub use store::{
+    Claim, LineRecord, OutcomeToken, Pages, Progress, Reason, Retry, StateUrl, Store, Submitting,
+    Worker,
+};

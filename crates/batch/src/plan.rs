@@ -6,31 +6,53 @@ use std::path::Path;
 use gptimage::types::CREDITS_PER_TASK;
 
 use crate::machine::LineState;
-use crate::{Error, LineRecord, Source, StateUrl, Store};
+use crate::{Error, OutcomeToken, Source, StateUrl, Store};
+
+/// How many invalid lines a plan quotes whole; it counts them all.
+pub const QUOTED_INVALID: usize = 100;
+
+/// Rows of the state read at a time, and pages buffered between the reader and the scan.
+const PAGE: u64 = 10_000;
 
 /// What a run of the batch would do now.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Plan {
     /// Non-blank lines in the file.
     pub lines: u64,
-    /// Lines that would be submitted (never sent, or refused before; with `resubmit_unknown`,
-    /// also those of unknown outcome).
+    /// Lines that would be submitted (never sent, or refused before, and the unknown outcomes
+    /// whose tokens were given), before the budget.
     pub would_submit: u64,
     /// What they would cost, at 10 credits a task.
     pub credits: u64,
+    /// The batch's stored budget, and the credits it has committed: a run submits no more
+    /// than `budget - committed` allows.
+    pub budget: Option<u64>,
+    /// Credits the batch has committed so far.
+    pub committed: u64,
     /// Lines left out because an earlier run already submitted them (or they await the user).
     pub already_submitted: u64,
-    /// Lines that cannot be sent: their 1-based line number and what is wrong.
-    pub invalid: Vec<(u64, String)>,
+    /// How many lines cannot be sent.
+    pub invalid: u64,
+    /// The first [`QUOTED_INVALID`] of them: their 1-based line number and what is wrong.
+    pub first_invalid: Vec<(u64, String)>,
+}
+
+/// What the state holds of one claimed line, as the plan needs it.
+struct Row {
+    item: u64,
+    state: LineState,
+    token: Option<OutcomeToken>,
 }
 
 /// Plans a run of `file` against the state at `state` (which may not exist yet: then every
-/// line is new). Refuses a state that belongs to another file.
+/// line is new), counting as sendable the unknown outcomes that `resubmit` names. Refuses a
+/// state that belongs to another file. Memory stays flat however large the file or the state:
+/// both are read as they are merged.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), gptimage_batch::Error> {
 /// let state = gptimage_batch::StateUrl::in_folder("results".as_ref());
-/// let plan = gptimage_batch::plan("prompts.jsonl", &state, false).await?;
+/// let plan = gptimage_batch::plan("prompts.jsonl", &state, &[]).await?;
 /// println!("{} tasks, {} credits", plan.would_submit, plan.credits);
 /// # Ok(())
 /// # }
@@ -38,7 +60,7 @@ pub struct Plan {
 pub async fn plan(
     file: impl AsRef<Path>,
     state: &StateUrl,
-    resubmit_unknown: bool,
+    resubmit: &[OutcomeToken],
 ) -> Result<Plan, Error> {
     let path = file.as_ref().to_path_buf();
     let source = tokio::task::spawn_blocking(move || Source::open(path))
@@ -49,51 +71,90 @@ pub async fn plan(
         Err(Error::NoState { .. }) => None,
         Err(error) => return Err(error),
     };
-    // The state's rows, in item order, merged with the file's lines as they are read.
-    let mut rows = Vec::new();
-    if let Some(store) = &store {
-        let progress = store.progress().await?;
-        if progress.batch_id != source.id() {
-            return Err(Error::OtherBatch {
-                url: state.clone(),
-                file: source.path().to_path_buf(),
-                theirs: progress.file_name,
-                their_lines: progress.lines,
-            });
-        }
-        let mut pages = store.pages(10_000);
-        while let Some(page) = pages.next().await? {
-            rows.extend(page.into_iter().map(|r: LineRecord| (r.item, r.state)));
-        }
-        store.close().await;
-    }
-    let source = std::sync::Arc::new(source);
-    tokio::task::spawn_blocking(move || {
-        let mut plan = Plan {
-            lines: source.len(),
-            ..Plan::default()
-        };
-        let mut rows = rows.into_iter().peekable();
-        source.scan(|line| {
-            let state = match rows.peek() {
-                Some((item, state)) if *item == line.item => {
-                    let state = *state;
-                    rows.next();
-                    Some(state)
+    let mut plan = Plan {
+        lines: source.len(),
+        ..Plan::default()
+    };
+    // The state's rows, a page at a time, in item order, to merge with the file's lines.
+    let (pages, mut rows) = tokio::sync::mpsc::channel::<Result<Vec<Row>, Error>>(2);
+    let reader = match store {
+        Some(store) => {
+            let progress = store.progress().await?;
+            if progress.batch_id != source.id() {
+                return Err(Error::OtherBatch {
+                    url: state.clone(),
+                    file: source.path().to_path_buf(),
+                    theirs: progress.file_name,
+                    their_lines: progress.lines,
+                });
+            }
+            plan.budget = progress.budget;
+            plan.committed = progress.committed;
+            Some(tokio::spawn(async move {
+                let mut after = None;
+                loop {
+                    let page = match store.lines(after, PAGE).await {
+                        Ok(page) => page,
+                        Err(error) => {
+                            let _ = pages.send(Err(error)).await;
+                            break;
+                        }
+                    };
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.item);
+                    let page = page
+                        .into_iter()
+                        .map(|r| Row {
+                            item: r.item,
+                            state: r.state,
+                            token: r.outcome_token(),
+                        })
+                        .collect();
+                    if pages.send(Ok(page)).await.is_err() {
+                        break;
+                    }
                 }
+                store.close().await;
+            }))
+        }
+        None => {
+            // No state: no rows, and the scan must not wait for any.
+            drop(pages);
+            None
+        }
+    };
+    let resubmit = resubmit.to_vec();
+    let source = std::sync::Arc::new(source);
+    let plan = tokio::task::spawn_blocking(move || {
+        let mut page = Vec::new().into_iter().peekable();
+        let mut failed = None;
+        source.scan(|line| {
+            while failed.is_none() && page.peek().is_none() {
+                match rows.blocking_recv() {
+                    Some(Ok(next)) => page = next.into_iter().peekable(),
+                    Some(Err(error)) => failed = Some(error),
+                    None => break,
+                }
+            }
+            let row = match page.peek() {
+                Some(row) if row.item == line.item => page.next(),
                 _ => None,
             };
-            let sendable = match state {
-                None | Some(LineState::Pending | LineState::Refused) => true,
-                Some(LineState::Unknown) => resubmit_unknown,
-                Some(_) => false,
+            let state = row.as_ref().map(|r| r.state);
+            let sendable = match &row {
+                None => true,
+                Some(row) => match row.state {
+                    LineState::Pending | LineState::Refused => true,
+                    LineState::Unknown => row.token.is_some_and(|t| resubmit.contains(&t)),
+                    _ => false,
+                },
             };
             if !sendable {
                 plan.already_submitted += u64::from(state != Some(LineState::Invalid));
                 if state == Some(LineState::Invalid)
                     && let Err(reason) = line.parse()
                 {
-                    plan.invalid.push((line.number, reason));
+                    note_invalid(&mut plan, line.number, reason);
                 }
                 return;
             }
@@ -102,11 +163,25 @@ pub async fn plan(
                     plan.would_submit += 1;
                     plan.credits += CREDITS_PER_TASK;
                 }
-                Err(reason) => plan.invalid.push((line.number, reason)),
+                Err(reason) => note_invalid(&mut plan, line.number, reason),
             }
         })?;
-        Ok(plan)
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(plan),
+        }
     })
     .await
-    .map_err(|e| Error::Panicked(e.to_string()))?
+    .map_err(|e| Error::Panicked(e.to_string()))?;
+    if let Some(reader) = reader {
+        reader.abort();
+    }
+    plan
+}
+
+fn note_invalid(plan: &mut Plan, line: u64, reason: String) {
+    plan.invalid += 1;
+    if plan.first_invalid.len() < QUOTED_INVALID {
+        plan.first_invalid.push((line, reason));
+    }
 }

@@ -1,26 +1,38 @@
 //! One worker of a batch: claim a line, take it through its life one committed step at a time,
 //! and keep at most `concurrency` lines in hand; read lines only as they are claimed.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use gptimage::{Client, ErrorKind};
+use gptimage::{ApiCode, Client, ErrorKind, TaskStatus};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::Error;
 use crate::machine::LineState;
 use crate::source::{Source, stem};
-use crate::store::{Claim, LineRecord, Progress, StateUrl, Store, Submitting, Worker};
-use crate::{Error, error_kind_name};
+use crate::store::{
+    Claim, LineRecord, OutcomeToken, Progress, Retry, StateUrl, Store, Submitting, Worker,
+};
 
 /// How often a worker looks for dead workers, and for lines others let go, while it has
 /// nothing to claim.
 const IDLE_POLL: Duration = Duration::from_millis(250);
-/// How often a busy worker looks for dead workers.
+/// How often a busy worker looks for dead workers and confirms its own liveness.
 const REAP_EVERY: Duration = Duration::from_secs(2);
+/// The longest a line's retries back off to.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// How long a worker that must stop gives the submissions on the wire to get their answers
+/// recorded before it abandons what is left (a state it cannot reach records nothing anyway).
+const GRACE: Duration = Duration::from_secs(15);
+/// The longest the worker's own rounds (claims, reaping, leaving) wait for the state: longer
+/// than PostgreSQL takes to end a stuck transaction (30 s), so a live state always answers
+/// within it; a state that does not is out of reach, and the worker stops.
+const STATE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -29,12 +41,15 @@ pub struct Options {
     pub out: PathBuf,
     /// How many lines this worker holds at once (submitting, or waiting for their task).
     pub concurrency: usize,
-    /// Send lines whose earlier submission had an unknown outcome again. Only for a user who
-    /// checked that the account holds no task for them: otherwise they may be paid twice.
-    pub resubmit_unknown: bool,
-    /// The most credits this batch may commit, counting every run and worker (10 a task; a
-    /// failed task's are given back). Lines beyond it are left pending for a run with a larger
-    /// budget.
+    /// The unknown outcomes to send again, each named by its token
+    /// ([`LineRecord::outcome_token`]): only for a user who checked that the account holds no
+    /// task for them, since otherwise they may be paid twice. A line that became unknown again
+    /// since has a new token, and is not sent.
+    pub resubmit_unknown: Vec<OutcomeToken>,
+    /// Sets the batch's budget: the most credits it may commit, counting every run and worker
+    /// (10 a task; a failed task's are given back). The budget is stored with the batch, and
+    /// every worker obeys it, given this option or not; `None` keeps the stored one. Lines
+    /// beyond it are left pending for a run with a larger budget.
     pub max_credits: Option<u64>,
 }
 
@@ -44,7 +59,7 @@ impl Options {
         Self {
             out: out.into(),
             concurrency: 4,
-            resubmit_unknown: false,
+            resubmit_unknown: Vec::new(),
             max_credits: None,
         }
     }
@@ -61,6 +76,9 @@ pub struct Summary {
     pub interrupted: bool,
     /// Whether the credit budget left lines unsent.
     pub over_budget: bool,
+    /// Tokens of [`Options::resubmit_unknown`] that named no line of unknown outcome (the line
+    /// moved on, or its outcome is unknown again under a new token): nothing was sent for them.
+    pub unmatched_tokens: Vec<OutcomeToken>,
 }
 
 /// A batch file bound to its state: what workers run.
@@ -113,12 +131,21 @@ impl Batch {
         &self.store
     }
 
-    /// Runs one worker until no line is left for it (and no other live worker holds one it
-    /// might have to take over), or until `stop` completes. Submissions already on the wire
-    /// when `stop` fires are finished and recorded; waits are let go, for a later run. Each line
-    /// this worker finishes, or stops on, is passed to `on_line`.
+    /// Runs one worker until no line is left that it can progress (and no other live worker
+    /// holds one it might have to take over), or until `stop` completes. Submissions already on
+    /// the wire when `stop` fires are finished and recorded; waits are let go, for a later run.
+    /// Each line this worker finishes, or stops on, is passed to `on_line`.
     ///
-    /// An error from the state store stops the worker: nothing is sent after it.
+    /// The run always ends by itself. A line whose wait or download fails is let go and tried
+    /// again later, its retries backing off from the client's first poll interval; one that
+    /// cannot progress (the service no longer knows its task, its images are refused even at
+    /// fresh URLs, or it has not progressed for the client's wait timeout) is held back until a
+    /// later run, keeping its task id and the reason. Nothing is ever resubmitted for it.
+    ///
+    /// Errors stop the worker, which then sends nothing more: the state store failing or
+    /// becoming unreachable, the service refusing the account ([`Error::Refused`]: a bad key or
+    /// no credits, rather than a refusal for each line of the file), or the output folder
+    /// refusing the images ([`Error::Output`]).
     pub async fn run(
         &self,
         client: &Client,
@@ -131,14 +158,20 @@ impl Batch {
         let result = self
             .work(client, options, stop, &mut on_line, &worker)
             .await;
-        let left = store.leave(&worker).await;
-        let (handled, interrupted, over_budget) = result?;
+        let left = match &result {
+            // A worker that lost the state cannot tell it it is leaving; the others count it
+            // out by its lock.
+            Err(error) if error.is_state() => Ok(()),
+            _ => self.within(store.leave(&worker)).await,
+        };
+        let (handled, interrupted, over_budget, unmatched_tokens) = result?;
         left?;
         Ok(Summary {
             progress: store.progress().await?,
             handled,
             interrupted,
             over_budget,
+            unmatched_tokens,
         })
     }
 
@@ -149,19 +182,27 @@ impl Batch {
         stop: impl Future<Output = impl Sized>,
         on_line: &mut impl FnMut(&LineRecord),
         worker: &Arc<Worker>,
-    ) -> Result<(u64, bool, bool), Error> {
+    ) -> Result<(u64, bool, bool, Vec<OutcomeToken>), Error> {
         let store = &self.store;
-        store.retry_refused().await?;
-        if options.resubmit_unknown {
-            store.resubmit_unknown().await?;
+        store.start_run().await?;
+        let unmatched = if options.resubmit_unknown.is_empty() {
+            Vec::new()
+        } else {
+            store.resubmit_unknown(&options.resubmit_unknown).await?
+        };
+        if let Some(credits) = options.max_credits {
+            store.set_budget(credits).await?;
         }
-        store.reap(worker).await?;
+        self.within(store.reap(worker)).await?;
         let (cancel, cancelled) = watch::channel(false);
         let mut jobs = JoinSet::new();
         let mut reap = tokio::time::interval(REAP_EVERY);
         let (mut handled, mut stopping, mut failure) = (0u64, false, None::<Error>);
         // Set by a line the budget refused: nothing more is claimed, what is under way ends.
         let over_budget = Arc::new(AtomicBool::new(false));
+        // When each line that failed in this run first did: its retries end a wait timeout
+        // later, so every run ends by itself.
+        let setbacks = Arc::new(Mutex::new(HashMap::new()));
         // The first failure stops the worker: nothing new is claimed or sent, waits are let go,
         // and a submission already on the wire still gets its answer recorded (or printed).
         let halt = |error: Error, failure: &mut Option<Error>, stopping: &mut bool| {
@@ -169,13 +210,15 @@ impl Batch {
             *stopping = true;
             let _ = cancel.send(true);
         };
+        // Once stopping for a failure, what is still under way has GRACE to end.
+        let mut abandon_at = None::<tokio::time::Instant>;
         tokio::pin!(stop);
         loop {
             while !stopping
                 && !over_budget.load(Ordering::SeqCst)
                 && jobs.len() < options.concurrency.max(1)
             {
-                let claim = match store.claim(worker).await {
+                let claim = match self.within(store.claim(worker)).await {
                     Ok(Some(claim)) => claim,
                     Ok(None) => break,
                     Err(error) => {
@@ -189,27 +232,46 @@ impl Batch {
                     source: self.source.clone(),
                     worker: worker.clone(),
                     out: options.out.clone(),
-                    budget: options.max_credits,
                     over_budget: over_budget.clone(),
+                    setbacks: setbacks.clone(),
                 };
                 let cancelled = cancelled.clone();
                 jobs.spawn(async move { job.run(claim, cancelled).await });
             }
+            if failure.is_some() && abandon_at.is_none() {
+                abandon_at = Some(tokio::time::Instant::now() + GRACE);
+            }
             if jobs.is_empty() {
-                if stopping
-                    || over_budget.load(Ordering::SeqCst)
-                    || !store.others_busy(worker).await?
-                {
+                if stopping || over_budget.load(Ordering::SeqCst) {
                     break;
                 }
-                // Others still hold lines: wait, in case one of them dies and leaves them.
+                // Lines waiting out a setback come back when it ends; lines others hold may
+                // come back if they die. Otherwise nothing is left this worker can progress.
+                let next = self.within(store.next_retry()).await?;
+                let others_busy = self.within(store.others_busy(worker)).await?;
+                let pause = match (next, others_busy) {
+                    (None, false) => break,
+                    (None, true) => IDLE_POLL,
+                    (Some(next), busy) => {
+                        let pause = next.min(REAP_EVERY);
+                        if busy { pause.min(IDLE_POLL) } else { pause }
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = &mut stop => stopping = true,
                 }
-                store.reap(worker).await?;
+                if let Err(error) = self.check_in(worker).await {
+                    halt(error, &mut failure, &mut stopping);
+                }
                 continue;
             }
+            let abandon = async {
+                match abandon_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 joined = jobs.join_next() => match joined.expect("jobs is not empty") {
                     Ok(Ok(Some(record))) => {
@@ -225,16 +287,51 @@ impl Batch {
                     let _ = cancel.send(true);
                 }
                 _ = reap.tick(), if !stopping => {
-                    if let Err(error) = store.reap(worker).await {
+                    if let Err(error) = self.check_in(worker).await {
                         halt(error, &mut failure, &mut stopping);
                     }
+                }
+                () = abandon => {
+                    // The state could not record what these lines did, and the worker sends
+                    // nothing more: a line left `submitting` becomes `unknown` for the others.
+                    jobs.abort_all();
+                    while jobs.join_next().await.is_some() {}
                 }
             }
         }
         match failure {
             Some(error) => Err(error),
-            None => Ok((handled, stopping, over_budget.load(Ordering::SeqCst))),
+            None => Ok((
+                handled,
+                stopping,
+                over_budget.load(Ordering::SeqCst),
+                unmatched,
+            )),
         }
+    }
+
+    /// The busy worker's regular round: it confirms it still holds its liveness lock (else it
+    /// must stop sending), and counts out the workers that died.
+    async fn check_in(&self, worker: &Worker) -> Result<(), Error> {
+        self.store.still_alive(worker).await?;
+        self.within(self.store.reap(worker)).await?;
+        Ok(())
+    }
+
+    /// `operation` on the state, or the worker counts itself out if the state does not answer
+    /// within [`STATE_TIMEOUT`] (a partition: its queries would otherwise hang until TCP gives
+    /// up, for many minutes).
+    async fn within<T>(
+        &self,
+        operation: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(STATE_TIMEOUT, operation)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::LostWorker {
+                    url: self.store.url().clone(),
+                })
+            })
     }
 }
 
@@ -245,13 +342,13 @@ struct Job {
     source: Arc<Source>,
     worker: Arc<Worker>,
     out: PathBuf,
-    budget: Option<u64>,
     over_budget: Arc<AtomicBool>,
+    setbacks: Arc<Mutex<HashMap<u64, Instant>>>,
 }
 
 impl Job {
-    /// Takes the line from where the state left it to an end. `Ok(None)`: the worker was
-    /// stopped and let the line go for a later run.
+    /// Takes the line from where the state left it to an end, or to a setback. `Ok(None)`: the
+    /// worker was stopped and let the line go for a later run.
     async fn run(
         &self,
         claim: Claim,
@@ -275,6 +372,8 @@ impl Job {
             files: Vec::new(),
             credits: None,
             error: None,
+            submissions: 0,
+            held: false,
         };
         if claim.state == LineState::Pending {
             if *cancelled.borrow() {
@@ -307,19 +406,18 @@ impl Job {
             ];
             store.still_alive(worker).await?;
             let submitting = store
-                .start_submitting(worker, item, number, &names, &record.prompt, self.budget)
+                .start_submitting(worker, item, number, &names, &record.prompt)
                 .await?;
             let name = match submitting {
                 Submitting::Named(name) => name,
-                Submitting::OverBudget => {
+                Submitting::OverBudget { budget } => {
                     self.over_budget.store(true, Ordering::SeqCst);
                     store.release(worker, item, None).await?;
-                    let budget = self.budget.unwrap_or_default();
                     record.error = Some((
                         "over_budget".into(),
                         format!(
-                            "not submitted: the budget of {budget} credits allows no more tasks \
-                             (run again with a larger --max-credits to continue)"
+                            "not submitted: the batch's budget of {budget} credits allows no \
+                             more tasks (run again with a larger --max-credits to continue)"
                         ),
                     ));
                     return Ok(Some(record));
@@ -351,10 +449,14 @@ impl Job {
                     } else {
                         LineState::Refused
                     };
-                    let (kind, message) = (error_kind_name(&error), error.to_string());
+                    let (kind, message) = (error.kind().as_str(), error.to_string());
                     store
                         .not_submitted(worker, item, state, kind, &message)
                         .await?;
+                    if state == LineState::Refused && refuses_the_account(&error) {
+                        // The same refusal awaits every line: stop here, not at each of them.
+                        return Err(account_refused(&error));
+                    }
                     record.state = state;
                     record.error = Some((kind.to_owned(), message));
                     return Ok(Some(record));
@@ -363,49 +465,255 @@ impl Job {
         }
         let task_id = record.task_id.clone().unwrap_or_default();
         let name = record.name.clone().unwrap_or_else(|| stem(None, number));
-        let waited = tokio::select! {
-            waited = self.client.wait(&task_id) => waited,
+        let outcome = tokio::select! {
+            outcome = self.finish(&task_id, &name, &mut record) => outcome,
             _ = async { cancelled.wait_for(|c| *c).await.is_ok() } => {
                 store.release(worker, item, None).await?;
                 return Ok(None);
             }
         };
-        let finished = match waited {
-            Ok(task) => {
-                pause_at("downloading");
-                record.images = task.images().to_vec();
-                record.credits = task.consumed_credits;
-                self.client
-                    .download_to_dir_as(&task, &self.out, &name)
-                    .await
+        let outcome = match outcome {
+            Ok(files) => Ok(files),
+            Err(Stall::Sdk(error)) => Err(error),
+            Err(Stall::OutOfTime) => {
+                let message = format!(
+                    "task {task_id} could not be followed for the whole wait timeout after it \
+                     first failed; the line keeps its task id: run the command again later"
+                );
+                store
+                    .set_back(worker, item, ("deadline", &message), Retry::NextRun)
+                    .await?;
+                record.held = true;
+                record.error = Some(("deadline".into(), message));
+                return Ok(Some(record));
             }
-            Err(error) => Err(error),
         };
-        match finished {
+        match outcome {
             Ok(files) => {
                 store
                     .done(worker, item, &record.images, &files, record.credits)
                     .await?;
+                self.forget_setbacks(item);
                 record.state = LineState::Done;
                 record.files = files;
             }
             Err(error) if error.kind() == ErrorKind::TaskFailed => {
                 let message = error.server_message().unwrap_or_default().to_owned();
                 store.failed(worker, item, &message, Some(0)).await?;
+                self.forget_setbacks(item);
                 record.state = LineState::Failed;
                 record.credits = Some(0);
                 record.error = Some(("task_failed".into(), message));
             }
+            Err(error) if refuses_the_account(&error) => {
+                store.release(worker, item, None).await?;
+                return Err(account_refused(&error));
+            }
+            Err(error) if error.is_write() => {
+                store.release(worker, item, None).await?;
+                return Err(Error::Output {
+                    folder: self.out.clone(),
+                    message: describe(&error),
+                });
+            }
             Err(error) => {
-                // No outcome yet (deadline, network, download): the line stays submitted, for a
-                // later run to wait for again. Nothing is resubmitted.
-                let (kind, message) = (error_kind_name(&error), error.to_string());
-                store.release(worker, item, Some((kind, &message))).await?;
+                // No outcome yet: the line stays submitted with its task id, and is tried again
+                // after a setback, or in a later run. Nothing is resubmitted.
+                let (retry, message) = self.setback(claim.setbacks, item, &task_id, &error);
+                let kind = setback_kind(&error);
+                store
+                    .set_back(worker, item, (kind, &message), retry)
+                    .await?;
+                record.held = retry == Retry::NextRun;
                 record.error = Some((kind.to_owned(), message));
             }
         }
         Ok(Some(record))
     }
+
+    /// Waits for the task and saves its images. An image URL the host refuses (403, 404, 410:
+    /// expired, as signed URLs do) is asked for afresh once: services re-sign result URLs.
+    /// A line that failed before in this run waits only for what is left of its wait timeout.
+    async fn finish(
+        &self,
+        task_id: &str,
+        name: &str,
+        record: &mut LineRecord,
+    ) -> Result<Vec<PathBuf>, Stall> {
+        let waited = match self.first_setback(record.item) {
+            None => self.client.wait(task_id).await,
+            Some(since) => {
+                let left = self
+                    .client
+                    .config()
+                    .wait_timeout()
+                    .saturating_sub(since.elapsed());
+                tokio::time::timeout(left, self.client.wait(task_id))
+                    .await
+                    .map_err(|_| Stall::OutOfTime)?
+            }
+        };
+        let task = waited?;
+        pause_at("downloading");
+        record.images = task.images().to_vec();
+        record.credits = task.consumed_credits;
+        let saved = self.client.download_to_dir_as(&task, &self.out, name).await;
+        let error = match saved {
+            Err(error) if url_refused(&error) => error,
+            saved => return Ok(saved?),
+        };
+        let fresh = self.client.status(task_id).await?;
+        if fresh.status != TaskStatus::Success || fresh.images().is_empty() {
+            return Err(error.into());
+        }
+        record.images = fresh.images().to_vec();
+        Ok(self
+            .client
+            .download_to_dir_as(&fresh, &self.out, name)
+            .await?)
+    }
+
+    /// When to try the line again, and what to tell the user, after `error` ended its wait or
+    /// download without an outcome.
+    fn setback(
+        &self,
+        setbacks: u32,
+        item: u64,
+        task_id: &str,
+        error: &gptimage::Error,
+    ) -> (Retry, String) {
+        let error_text = describe(error);
+        if error.kind() == ErrorKind::Api && error.api_code() == Some(ApiCode::NotFound) {
+            return (
+                Retry::NextRun,
+                format!(
+                    "the service does not know task {task_id} ({error_text}); task ids expire, \
+                     and belong to the key that made them. The line keeps its task id and is \
+                     never resubmitted: run again with the key that made it"
+                ),
+            );
+        }
+        if error.kind() == ErrorKind::DeadlinePassed {
+            return (
+                Retry::NextRun,
+                format!(
+                    "task {task_id} had not finished by the wait's deadline; it may still \
+                     finish: run the command again to wait for it (nothing is resubmitted)"
+                ),
+            );
+        }
+        if url_refused(error) {
+            return (
+                Retry::NextRun,
+                format!(
+                    "the image host refused task {task_id}'s images even at fresh URLs \
+                     ({error_text}); they may have expired. The line keeps its task id: run \
+                     again later, or fetch them with: gptimage wait {task_id}"
+                ),
+            );
+        }
+        let timeout = self.client.config().wait_timeout();
+        let since = *self
+            .setbacks
+            .lock()
+            .expect("the setback table is never poisoned")
+            .entry(item)
+            .or_insert_with(Instant::now);
+        if since.elapsed() >= timeout {
+            return (
+                Retry::NextRun,
+                format!(
+                    "task {task_id} could not be followed for the whole wait timeout \
+                     ({error_text}); the line keeps its task id: run the command again later"
+                ),
+            );
+        }
+        let first = self
+            .client
+            .config()
+            .poll()
+            .delay(0)
+            .max(Duration::from_millis(10));
+        let delay = first
+            .saturating_mul(1 << setbacks.min(20))
+            .min(MAX_BACKOFF)
+            .min(timeout);
+        (
+            Retry::After(delay),
+            format!(
+                "{error_text}; the line keeps task {task_id} and is tried again in {delay:.1?}"
+            ),
+        )
+    }
+
+    fn first_setback(&self, item: u64) -> Option<Instant> {
+        let table = self.setbacks.lock().expect("never poisoned");
+        table.get(&item).copied()
+    }
+
+    fn forget_setbacks(&self, item: u64) {
+        self.setbacks.lock().expect("never poisoned").remove(&item);
+    }
+}
+
+/// Why a line's wait or download ended without an outcome.
+enum Stall {
+    /// The SDK's error.
+    Sdk(gptimage::Error),
+    /// The line failed earlier in this run, and what was left of its wait timeout ran out.
+    OutOfTime,
+}
+
+impl From<gptimage::Error> for Stall {
+    fn from(error: gptimage::Error) -> Self {
+        Stall::Sdk(error)
+    }
+}
+
+/// The kind recorded for a line set back by `error`: the SDK's kind, except `task_unknown` for a
+/// task the service says it does not know (404), which no retry in this run can change.
+fn setback_kind(error: &gptimage::Error) -> &'static str {
+    if error.kind() == ErrorKind::Api && error.api_code() == Some(ApiCode::NotFound) {
+        "task_unknown"
+    } else {
+        error.kind().as_str()
+    }
+}
+
+/// Whether the service refused the account itself (a bad key, no credits): every line would
+/// get the same answer.
+fn refuses_the_account(error: &gptimage::Error) -> bool {
+    error.kind() == ErrorKind::Api
+        && matches!(
+            error.api_code(),
+            Some(ApiCode::Unauthorized | ApiCode::InsufficientCredits)
+        )
+}
+
+fn account_refused(error: &gptimage::Error) -> Error {
+    Error::Refused {
+        code: error.code().unwrap_or_default(),
+        message: describe(error),
+    }
+}
+
+/// Whether an image host refused a result URL the way an expired or revoked signed URL is.
+fn url_refused(error: &gptimage::Error) -> bool {
+    error.kind() == ErrorKind::Download
+        && !error.is_write()
+        && matches!(error.http_status(), Some(403 | 404 | 410))
+}
+
+/// The error and its causes in one line.
+fn describe(error: &gptimage::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A test hook: with `GPTIMAGE_BATCH_PAUSE_AT` naming this point, the worker says so on stderr

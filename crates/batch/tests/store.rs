@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 
-use gptimage_batch::{Error, LineState, Source, StateUrl, Store, Worker};
+use std::time::Duration;
+
+use gptimage_batch::{Error, LineState, Retry, Source, StateUrl, Store, Worker};
 use support::postgres::Postgres;
 
 fn batch_file(dir: &Path, lines: usize, tag: &str) -> Source {
@@ -86,27 +88,27 @@ async fn a_dead_workers_lines_follow_the_rules(url: StateUrl, dir: &Path) {
     let first = store.claim(&doomed).await.unwrap().unwrap();
     let second = store.claim(&doomed).await.unwrap().unwrap();
     store
-        .start_submitting(&doomed, first.item, 1, &["one".into()], "reap 0", None)
+        .start_submitting(&doomed, first.item, 1, &["one".into()], "reap 0")
         .await
         .unwrap();
     store
-        .start_submitting(&doomed, second.item, 2, &["two".into()], "reap 1", None)
+        .start_submitting(&doomed, second.item, 2, &["two".into()], "reap 1")
         .await
         .unwrap();
     store
         .submitted(&doomed, second.item, "task-2")
         .await
         .unwrap();
-    // A name is unique across lines: the second choice is taken when the first is.
+    // A name is unique across lines, without regard to case: the second choice is taken when
+    // the first is taken in another case.
     let third = store.claim(&doomed).await.unwrap().unwrap();
     let name = store
         .start_submitting(
             &doomed,
             third.item,
             3,
-            &["one".into(), "one-line-3".into()],
+            &["ONE".into(), "one-line-3".into()],
             "x",
-            None,
         )
         .await
         .unwrap();
@@ -135,13 +137,21 @@ async fn a_dead_workers_lines_follow_the_rules(url: StateUrl, dir: &Path) {
         "the unknown and refused lines are not claimable"
     );
     // A new start gives the refused line another chance; the unknown one needs the user.
-    assert_eq!(other.retry_refused().await.unwrap(), 1);
+    assert_eq!(other.start_run().await.unwrap(), 1);
     assert_eq!(
         other.claim(&survivor).await.unwrap().unwrap().item,
         third.item
     );
     assert_eq!(other.claim(&survivor).await.unwrap(), None);
-    assert_eq!(other.resubmit_unknown().await.unwrap(), 1);
+    // The user names the outcome they checked: line 1's first submission. A token of another
+    // submission, or of another line, sends nothing.
+    let unknown = other.line(0).await.unwrap().unwrap();
+    assert_eq!(unknown.outcome_token().unwrap().to_string(), "1.1");
+    let stale = ["1.2".parse().unwrap(), "2.1".parse().unwrap()];
+    assert_eq!(other.resubmit_unknown(&stale).await.unwrap(), stale);
+    assert_eq!(other.claim(&survivor).await.unwrap(), None);
+    let checked = ["1.1".parse().unwrap()];
+    assert!(other.resubmit_unknown(&checked).await.unwrap().is_empty());
     assert_eq!(other.claim(&survivor).await.unwrap().unwrap().item, 0);
 
     // Transitions the machine forbids are refused, not applied.
@@ -158,6 +168,11 @@ async fn a_dead_workers_lines_follow_the_rules(url: StateUrl, dir: &Path) {
 /// committed, however the race goes; a refusal gives its credits back.
 async fn the_budget_is_exact_under_racing_workers(url: StateUrl, dir: &Path) {
     let source = batch_file(dir, 40, "budget");
+    // The budget is the batch's: set once, obeyed by every worker.
+    assert_eq!(
+        open(&url, &source).await.set_budget(95).await.unwrap(),
+        None
+    );
     let mut handles = Vec::new();
     for _ in 0..3 {
         let store = open(&url, &source).await;
@@ -168,12 +183,15 @@ async fn the_budget_is_exact_under_racing_workers(url: StateUrl, dir: &Path) {
                 let name = format!("n{}", claim.item);
                 let line = claim.item + 1;
                 match store
-                    .start_submitting(&worker, claim.item, line, &[name], "p", Some(95))
+                    .start_submitting(&worker, claim.item, line, &[name], "p")
                     .await
                     .unwrap()
                 {
                     gptimage_batch::Submitting::Named(_) => committed.push(claim.item),
-                    gptimage_batch::Submitting::OverBudget => break,
+                    gptimage_batch::Submitting::OverBudget { budget } => {
+                        assert_eq!(budget, 95);
+                        break;
+                    }
                 }
             }
             (store, worker, committed)
@@ -200,6 +218,152 @@ async fn the_budget_is_exact_under_racing_workers(url: StateUrl, dir: &Path) {
             "a refusal is refunded"
         );
     }
+}
+
+/// A line whose wait failed waits out its setback, then comes back; one that cannot progress
+/// is held until a later run, keeping its task id.
+async fn setbacks_hold_lines_back(url: StateUrl, dir: &Path) {
+    let source = batch_file(dir, 1, "setback");
+    let store = open(&url, &source).await;
+    let worker = store.join(Path::new("out")).await.unwrap();
+    let claim = store.claim(&worker).await.unwrap().unwrap();
+    store
+        .start_submitting(&worker, claim.item, 1, &["s".into()], "p")
+        .await
+        .unwrap();
+    store
+        .submitted(&worker, claim.item, "task-s")
+        .await
+        .unwrap();
+    let reason = ("transport", "could not connect");
+    store
+        .set_back(
+            &worker,
+            claim.item,
+            reason,
+            Retry::After(Duration::from_millis(400)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim(&worker).await.unwrap(),
+        None,
+        "not before its time"
+    );
+    let next = store
+        .next_retry()
+        .await
+        .unwrap()
+        .expect("a setback is pending");
+    assert!(next <= Duration::from_millis(400), "{next:?}");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let again = store
+        .claim(&worker)
+        .await
+        .unwrap()
+        .expect("back after its setback");
+    assert_eq!(
+        (again.setbacks, again.task_id.as_deref()),
+        (1, Some("task-s"))
+    );
+    store
+        .set_back(&worker, claim.item, ("api", "404"), Retry::NextRun)
+        .await
+        .unwrap();
+    assert_eq!(store.claim(&worker).await.unwrap(), None);
+    assert_eq!(
+        store.next_retry().await.unwrap(),
+        None,
+        "this run is done with it"
+    );
+    let progress = store.progress().await.unwrap();
+    assert_eq!(
+        (progress.held, progress.count(LineState::Submitted)),
+        (1, 1)
+    );
+    let line = store.line(claim.item).await.unwrap().unwrap();
+    assert!(line.held && line.task_id.as_deref() == Some("task-s"));
+    // A later run tries it again.
+    store.start_run().await.unwrap();
+    let back = store
+        .claim(&worker)
+        .await
+        .unwrap()
+        .expect("a new run retries it");
+    assert_eq!(back.setbacks, 2);
+}
+
+/// A worker counted out while still running (its session ended: a partition, a restarted
+/// server) can move nothing another worker has taken: every arrow is a compare-and-set on the
+/// line's holder and state, so a healed worker cannot make a line be paid for twice.
+async fn a_counted_out_worker_moves_nothing(cluster: &Postgres, database: &str, dir: &Path) {
+    let url = StateUrl::Postgres(cluster.create_database(database));
+    let source = batch_file(dir, 3, "fenced");
+    let store = open(&url, &source).await;
+    let cut = store.join(Path::new("a")).await.unwrap();
+    let waiting = store.claim(&cut).await.unwrap().unwrap();
+    store
+        .start_submitting(&cut, waiting.item, 1, &["w".into()], "p")
+        .await
+        .unwrap();
+    store.submitted(&cut, waiting.item, "task-w").await.unwrap();
+    let sending = store.claim(&cut).await.unwrap().unwrap();
+    store
+        .start_submitting(&cut, sending.item, 2, &["s".into()], "p")
+        .await
+        .unwrap();
+    let unsent = store.claim(&cut).await.unwrap().unwrap();
+
+    // The server ends the worker's session (as it does a client it cannot hear from).
+    cluster.sql(
+        database,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+             AND classid = 1735423081 AND objid = {} AND objsubid = 2",
+            cut.id()
+        ),
+    );
+    let alive = store.still_alive(&cut).await;
+    assert!(matches!(alive, Err(Error::LostWorker { .. })), "{alive:?}");
+    let other = Store::open(&url).await.unwrap();
+    let taker = other.join(Path::new("b")).await.unwrap();
+    assert_eq!(other.reap(&taker).await.unwrap(), 1);
+    let taken: BTreeSet<u64> = [
+        other.claim(&taker).await.unwrap().unwrap().item,
+        other.claim(&taker).await.unwrap().unwrap().item,
+    ]
+    .into();
+    assert_eq!(taken, BTreeSet::from([waiting.item, unsent.item]));
+
+    // The healed worker tries every arrow it had in hand: each is refused, nothing moves.
+    let submitting = store
+        .start_submitting(&cut, unsent.item, 3, &["u".into()], "p")
+        .await;
+    assert!(
+        matches!(submitting, Err(Error::LostWorker { .. })),
+        "{submitting:?}"
+    );
+    for refused in [
+        store.done(&cut, waiting.item, &[], &[], None).await,
+        store.failed(&cut, waiting.item, "x", None).await,
+        store.release(&cut, unsent.item, None).await,
+        store
+            .set_back(&cut, waiting.item, ("api", "x"), Retry::NextRun)
+            .await,
+    ] {
+        assert!(
+            matches!(refused, Err(Error::LostWorker { .. })),
+            "{refused:?}"
+        );
+    }
+    let sent = other.line(sending.item).await.unwrap().unwrap();
+    assert_eq!(
+        sent.state,
+        LineState::Unknown,
+        "its POST may be out: never resent"
+    );
+    assert_eq!(other.progress().await.unwrap().committed, 20);
+    assert_eq!(other.claim(&taker).await.unwrap(), None);
 }
 
 async fn another_file_is_refused(url: StateUrl, dir: &Path) {
@@ -245,6 +409,12 @@ async fn sqlite_refuses_another_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_setbacks_hold_lines_back() {
+    let dir = tempfile::tempdir().unwrap();
+    setbacks_hold_lines_back(sqlite(dir.path()), dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store() {
     let cluster = Postgres::start();
     let dir = tempfile::tempdir().unwrap();
@@ -253,6 +423,8 @@ async fn postgres_store() {
     a_dead_workers_lines_follow_the_rules(url("reap"), dir.path()).await;
     the_budget_is_exact_under_racing_workers(url("budget"), dir.path()).await;
     another_file_is_refused(url("refuse"), dir.path()).await;
+    setbacks_hold_lines_back(url("setback"), dir.path()).await;
+    a_counted_out_worker_moves_nothing(&cluster, "fenced", dir.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

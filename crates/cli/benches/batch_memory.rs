@@ -1,6 +1,8 @@
 //! Peak resident memory of `gptimage batch` as its file grows: the same run over files of 1,000,
 //! 200,000 and 1,000,000 lines, with 64 lines in flight. Memory should follow the work in
-//! flight, not the file.
+//! flight, not the file. Then the commands that read a whole state, on a batch of 1,000,000
+//! failed lines: `batch-status` (for people and `--json`), `batch --dry-run`, and a run that
+//! has nothing left to do but write `index.html`. Their memory should not follow the failures.
 //!
 //! Run with `cargo bench -p gptimage-cli --bench batch_memory`. The command runs as its own
 //! process (so its peak resident set, `VmHWM`, is its alone) against an emulator in this one;
@@ -42,6 +44,103 @@ fn main() {
             peak_kb as f64 * 1024.0 / lines as f64
         );
     }
+    failures(&emulator, dir.path());
+}
+
+/// A batch of `FAILED` lines, all invalid (their prompt is blank), whose state records each
+/// with its reason, as if a run had gone through them; built in one statement, since a real run
+/// commits every line to disk one by one.
+const FAILED: u64 = 1_000_000;
+
+fn failures(emulator: &Emulator, dir: &Path) {
+    let file = dir.join("failed.jsonl");
+    let mut writer = BufWriter::new(std::fs::File::create(&file).expect("the batch file"));
+    for i in 0..FAILED {
+        writeln!(writer, r#"{{"prompt": "", "name": "blank-{i}"}}"#).expect("written");
+    }
+    writer.flush().expect("written");
+    let out = dir.join("out-failed");
+    let state = gptimage_batch::StateUrl::in_folder(&out);
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let batch = gptimage_batch::Batch::open(&file, &state)
+            .await
+            .expect("the state opens");
+        batch.store().close().await;
+        let url = format!("sqlite://{}", out.join("gptimage-batch.sqlite").display());
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+            .await
+            .expect("the state opens");
+        let fill = format!(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last})
+             INSERT INTO gptimage_lines (item, line, state, error_kind, error_message)
+             SELECT i, i + 1, 'invalid', 'invalid_request',
+             '''prompt'' is blank: give a description of the picture' FROM n;
+             UPDATE gptimage_batch SET claimed = items;",
+            last = FAILED - 1
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(fill))
+            .execute(&mut conn)
+            .await
+            .expect("the failures are recorded");
+    });
+    println!();
+    println!("{FAILED} failed lines: peak RSS of each command that reads the whole state");
+    let out_arg = out.to_str().expect("a UTF-8 path");
+    let file_arg = file.to_str().expect("a UTF-8 path");
+    let commands: [(&str, Vec<&str>); 4] = [
+        ("batch-status", vec!["batch-status", "--out", out_arg]),
+        (
+            "batch-status --json",
+            vec!["batch-status", "--json", "--out", out_arg],
+        ),
+        (
+            "batch --dry-run",
+            vec!["batch", file_arg, "--out", out_arg, "--dry-run"],
+        ),
+        (
+            "batch (index.html)",
+            vec!["batch", file_arg, "--out", out_arg],
+        ),
+    ];
+    for (name, args) in commands {
+        let (peak_kb, bytes, elapsed) = measure(emulator, &args);
+        println!(
+            "  {name:<20} {:>8.1} MB peak RSS  {:>8.1} MB on stdout  {:>6.1} s",
+            peak_kb as f64 / 1024.0,
+            bytes as f64 / 1e6,
+            elapsed.as_secs_f64()
+        );
+    }
+}
+
+/// Runs the command with `args` to its end; its peak resident set in KiB, the bytes it printed
+/// on stdout, and the time it took.
+fn measure(emulator: &Emulator, args: &[&str]) -> (u64, u64, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gptimage"))
+        .env("GPTIMAGE_API_KEY", emulator.api_key())
+        .env("GPTIMAGE_BASE_URL", emulator.base_url())
+        .arg("--quiet")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the command starts");
+    let mut stdout = child.stdout.take().expect("piped");
+    let counter = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    let limit = Duration::from_secs(600);
+    while child.try_wait().ok().flatten().is_none() && started.elapsed() < limit {
+        peak = peak.max(hwm(&status));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let bytes = counter.join().ok().and_then(Result::ok).unwrap_or(0);
+    (peak, bytes, started.elapsed())
 }
 
 fn write_file(path: &Path, lines: u64) {

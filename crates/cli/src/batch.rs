@@ -1,9 +1,12 @@
 //! `gptimage batch` and `gptimage batch-status`: a thin front over `gptimage-batch`, which keeps
 //! each line's state in SQLite or PostgreSQL so no line is ever paid for twice.
 
+use std::io::Write;
 use std::path::Path;
 
-use gptimage_batch::{Batch, Error, LineRecord, LineState, Options, Progress, StateUrl, Store};
+use gptimage_batch::{
+    Batch, Error, LineRecord, LineState, Options, Progress, Reason, StateUrl, Store,
+};
 use serde_json::json;
 
 use crate::cli::{Batch as BatchArgs, BatchStatus};
@@ -11,8 +14,12 @@ use crate::commands::Context;
 use crate::progress;
 use crate::report::{Report, code};
 
-/// Lines of the state read at a time by `batch-status`.
+/// Lines of the state read at a time by `batch-status --json`.
 const PAGE: u64 = 1000;
+/// Lines quoted for each reason, and unknown-outcome tokens listed, by `batch-status` and the
+/// summary after a run; `--json` lists every line.
+const QUOTED: u64 = 5;
+const TOKENS_LISTED: u64 = 100;
 
 pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
     let out = &args.output.out;
@@ -28,6 +35,9 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
         Ok(batch) => batch,
         Err(error) => return fail(&error),
     };
+    if let Err(error) = settle_the_users_word(batch.store(), args).await {
+        return fail(&error);
+    }
     let before = match batch.store().progress().await {
         Ok(progress) => progress,
         Err(error) => return fail(&error),
@@ -37,8 +47,9 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
     let options = Options {
         out: out.clone(),
         concurrency: usize::from(args.concurrency),
-        resubmit_unknown: args.resubmit_unknown,
-        max_credits: args.max_credits,
+        // Both were settled above, where what they did could be said at once.
+        resubmit_unknown: Vec::new(),
+        max_credits: None,
     };
     let (mut done, mut not_done) = (0u64, 0u64);
     let stop = async {
@@ -73,14 +84,20 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
         })
         .await;
     bar.finish_and_clear();
-    if let Err(error) = gptimage_batch::write_index(batch.store(), out).await {
-        eprintln!("warning: could not write index.html: {error}");
-    }
-    batch.store().close().await;
     let summary = match result {
         Ok(summary) => summary,
-        Err(error) => return fail(&error),
+        Err(error) => {
+            // A state that failed cannot be read for an index either; anything else can.
+            if !error.is_state() {
+                write_index(batch.store(), out).await;
+                batch.store().close().await;
+            }
+            return fail(&error);
+        }
     };
+    write_index(batch.store(), out).await;
+    let reasons = batch.store().reasons(QUOTED).await;
+    batch.store().close().await;
     let progress = &summary.progress;
     if !context.quiet {
         eprintln!(
@@ -94,24 +111,85 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
             },
             out.display()
         );
-        advise(progress, &state);
+        advise(progress, &state, &args.file);
     }
     if summary.over_budget {
         eprintln!(
-            "{} line(s) not submitted: --max-credits {} allows no more ({} credits committed); \
-             run again with a larger budget to continue",
+            "{} line(s) not submitted: the batch's budget of {} credits allows no more ({} \
+             credits committed); run again with a larger --max-credits to continue",
             progress.count(LineState::Pending),
-            args.max_credits.unwrap_or_default(),
+            progress.budget.unwrap_or_default(),
             progress.committed
         );
     }
     if summary.interrupted {
         eprintln!("run the same command again to resume: no line is submitted twice");
-        code::INTERRUPTED
-    } else if progress.all_done() {
-        code::OK
-    } else {
+        return code::INTERRUPTED;
+    }
+    if progress.all_done() {
+        return code::OK;
+    }
+    match reasons {
+        Ok(reasons) => exit_code(progress, &reasons),
+        Err(_) => code::TASK_FAILED,
+    }
+}
+
+/// What the user said for this batch as a whole, done before the run so it can be said at
+/// once: the budget stored with the batch, and the unknown outcomes checked and sent again.
+async fn settle_the_users_word(store: &Store, args: &BatchArgs) -> Result<(), Error> {
+    if let Some(credits) = args.max_credits {
+        let before = store.set_budget(credits).await?;
+        if before != Some(credits) {
+            let was = before.map_or("none".to_owned(), |b| format!("{b} credits"));
+            eprintln!(
+                "the batch's budget is now {credits} credits (it was {was}); every worker obeys it"
+            );
+        }
+    }
+    if !args.resubmit_unknown.is_empty() {
+        let unmatched = store.resubmit_unknown(&args.resubmit_unknown).await?;
+        let sent = args.resubmit_unknown.len() - unmatched.len();
+        if sent > 0 {
+            eprintln!("{sent} line(s) of unknown outcome will be sent again, as you checked");
+        }
+        for token in unmatched {
+            eprintln!(
+                "token {token} names no line of unknown outcome now (its line moved on, or its \
+                 outcome is unknown again under a new token: see gptimage batch-status); \
+                 nothing is sent for it"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The exit code of a run that left lines not done: 1 when a task failed or a line is
+/// invalid; else 3 when the service refused a line or no longer knows its task, 5 when lines
+/// only wait for tasks still running, and 4 otherwise (unknown outcomes, a service or image
+/// host that kept failing).
+fn exit_code(progress: &Progress, reasons: &[Reason]) -> u8 {
+    if progress.count(LineState::Failed) + progress.count(LineState::Invalid) > 0 {
+        return code::TASK_FAILED;
+    }
+    if reasons.is_empty() {
+        // Only pending lines are left: the budget held them back.
         code::TASK_FAILED
+    } else if reasons
+        .iter()
+        .any(|r| r.state == LineState::Refused || r.kind == "task_unknown")
+    {
+        code::REFUSED
+    } else if reasons.iter().all(|r| r.kind == "deadline") {
+        code::DEADLINE
+    } else {
+        code::TRANSPORT
+    }
+}
+
+async fn write_index(store: &Store, out: &Path) {
+    if let Err(error) = gptimage_batch::write_index(store, out).await {
+        eprintln!("warning: could not write index.html: {error}");
     }
 }
 
@@ -121,13 +199,14 @@ pub(crate) async fn dry_run(args: &BatchArgs) -> u8 {
         Ok(state) => state,
         Err(code) => return code,
     };
-    let plan = match gptimage_batch::plan(&args.file, &state, args.resubmit_unknown).await {
+    let plan = match gptimage_batch::plan(&args.file, &state, &args.resubmit_unknown).await {
         Ok(plan) => plan,
         Err(error) => return fail(&error),
     };
+    let budget = args.max_credits.or(plan.budget);
     if args.output.json {
         let invalid: Vec<_> = plan
-            .invalid
+            .first_invalid
             .iter()
             .map(|(line, reason)| json!({"line": line, "error": reason}))
             .collect();
@@ -138,25 +217,41 @@ pub(crate) async fn dry_run(args: &BatchArgs) -> u8 {
                 "lines": plan.lines,
                 "would_submit": plan.would_submit,
                 "credits": plan.credits,
+                "budget": budget,
+                "committed": plan.committed,
                 "already_submitted": plan.already_submitted,
+                "invalid_lines": plan.invalid,
                 "invalid": invalid,
             })
         );
     } else {
-        for (line, reason) in &plan.invalid {
+        for (line, reason) in &plan.first_invalid {
             eprintln!("line {line}: {reason}");
+        }
+        let quoted = plan.first_invalid.len() as u64;
+        if plan.invalid > quoted {
+            eprintln!(
+                "… and {} more invalid line(s) (--json lists the first {quoted})",
+                plan.invalid - quoted
+            );
         }
         eprintln!(
             "{} of {} lines would be submitted, costing {} credits ({} already submitted, {} \
              invalid); nothing was sent",
-            plan.would_submit,
-            plan.lines,
-            plan.credits,
-            plan.already_submitted,
-            plan.invalid.len()
+            plan.would_submit, plan.lines, plan.credits, plan.already_submitted, plan.invalid
         );
+        if let Some(budget) = budget {
+            let room = budget.saturating_sub(plan.committed);
+            if room < plan.credits {
+                eprintln!(
+                    "the budget of {budget} credits ({} committed) allows {} of them",
+                    plan.committed,
+                    room / gptimage::types::CREDITS_PER_TASK
+                );
+            }
+        }
     }
-    if plan.invalid.is_empty() {
+    if plan.invalid == 0 {
         code::OK
     } else {
         code::USAGE
@@ -173,77 +268,141 @@ pub(crate) async fn status(args: &BatchStatus) -> u8 {
         Ok(store) => store,
         Err(error) => return fail(&error),
     };
-    let progress = match store.progress().await {
-        Ok(progress) => progress,
-        Err(error) => return fail(&error),
-    };
-    let not_done = match unfinished(&store).await {
-        Ok(lines) => lines,
-        Err(error) => return fail(&error),
+    let shown = if args.json {
+        status_json(&store, &state).await
+    } else {
+        status_text(&store, &state).await
     };
     store.close().await;
-    if args.json {
-        let lines: Vec<_> = not_done.iter().map(|l| report(l).to_json()).collect();
-        let object = json!({
-            "state": state.to_string(),
-            "batch_id": progress.batch_id,
-            "file": progress.file_name,
-            "lines": progress.lines,
-            "states": progress.states,
-            "credits": progress.credits,
-            "committed": progress.committed,
-            "workers": progress.workers,
-            "not_done": lines,
-        });
-        println!("{object}");
-    } else {
-        println!(
-            "batch {} (sha256 {}…), state {state}",
-            progress.file_name,
-            &progress.batch_id[..progress.batch_id.len().min(12)]
-        );
-        println!("  {}", counts(&progress));
-        println!(
-            "  {} credits spent ({} committed), {} worker(s) running",
-            progress.credits, progress.committed, progress.workers
-        );
-        if !not_done.is_empty() {
-            println!("not done:");
-            for line in &not_done {
-                let (kind, message) = line.error.clone().unwrap_or_default();
-                let task = line
-                    .task_id
-                    .as_deref()
-                    .map(|t| format!(" task {t}"))
-                    .unwrap_or_default();
-                println!(
-                    "  line {} ({}{}{task}): {message}",
-                    line.line,
-                    line.state,
-                    if kind.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {kind}")
-                    }
-                );
-            }
-        }
-        advise(&progress, &state);
+    match shown {
+        Ok(()) => code::OK,
+        Err(error) => fail(&error),
     }
-    code::OK
 }
 
-/// Every claimed line that is not done, in file order, a page at a time.
-async fn unfinished(store: &Store) -> Result<Vec<LineRecord>, Error> {
-    let mut lines = Vec::new();
-    let mut pages = store.pages(PAGE);
+/// `batch-status --json`: one object, whose `not_done` lists every line that is not done,
+/// written a page at a time (a million failed lines take no more memory than ten).
+async fn status_json(store: &Store, state: &StateUrl) -> Result<(), Error> {
+    let progress = store.progress().await?;
+    let head = json!({
+        "state": state.to_string(),
+        "batch_id": progress.batch_id,
+        "file": progress.file_name,
+        "lines": progress.lines,
+        "states": progress.states,
+        "credits": progress.credits,
+        "committed": progress.committed,
+        "budget": progress.budget,
+        "held": progress.held,
+        "workers": progress.workers,
+    })
+    .to_string();
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let io = |e: std::io::Error| Error::Source {
+        path: "standard output".into(),
+        source: e.into(),
+    };
+    // The head's closing brace gives way to the streamed array.
+    write!(stdout, "{},\"not_done\":[", &head[..head.len() - 1]).map_err(io)?;
+    let mut first = true;
+    let mut pages = store.pages_not_done(PAGE);
     while let Some(page) = pages.next().await? {
-        lines.extend(
-            page.into_iter()
-                .filter(|l| l.state != LineState::Done && l.state != LineState::Pending),
-        );
+        for line in &page {
+            if !first {
+                stdout.write_all(b",").map_err(io)?;
+            }
+            first = false;
+            write!(stdout, "{}", report(line).to_json()).map_err(io)?;
+        }
     }
-    Ok(lines)
+    writeln!(stdout, "]}}").map_err(io)?;
+    stdout.flush().map_err(io)
+}
+
+/// `batch-status` for people: counts, then the lines that are not done by reason (how many,
+/// and the first few), then the tokens of unknown outcomes.
+async fn status_text(store: &Store, state: &StateUrl) -> Result<(), Error> {
+    let progress = store.progress().await?;
+    let reasons = store.reasons(QUOTED).await?;
+    println!(
+        "batch {} (sha256 {}…), state {state}",
+        progress.file_name,
+        &progress.batch_id[..progress.batch_id.len().min(12)]
+    );
+    println!("  {}", counts(&progress));
+    let budget = progress
+        .budget
+        .map(|b| format!(" of a {b}-credit budget"))
+        .unwrap_or_default();
+    println!(
+        "  {} credits spent ({} committed{budget}), {} worker(s) running",
+        progress.credits, progress.committed, progress.workers
+    );
+    if !reasons.is_empty() {
+        println!("not done:");
+    }
+    for reason in &reasons {
+        let kind = if reason.kind.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", reason.kind)
+        };
+        println!("  {} line(s) {}{kind}:", reason.count, reason.state);
+        for line in &reason.first {
+            println!("    {}", describe_line(line));
+        }
+        if reason.count > reason.first.len() as u64 {
+            println!(
+                "    … and {} more (gptimage batch-status --json lists every line)",
+                reason.count - reason.first.len() as u64
+            );
+        }
+    }
+    let unknown = progress.count(LineState::Unknown);
+    if unknown > 0 {
+        let mut tokens = Vec::new();
+        let mut pages = store.pages_not_done(PAGE);
+        'pages: while let Some(page) = pages.next().await? {
+            for line in page {
+                if let Some(token) = line.outcome_token() {
+                    tokens.push(token.to_string());
+                    if tokens.len() as u64 >= TOKENS_LISTED {
+                        break 'pages;
+                    }
+                }
+            }
+        }
+        println!("unknown outcomes (check the account for each before sending it again):");
+        println!("  tokens: {}", tokens.join(","));
+        if unknown > tokens.len() as u64 {
+            println!(
+                "  … and {} more (gptimage batch-status --json gives each line's token)",
+                unknown - tokens.len() as u64
+            );
+        }
+    }
+    advise(&progress, state, Path::new(&progress.file_name));
+    Ok(())
+}
+
+/// One line that is not done, for people: where it is, its task, and what to do.
+fn describe_line(line: &LineRecord) -> String {
+    let (_, message) = line.error.clone().unwrap_or_default();
+    let task = line
+        .task_id
+        .as_deref()
+        .map(|t| format!(", task {t}"))
+        .unwrap_or_default();
+    let token = line
+        .outcome_token()
+        .map(|t| format!(", token {t}"))
+        .unwrap_or_default();
+    let held = if line.held {
+        ", held until a later run"
+    } else {
+        ""
+    };
+    format!("line {}{task}{token}{held}: {message}", line.line)
 }
 
 /// The state `--state` names, or the SQLite file in `out`.
@@ -261,7 +420,13 @@ fn state_url(state: Option<&str>, out: &Path) -> Result<StateUrl, u8> {
 fn fail(error: &Error) -> u8 {
     eprintln!("error: {error}");
     match error {
-        Error::Source { .. } | Error::BadStateUrl(_) | Error::OtherBatch { .. } => code::USAGE,
+        Error::Source { .. }
+        | Error::BadStateUrl(_)
+        | Error::OtherBatch { .. }
+        | Error::BadToken(_)
+        | Error::NetworkFileSystem { .. }
+        | Error::Pooled { .. } => code::USAGE,
+        Error::Refused { .. } => code::REFUSED,
         _ => code::TRANSPORT,
     }
 }
@@ -275,7 +440,7 @@ fn settled(progress: &Progress) -> u64 {
         .sum()
 }
 
-/// "4 of 6 lines done, 1 failed, 1 unknown".
+/// "4 of 6 lines done, 1 failed, 1 unknown, 2 held until a later run".
 fn counts(progress: &Progress) -> String {
     let mut text = format!(
         "{} of {} lines done",
@@ -288,17 +453,33 @@ fn counts(progress: &Progress) -> String {
             text.push_str(&format!(", {n} {state}"));
         }
     }
+    if progress.held > 0 {
+        text.push_str(&format!(
+            " ({} held until a later run: they could not progress in this one)",
+            progress.held
+        ));
+    }
     text
 }
 
 /// What to do about lines that need the user.
-fn advise(progress: &Progress, state: &StateUrl) {
+fn advise(progress: &Progress, state: &StateUrl, file: &Path) {
     let unknown = progress.count(LineState::Unknown);
     if unknown > 0 {
         eprintln!(
-            "{unknown} line(s) may have made a task whose id was never learned: they are not sent \
-             again by themselves. Check the account's usage; to send them again anyway, run the \
-             batch with --resubmit-unknown (details: gptimage batch-status --state {state})"
+            "{unknown} line(s) may have made a task whose id was never learned: they are never \
+             sent again by themselves. Check the account's usage for each; to send the ones you \
+             checked again, name their tokens (listed by: gptimage batch-status --state {state}):\n  \
+             gptimage batch {} --state {state} --resubmit-unknown TOKEN,TOKEN,…",
+            file.display()
+        );
+    }
+    if progress.held > 0 {
+        eprintln!(
+            "{} line(s) could not progress in this run and are held with their task id and \
+             reason (gptimage batch-status --state {state}); run the same command again later \
+             to try them again: nothing is resubmitted",
+            progress.held
         );
     }
 }
@@ -323,5 +504,7 @@ fn report(line: &LineRecord) -> Report {
             .error
             .clone()
             .map(|(kind, message)| (kind, message, code::TASK_FAILED)),
+        token: line.outcome_token().map(|t| t.to_string()),
+        held: line.held,
     }
 }

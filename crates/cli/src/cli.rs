@@ -51,6 +51,10 @@ pub(crate) struct Global {
     /// Seconds between status polls (fractions allowed).
     #[arg(long, value_name = "SECONDS", global = true, value_parser = seconds)]
     pub(crate) poll_interval: Option<f64>,
+    /// Allow plain http to a host that is not this machine (an internal gateway or a test
+    /// network): the key then crosses that network unencrypted. Loopback never needs it.
+    #[arg(long, global = true)]
+    pub(crate) allow_insecure_http: bool,
     /// Run against a local emulator started in-process: offline, free, no key needed.
     #[arg(long, global = true)]
     pub(crate) emulator: bool,
@@ -145,13 +149,16 @@ pub(crate) struct Batch {
     pub(crate) listen: Listen,
     #[command(flatten)]
     pub(crate) state: State,
-    /// Send again the lines whose earlier submission had an unknown outcome. Only after checking
-    /// the account: each may already have made (and charged) a task.
-    #[arg(long)]
-    pub(crate) resubmit_unknown: bool,
+    /// Send again the lines of unknown outcome that these tokens name (comma-separated, as
+    /// `gptimage batch-status` prints them, such as 12.1,40.2), after checking the account holds
+    /// no task for them: each may already have made (and charged) one. A line whose outcome is
+    /// unknown again since has a new token, so repeating the same command never resends it.
+    #[arg(long, value_name = "TOKENS", value_delimiter = ',', num_args = 1..)]
+    pub(crate) resubmit_unknown: Vec<gptimage_batch::OutcomeToken>,
     /// Never commit more than this many credits to the batch, counting earlier runs and every
-    /// worker (10 a task; failed tasks are refunded). Lines beyond it wait for a run with a
-    /// larger budget.
+    /// worker (10 a task; failed tasks are refunded). The budget is stored with the batch: every
+    /// worker obeys it, given this option or not, until a run sets another. Lines beyond it
+    /// wait for a run with a larger budget.
     #[arg(long, value_name = "CREDITS")]
     pub(crate) max_credits: Option<u64>,
     /// Check every line and say how many tasks a run would submit now and what they would cost;

@@ -82,6 +82,9 @@ impl Context {
                 .rate_limit(rate)
                 .retry(gptimage::RetryPolicy::default().max_rate_limited(u32::MAX));
         }
+        if global.allow_insecure_http {
+            builder = builder.allow_insecure_http(true);
+        }
         if let Some(timeout) = global.request_timeout {
             builder = builder.request_timeout(Duration::from_secs_f64(timeout));
         }

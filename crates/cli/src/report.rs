@@ -69,6 +69,10 @@ pub(crate) struct Report {
     pub(crate) files: Vec<PathBuf>,
     pub(crate) credits: Option<u64>,
     pub(crate) error: Option<(String, String, u8)>,
+    /// A batch line of unknown outcome: the token that names it for `--resubmit-unknown`.
+    pub(crate) token: Option<String>,
+    /// A batch line held back until a later run.
+    pub(crate) held: bool,
 }
 
 impl Report {
@@ -91,7 +95,7 @@ impl Report {
             status,
             credits,
             error: Some((
-                gptimage_batch::error_kind_name(error).to_owned(),
+                error.kind().as_str().to_owned(),
                 error.to_string(),
                 exit_code(error),
             )),
@@ -117,6 +121,10 @@ impl Report {
         if let Some(line) = self.line {
             object["line"] = json!(line);
             object["name"] = json!(self.name);
+            object["held"] = json!(self.held);
+            if let Some(token) = &self.token {
+                object["token"] = json!(token);
+            }
         }
         object
     }

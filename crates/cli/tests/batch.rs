@@ -319,7 +319,7 @@ fn a_kill_at_every_step_of_a_line_never_pays_twice() {
             assert_eq!(count(&status, "done"), 3, "{name}: {status}");
         } else {
             // The killed line may have made a task: it is reported, never sent again.
-            assert_eq!(output.status.code(), Some(1), "{name}: {}", stderr(&output));
+            assert_eq!(output.status.code(), Some(4), "{name}: {}", stderr(&output));
             assert!(
                 stderr(&output).contains("--resubmit-unknown"),
                 "{name}: {}",
@@ -339,7 +339,20 @@ fn a_kill_at_every_step_of_a_line_never_pays_twice() {
             );
             // Only the user's explicit word sends it again; its credits were counted until then.
             assert_eq!(status["committed"], 30, "{name}: {status}");
-            let output = run(&mut batch(&emulator, &file, &out, &["--resubmit-unknown"]));
+            // They name the outcome they checked by its token, as batch-status gives it.
+            let unknown = status["not_done"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["token"].is_string())
+                .unwrap_or_else(|| panic!("{name}: no token in {status}"));
+            let token = unknown["token"].as_str().unwrap();
+            let output = run(&mut batch(
+                &emulator,
+                &file,
+                &out,
+                &["--resubmit-unknown", token],
+            ));
             assert_eq!(output.status.code(), Some(0), "{name}: {}", stderr(&output));
             let status = batch_status(out.to_str().unwrap());
             assert_eq!(count(&status, "done"), 3);
@@ -378,7 +391,7 @@ fn a_state_that_cannot_be_written_sends_nothing() {
     // A state that exists (a run with one line refused by a bad key) and then cannot grow.
     let mut refused = batch(&emulator, &file, &out, &[]);
     refused.env("GPTIMAGE_API_KEY", "sk-wrong");
-    assert_eq!(run(&mut refused).status.code(), Some(1));
+    assert_eq!(run(&mut refused).status.code(), Some(3));
     let output = limited(&[]);
     assert_ne!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(

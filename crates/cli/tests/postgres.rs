@@ -155,3 +155,107 @@ fn a_state_that_refuses_the_submitting_commit_sends_nothing() {
     );
     assert_eq!(emulator.counters().generate_requests, 0, "nothing was sent");
 }
+
+#[test]
+fn every_session_is_durable_and_bounded_whatever_the_server_defaults() {
+    // A server whose defaults are the opposite of what a batch needs: commits that return
+    // before they are durable, no bound on a stuck transaction or on a vanished client.
+    let cluster = postgres::Postgres::start_with(&postgres::Setup {
+        settings: vec![
+            "synchronous_commit=off".into(),
+            "log_statement=all".into(),
+            "log_connections=on".into(),
+            "tcp_keepalives_idle=7200".into(),
+        ],
+        ..postgres::Setup::default()
+    });
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(2, "durable"));
+    let state = cluster.create_database("durable");
+    let output = worker(&emulator, &file, &dir.path().join("out"), &state)
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // Every session the worker opened (its pool and its liveness session) said so first.
+    let log = cluster.log();
+    let sessions = log.matches("connection authorized").count();
+    let configured = log.matches("SET synchronous_commit = on").count();
+    assert!(sessions >= 2, "{log}");
+    assert!(
+        configured + 1 >= sessions,
+        "{configured} of {sessions} sessions set synchronous_commit (the test's psql is one)"
+    );
+    for setting in [
+        "SET idle_in_transaction_session_timeout = '30s'",
+        "SET lock_timeout = '90s'",
+        "SET tcp_keepalives_idle = 10",
+        "SET tcp_keepalives_interval = 5",
+        "SET tcp_keepalives_count = 3",
+        "SET tcp_user_timeout = 25000",
+    ] {
+        assert!(log.contains(setting), "no {setting:?} in the server's log");
+    }
+}
+
+#[test]
+fn a_worker_whose_liveness_session_ends_stops_and_its_lines_pass_on() {
+    let cluster = postgres::Postgres::start();
+    let config = Config::instant().with_timings(Duration::ZERO, Duration::from_secs(3));
+    let emulator = Emulator::spawn(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(8, "orphaned"));
+    let state = cluster.create_database("orphaned");
+    let mut first = worker(&emulator, &file, &dir.path().join("first"), &state);
+    let started = Instant::now();
+    while try_batch_status(&state).is_none_or(|s| count(&s, "submitted") < 2) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing submitted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The server ends the worker's liveness session: a restart, a pooler, an administrator.
+    cluster.sql(
+        "orphaned",
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+         AND classid = 1735423081 AND objsubid = 2",
+    );
+    let cut = Instant::now();
+    let status = loop {
+        if let Some(status) = first.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(30),
+            "the worker went on without its liveness lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut first.stderr.take().unwrap(), &mut text).unwrap();
+    assert_eq!(status.code(), Some(4), "{text}");
+    assert!(
+        text.contains("lost its hold on the batch state postgres://"),
+        "{text}"
+    );
+    let sent = emulator.counters().generate_requests;
+    assert!(sent < 8, "the batch was over before the cut: {sent}");
+    // Another worker finishes every line; nothing is sent twice.
+    let output = worker(&emulator, &file, &dir.path().join("second"), &state)
+        .wait_with_output()
+        .unwrap();
+    let status = batch_status(&state);
+    assert_eq!(
+        count(&status, "done") + count(&status, "unknown"),
+        8,
+        "{status}: {}",
+        stderr(&output)
+    );
+    let counters = emulator.counters();
+    assert_eq!(counters.generate_requests, counters.tasks_created);
+    assert!(
+        counters.tasks_created <= 8,
+        "a line was paid for twice: {counters:?}"
+    );
+}

@@ -15,9 +15,25 @@ pub struct Postgres {
     as_user: Option<String>,
 }
 
+/// How a test cluster differs from the default one.
+#[derive(Debug, Default, Clone)]
+pub struct Setup {
+    /// Addresses it listens on beside 127.0.0.1 (a veth address the test made).
+    pub listen: Vec<String>,
+    /// Lines added to `pg_hba.conf` (such as `host all all 10.0.0.0/30 trust`).
+    pub hba: Vec<String>,
+    /// Server settings, as `name=value`.
+    pub settings: Vec<String>,
+}
+
 impl Postgres {
     /// Creates and starts a cluster on a free loopback port.
     pub fn start() -> Self {
+        Self::start_with(&Setup::default())
+    }
+
+    /// Like [`start`](Self::start), set up as `setup` says.
+    pub fn start_with(setup: &Setup) -> Self {
         let bin = find_bin();
         let as_user = running_as_root().then(|| "postgres".to_owned());
         let dir = tempfile::Builder::new()
@@ -56,10 +72,26 @@ impl Postgres {
                 "UTF8",
             ],
         );
-        let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+        if !setup.hba.is_empty() {
+            let hba = data.join("pg_hba.conf");
+            let mut text = std::fs::read_to_string(&hba).expect("initdb wrote pg_hba.conf");
+            for line in &setup.hba {
+                text.push_str(line);
+                text.push('\n');
+            }
+            std::fs::write(&hba, text).expect("pg_hba.conf is written");
+        }
+        let listen = std::iter::once("127.0.0.1".to_owned())
+            .chain(setup.listen.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut options = format!(
+            "-p {port} -c listen_addresses={listen} -k {} -c fsync=off -c max_connections=200",
             cluster.dir.path().display()
         );
+        for setting in &setup.settings {
+            options.push_str(&format!(" -c {setting}"));
+        }
         cluster.run(
             "pg_ctl",
             &[
@@ -87,6 +119,47 @@ impl Postgres {
     pub fn create_database(&self, name: &str) -> String {
         self.sql("postgres", &format!("CREATE DATABASE {name}"));
         self.url(name)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// The rows a query returns in `database`, as psql prints them unaligned (`|` between
+    /// columns, a line a row).
+    pub fn query(&self, database: &str, statement: &str) -> String {
+        let output = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "gptimage",
+            ])
+            .args([
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tA",
+                "-d",
+                database,
+                "-c",
+                statement,
+            ])
+            .output()
+            .expect("psql runs");
+        assert!(
+            output.status.success(),
+            "psql {statement}: {}",
+            text(&output)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
     /// Runs one SQL statement in `database` as the superuser.

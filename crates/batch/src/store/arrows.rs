@@ -1,0 +1,423 @@
+//! One function per arrow of the state table in ARCHITECTURE.md, each one committed
+//! transaction whose `UPDATE` names the state the line leaves and, for a worker's arrows, that
+//! the worker still holds it: a worker counted out can move nothing.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use gptimage::types::CREDITS_PER_TASK;
+
+use super::{HELD, Store, Worker, now_ms};
+use crate::Error;
+use crate::machine::{Actor, LineState};
+
+/// How [`Store::start_submitting`] went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitting {
+    /// Committed as submitting; its images are named after this.
+    Named(String),
+    /// The batch's budget allows no more tasks: nothing was committed, nothing may be sent.
+    OverBudget {
+        /// The budget, in credits.
+        budget: u64,
+    },
+}
+
+/// When a line let go without progress may be claimed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// After this long (its setbacks back off).
+    After(Duration),
+    /// Not in this run: at the start of a later one (the service no longer knows its task,
+    /// will not serve its images, or its wait outlasted the deadline).
+    NextRun,
+}
+
+/// Names one unknown outcome: line `line`'s submission number `submission`. `batch-status`
+/// prints one for each line of unknown outcome, and `--resubmit-unknown` sends again only the
+/// lines whose token the user names, after checking the account holds no task for them. A
+/// line sent again that becomes unknown again has a new token, so a command repeated as it was
+/// (by a supervisor, say) never resends an outcome nobody has looked at.
+///
+/// ```
+/// use gptimage_batch::OutcomeToken;
+///
+/// let token: OutcomeToken = "12.1".parse().unwrap();
+/// assert_eq!((token.line, token.submission), (12, 1));
+/// assert_eq!(token.to_string(), "12.1");
+/// assert!("12".parse::<OutcomeToken>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutcomeToken {
+    /// The line's 1-based number in the file.
+    pub line: u64,
+    /// Which of its submissions had the unknown outcome (1 for the first).
+    pub submission: u64,
+}
+
+impl fmt::Display for OutcomeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.line, self.submission)
+    }
+}
+
+impl FromStr for OutcomeToken {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        let parsed = text
+            .trim()
+            .split_once('.')
+            .and_then(|(line, submission)| Some((line.parse().ok()?, submission.parse().ok()?)));
+        match parsed {
+            Some((line, submission)) if line > 0 => Ok(OutcomeToken { line, submission }),
+            _ => Err(Error::BadToken(text.to_owned())),
+        }
+    }
+}
+
+impl Store {
+    /// `pending → submitting`, committed before the POST goes out, with the task's credits
+    /// counted against the batch's stored budget (all credits this batch may commit, across
+    /// runs and workers) in the same transaction: the budget is exact however many workers
+    /// run. The line's images get the first of `names` no other line has, without regard to
+    /// case. An error means nothing may be sent.
+    pub async fn start_submitting(
+        &self,
+        worker: &Worker,
+        item: u64,
+        line: u64,
+        names: &[String],
+        prompt: &str,
+    ) -> Result<Submitting, Error> {
+        for name in names {
+            let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+            let within = sqlx::query(
+                "UPDATE gptimage_batch SET committed = committed + $1
+                 WHERE one = 1 AND (budget IS NULL OR committed + $1 <= budget)",
+            )
+            .bind(CREDITS_PER_TASK as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?;
+            if within.rows_affected() == 0 {
+                let budget: Option<i64> =
+                    sqlx::query_scalar("SELECT budget FROM gptimage_batch WHERE one = 1")
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(|e| self.error(e))?;
+                return Ok(Submitting::OverBudget {
+                    budget: budget.unwrap_or_default().max(0) as u64,
+                });
+            }
+            let result = sqlx::query(
+                "UPDATE gptimage_lines SET state = 'submitting', worker = $2, line = $3,
+                 name = $4, prompt = $5, submissions = submissions + 1, retry_at = NULL
+                 WHERE item = $1 AND state = 'pending' AND owner = $2
+                 AND EXISTS (SELECT 1 FROM gptimage_workers WHERE id = $2 AND status = 'running')",
+            )
+            .bind(item as i64)
+            .bind(worker.id())
+            .bind(line as i64)
+            .bind(name.clone())
+            .bind(prompt.to_owned())
+            .execute(&mut *tx)
+            .await;
+            match result {
+                Ok(done) if done.rows_affected() == 1 => {
+                    tx.commit().await.map_err(|e| self.error(e))?;
+                    return Ok(Submitting::Named(name.clone()));
+                }
+                Ok(_) => return Err(self.lost()),
+                // The transaction is dropped (rolled back) with its credits; try the next name.
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => continue,
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+        Err(self.error(format!("line {line}: every name for its images is taken")))
+    }
+
+    /// `pending → invalid`: the line cannot be sent as it is.
+    pub async fn invalid(
+        &self,
+        worker: &Worker,
+        item: u64,
+        line: u64,
+        prompt: &str,
+        reason: &str,
+    ) -> Result<(), Error> {
+        self.transition(
+            sqlx::query(
+                "UPDATE gptimage_lines SET state = 'invalid', owner = NULL, worker = $2,
+                 line = $3, prompt = $4, error_kind = 'invalid_request', error_message = $5
+                 WHERE item = $1 AND state = 'pending' AND owner = $2",
+            )
+            .bind(item as i64)
+            .bind(worker.id())
+            .bind(line as i64)
+            .bind(prompt.to_owned())
+            .bind(reason.to_owned()),
+            0,
+        )
+        .await
+    }
+
+    /// `submitting → submitted`: the service named the task. Also from `unknown`, for a worker
+    /// presumed dead that learned its answer after all (the id is better than no id).
+    pub async fn submitted(&self, worker: &Worker, item: u64, task_id: &str) -> Result<(), Error> {
+        self.transition(
+            sqlx::query(
+                "UPDATE gptimage_lines SET state = 'submitted', task_id = $3, error_kind = NULL,
+                 error_message = NULL, setbacks = 0
+                 WHERE item = $1 AND worker = $2 AND state IN ('submitting', 'unknown')",
+            )
+            .bind(item as i64)
+            .bind(worker.id())
+            .bind(task_id.to_owned()),
+            0,
+        )
+        .await
+    }
+
+    /// `submitting → refused` (no task exists, so a later start may send it again, and its
+    /// credits are not committed) or `submitting → unknown` (a task may exist: its credits stay
+    /// counted).
+    pub async fn not_submitted(
+        &self,
+        worker: &Worker,
+        item: u64,
+        state: LineState,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), Error> {
+        debug_assert!(LineState::Submitting.may_become(state, Actor::Worker));
+        let refund = if state == LineState::Refused {
+            CREDITS_PER_TASK
+        } else {
+            0
+        };
+        self.transition(
+            sqlx::query(
+                "UPDATE gptimage_lines SET state = $3, owner = NULL, error_kind = $4,
+                 error_message = $5 WHERE item = $1 AND worker = $2 AND state = 'submitting'",
+            )
+            .bind(item as i64)
+            .bind(worker.id())
+            .bind(state.as_str())
+            .bind(kind.to_owned())
+            .bind(message.to_owned()),
+            refund,
+        )
+        .await
+    }
+
+    /// `submitted → done`, with where its images went (already on disk, and their folder
+    /// synced, so `done` never outlives its files).
+    pub async fn done(
+        &self,
+        worker: &Worker,
+        item: u64,
+        images: &[String],
+        files: &[PathBuf],
+        credits: Option<u64>,
+    ) -> Result<(), Error> {
+        let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        self.transition(
+            sqlx::query(
+                "UPDATE gptimage_lines SET state = 'done', owner = NULL, images = $3, files = $4,
+                 credits = $5, error_kind = NULL, error_message = NULL, setbacks = 0
+                 WHERE item = $1 AND owner = $2 AND state = 'submitted'",
+            )
+            .bind(item as i64)
+            .bind(worker.id())
+            .bind(serde_json::to_string(images).unwrap_or_default())
+            .bind(serde_json::to_string(&files).unwrap_or_default())
+            .bind(credits.map(|c| c as i64)),
+            0,
+        )
+        .await
+    }
+
+    /// `submitted → failed`: the task ended `FAILED`, and the service gave its credits back.
+    pub async fn failed(
+        &self,
+        worker: &Worker,
+        item: u64,
+        message: &str,
+        credits: Option<u64>,
+    ) -> Result<(), Error> {
+        self.transition(
+            sqlx::query(
+                "UPDATE gptimage_lines SET state = 'failed', owner = NULL, credits = $3,
+                 error_kind = 'task_failed', error_message = $4, setbacks = 0
+                 WHERE item = $1 AND owner = $2 AND state = 'submitted'",
+            )
+            .bind(item as i64)
+            .bind(worker.id())
+            .bind(credits.map(|c| c as i64))
+            .bind(message.to_owned()),
+            CREDITS_PER_TASK,
+        )
+        .await
+    }
+
+    /// Lets go of a line the worker holds without moving it and through no fault of the line:
+    /// a pending line it did not send, or a submitted one whose wait was interrupted (the user
+    /// stopped the run, the account was refused, the output folder failed). The reason, if any,
+    /// is kept for reports until the line moves on.
+    pub async fn release(
+        &self,
+        worker: &Worker,
+        item: u64,
+        reason: Option<(&str, &str)>,
+    ) -> Result<(), Error> {
+        self.transition(
+            sqlx::query(
+                "UPDATE gptimage_lines SET owner = NULL, error_kind = $3, error_message = $4
+                 WHERE item = $1 AND owner = $2 AND state IN ('pending', 'submitted')",
+            )
+            .bind(item as i64)
+            .bind(worker.id())
+            .bind(reason.map(|(k, _)| k.to_owned()))
+            .bind(reason.map(|(_, m)| m.to_owned())),
+            0,
+        )
+        .await
+    }
+
+    /// Lets go of a submitted line that could not progress (its wait or download failed), with
+    /// the reason, counting one more setback, and holds it back as `retry` says: for a while
+    /// (its retries back off), or until a later run. It stays `submitted` with its task id:
+    /// nothing is ever resubmitted for it.
+    pub async fn set_back(
+        &self,
+        worker: &Worker,
+        item: u64,
+        (kind, message): (&str, &str),
+        retry: Retry,
+    ) -> Result<(), Error> {
+        let retry_at = match retry {
+            // A time, never the mark of a line held until a later run.
+            Retry::After(delay) => now_ms()
+                .saturating_add(delay.as_millis().min(i64::MAX as u128) as i64)
+                .min(HELD - 1),
+            Retry::NextRun => HELD,
+        };
+        self.transition(
+            sqlx::query(
+                "UPDATE gptimage_lines SET owner = NULL, error_kind = $3, error_message = $4,
+                 setbacks = setbacks + 1, retry_at = $5
+                 WHERE item = $1 AND owner = $2 AND state = 'submitted'",
+            )
+            .bind(item as i64)
+            .bind(worker.id())
+            .bind(kind.to_owned())
+            .bind(message.to_owned())
+            .bind(retry_at),
+            0,
+        )
+        .await
+    }
+
+    /// A new run is a retry: lines held back (until a later run, or for a while) become
+    /// claimable again, and refused lines (no task was made) pending. Returns how many lines
+    /// were refused before.
+    pub async fn start_run(&self) -> Result<u64, Error> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        sqlx::query(
+            "UPDATE gptimage_lines SET retry_at = NULL
+             WHERE retry_at IS NOT NULL AND state IN ('pending', 'submitted')",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.error(e))?;
+        let refused = sqlx::query(
+            "UPDATE gptimage_lines SET state = 'pending', owner = NULL, error_kind = NULL,
+             error_message = NULL WHERE state = 'refused'",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.error(e))?
+        .rows_affected();
+        tx.commit().await.map_err(|e| self.error(e))?;
+        Ok(refused)
+    }
+
+    /// `unknown → pending`, only on the user's explicit word: each of `tokens` names an
+    /// unknown outcome the user checked (the account holds no task for it). A line whose
+    /// outcome is unknown again since (a later submission) does not match its old token and is
+    /// not sent. Their credits are no longer counted as committed: the user says no task
+    /// exists. Returns the tokens that matched no line of unknown outcome.
+    pub async fn resubmit_unknown(
+        &self,
+        tokens: &[OutcomeToken],
+    ) -> Result<Vec<OutcomeToken>, Error> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let mut unmatched = Vec::new();
+        let mut moved = 0;
+        for token in tokens {
+            let done = sqlx::query(
+                "UPDATE gptimage_lines SET state = 'pending', owner = NULL, task_id = NULL,
+                 error_kind = NULL, error_message = NULL, retry_at = NULL
+                 WHERE state = 'unknown' AND line = $1 AND submissions = $2",
+            )
+            .bind(token.line.min(i64::MAX as u64) as i64)
+            .bind(token.submission.min(i64::MAX as u64) as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?
+            .rows_affected();
+            if done == 0 {
+                unmatched.push(*token);
+            }
+            moved += done;
+        }
+        self.give_back(&mut tx, moved * CREDITS_PER_TASK).await?;
+        tx.commit().await.map_err(|e| self.error(e))?;
+        Ok(unmatched)
+    }
+
+    /// One arrow: `query` must move exactly one line (else this worker no longer holds it),
+    /// giving `refund` committed credits back in the same transaction.
+    async fn transition(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+        refund: u64,
+    ) -> Result<(), Error> {
+        if refund == 0 {
+            // One statement is a transaction of its own.
+            return match query.execute(&self.pool).await {
+                Ok(done) if done.rows_affected() == 1 => Ok(()),
+                Ok(_) => Err(self.lost()),
+                Err(e) => Err(self.error(e)),
+            };
+        }
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let moved = query.execute(&mut *tx).await.map_err(|e| self.error(e))?;
+        if moved.rows_affected() != 1 {
+            return Err(self.lost());
+        }
+        self.give_back(&mut tx, refund).await?;
+        tx.commit().await.map_err(|e| self.error(e))
+    }
+
+    /// Takes `credits` off what the batch has committed, inside the transaction that made them
+    /// uncommitted.
+    async fn give_back(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        credits: u64,
+    ) -> Result<(), Error> {
+        if credits == 0 {
+            return Ok(());
+        }
+        sqlx::query("UPDATE gptimage_batch SET committed = committed - $1 WHERE one = 1")
+            .bind(credits as i64)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,301 @@
+//! Workers joining and leaving a batch, the lock that says a worker is alive, and reaping the
+//! lines of workers that died.
+//!
+//! A worker's liveness is a lock only a live process holds: an exclusive lock on a file beside
+//! a SQLite database, or a session advisory lock in PostgreSQL. Both vanish with the process
+//! (or its database session, which the server ends within about 25 s of losing the client:
+//! see `schema.rs`), so
+//! a killed or cut-off worker is counted out without anyone trusting a clock.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::{AnyConnection, Connection};
+
+use super::{Backend, PG_LOCK_CLASS, Store};
+use crate::Error;
+
+/// How long a worker waits for the state to confirm its liveness lock before it counts itself
+/// out: a worker that cannot reach its state cannot record anything, so it must stop sending.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A worker's identity in the state, and the lock that makes it alive.
+pub struct Worker {
+    id: i64,
+    liveness: Liveness,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Worker({})", self.id)
+    }
+}
+
+impl Worker {
+    /// The worker's id in the state.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+}
+
+enum Liveness {
+    /// Held for its `Drop`: the lock lives exactly as long as the worker.
+    #[expect(dead_code, reason = "held, never read")]
+    LockFile(LockFile),
+    /// The session holding the advisory lock, and the server process behind it: a pooler that
+    /// hands the session's statements to another server process is caught by the change.
+    Session {
+        conn: tokio::sync::Mutex<AnyConnection>,
+        backend_pid: i32,
+    },
+}
+
+/// A held lock file, removed when the worker leaves.
+struct LockFile {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether this session holds worker `$2`'s advisory lock, and which server process it is.
+const HOLDS_LOCK: &str = "SELECT pg_backend_pid(), CAST((SELECT COUNT(*) FROM pg_locks
+     WHERE locktype = 'advisory' AND classid = CAST($1 AS OID) AND objid = CAST($2 AS OID)
+     AND objsubid = 2 AND pid = pg_backend_pid() AND granted) AS BIGINT)";
+
+impl Store {
+    /// Registers a worker writing to `out`. Its lock is taken before its row exists, so no
+    /// other worker can see it without its lock and think it dead.
+    pub async fn join(&self, out: &Path) -> Result<Worker, Error> {
+        for _ in 0..16 {
+            let id = i64::from(random_id());
+            let liveness = match &self.backend {
+                Backend::Sqlite { path } => {
+                    let path = lock_path(path, id);
+                    let file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| self.error(e))?;
+                    if file.try_lock().is_err() {
+                        continue;
+                    }
+                    Liveness::LockFile(LockFile { path, _file: file })
+                }
+                Backend::Postgres => {
+                    let mut conn = AnyConnection::connect(&self.url.connect_url(true)?)
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    super::schema::configure(&mut conn)
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                        .bind(PG_LOCK_CLASS)
+                        .bind(id as i32)
+                        .fetch_one(&mut conn)
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    if !locked {
+                        continue;
+                    }
+                    let (backend_pid, held): (i32, i64) = sqlx::query_as(HOLDS_LOCK)
+                        .bind(PG_LOCK_CLASS)
+                        .bind(id as i32)
+                        .fetch_one(&mut conn)
+                        .await
+                        .map_err(|e| self.error(e))?;
+                    if held != 1 {
+                        return Err(self.pooled());
+                    }
+                    Liveness::Session {
+                        conn: tokio::sync::Mutex::new(conn),
+                        backend_pid,
+                    }
+                }
+            };
+            let inserted = sqlx::query(
+                "INSERT INTO gptimage_workers (id, host, pid, out_dir, status)
+                 VALUES ($1, $2, $3, $4, 'running') ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(host_name())
+            .bind(i64::from(std::process::id()))
+            .bind(out.display().to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
+            if inserted.rows_affected() == 1 {
+                return Ok(Worker { id, liveness });
+            }
+        }
+        Err(self.error("could not pick an unused worker id"))
+    }
+
+    fn pooled(&self) -> Error {
+        Error::Pooled {
+            url: self.url.clone(),
+        }
+    }
+
+    /// Whether `worker` still holds its liveness lock, confirmed by the state within 10 s. A
+    /// worker that lost it (its session ended, or moved to another server process behind a
+    /// pooler), or cannot reach the state to tell, must stop sending: others may already count
+    /// it dead.
+    pub async fn still_alive(&self, worker: &Worker) -> Result<(), Error> {
+        let Liveness::Session { conn, backend_pid } = &worker.liveness else {
+            return Ok(());
+        };
+        let check = async {
+            let mut conn = conn.lock().await;
+            sqlx::query_as::<_, (i32, i64)>(HOLDS_LOCK)
+                .bind(PG_LOCK_CLASS)
+                .bind(worker.id as i32)
+                .fetch_one(&mut *conn)
+                .await
+        };
+        match tokio::time::timeout(LIVENESS_TIMEOUT, check).await {
+            Ok(Ok((pid, 1))) if pid == *backend_pid => Ok(()),
+            Ok(Ok((pid, _))) if pid != *backend_pid => Err(self.pooled()),
+            _ => Err(self.lost()),
+        }
+    }
+
+    /// Finds workers that died (their lock is free) and settles their lines: what they were
+    /// submitting becomes `unknown`, never `pending`; what they held otherwise becomes
+    /// claimable. Returns how many workers were found dead.
+    pub async fn reap(&self, me: &Worker) -> Result<u64, Error> {
+        let others: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM gptimage_workers WHERE status = 'running' AND id <> $1",
+        )
+        .bind(me.id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        let mut dead = 0;
+        for id in others {
+            if self.is_alive(id).await? {
+                continue;
+            }
+            dead += 1;
+            sqlx::query("UPDATE gptimage_workers SET status = 'dead' WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        // Settles every departed worker's lines, including any a racing transaction committed
+        // after an earlier sweep.
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        sqlx::query(
+            "UPDATE gptimage_lines SET state = 'unknown', error_kind = 'outcome_unknown',
+             error_message = 'the worker sending it stopped before it learned the answer'
+             WHERE state = 'submitting'
+             AND owner IN (SELECT id FROM gptimage_workers WHERE status <> 'running')",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.error(e))?;
+        sqlx::query(
+            "UPDATE gptimage_lines SET owner = NULL WHERE state IN ('pending', 'submitted')
+             AND owner IN (SELECT id FROM gptimage_workers WHERE status <> 'running')",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.error(e))?;
+        tx.commit().await.map_err(|e| self.error(e))?;
+        Ok(dead)
+    }
+
+    async fn is_alive(&self, id: i64) -> Result<bool, Error> {
+        match &self.backend {
+            Backend::Sqlite { path } => {
+                let Ok(file) = std::fs::File::open(lock_path(path, id)) else {
+                    return Ok(false);
+                };
+                match file.try_lock_shared() {
+                    Ok(()) => Ok(false),
+                    Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+                    Err(std::fs::TryLockError::Error(e)) => Err(self.error(e)),
+                }
+            }
+            Backend::Postgres => {
+                let mut conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
+                let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                    .bind(PG_LOCK_CLASS)
+                    .bind(id as i32)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                if free {
+                    sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                        .bind(PG_LOCK_CLASS)
+                        .bind(id as i32)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| self.error(e))?;
+                }
+                Ok(!free)
+            }
+        }
+    }
+
+    /// The worker leaves: its held lines become claimable, and it stops counting as running.
+    pub async fn leave(&self, worker: &Worker) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        sqlx::query("UPDATE gptimage_workers SET status = 'stopped' WHERE id = $1")
+            .bind(worker.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?;
+        sqlx::query(
+            "UPDATE gptimage_lines SET owner = NULL WHERE owner = $1
+             AND state IN ('pending', 'submitted')",
+        )
+        .bind(worker.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.error(e))?;
+        tx.commit().await.map_err(|e| self.error(e))
+    }
+
+    /// Whether a worker other than `me` still holds a line it may finish.
+    pub async fn others_busy(&self, me: &Worker) -> Result<bool, Error> {
+        let busy: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM gptimage_lines WHERE owner IS NOT NULL AND owner <> $1
+             AND state IN ('pending', 'submitting', 'submitted')",
+        )
+        .bind(me.id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        Ok(busy > 0)
+    }
+}
+
+/// The lock file of worker `id` of the SQLite state at `db`.
+fn lock_path(db: &Path, id: i64) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".worker-{id}.lock"));
+    db.with_file_name(name)
+}
+
+/// A random positive 31-bit worker id (PostgreSQL's advisory locks take 32-bit keys).
+fn random_id() -> i32 {
+    use std::hash::{BuildHasher, RandomState};
+    let seed = (std::process::id(), std::time::SystemTime::now());
+    (RandomState::new().hash_one(seed) & 0x7fff_ffff) as i32
+}
+
+/// This machine's name, for reports of who is working; empty when unknown.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}

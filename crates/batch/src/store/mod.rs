@@ -1,0 +1,315 @@
+//! Where a batch's state lives: SQLite (a file, the default) or PostgreSQL (shared by workers on
+//! many machines), through sqlx's runtime-chosen driver, with the same SQL for both but the claim.
+//!
+//! Every arrow of [`crate::machine`] is one method, one committed transaction; each `UPDATE`
+//! names the state it moves a line from, so a transition the machine forbids cannot happen,
+//! whatever two workers do at once. The module is split by concern:
+//!
+//! - `schema`: the tables, the migration of an older state, each connection's settings;
+//! - `liveness`: a worker joining and leaving, its liveness lock, and reaping the dead;
+//! - `claim`: taking a line (never one held back, nor one waiting out a setback);
+//! - `arrows`: one function per arrow of the state table;
+//! - `read`: counts, pages of lines, and summaries by reason, for reports.
+
+mod arrows;
+mod claim;
+mod liveness;
+mod read;
+mod schema;
+mod url;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool, Connection};
+
+use crate::{Error, Source};
+
+pub use arrows::{OutcomeToken, Retry, Submitting};
+pub use claim::Claim;
+pub use liveness::Worker;
+pub use read::{LineRecord, Pages, Progress, Reason};
+pub use url::StateUrl;
+
+/// `retry_at` of a line held back until a later run (rather than until an instant): a task the
+/// service no longer knows, images it will not serve, a wait that outlasted its deadline.
+const HELD: i64 = i64::MAX;
+
+/// The advisory-lock namespace of gptimage workers in PostgreSQL ("gpti").
+const PG_LOCK_CLASS: i32 = 0x6770_7469;
+
+/// Which database the state is in: they differ in one statement (the claim) and in how a dead
+/// worker is told from a live one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Backend {
+    Sqlite { path: PathBuf },
+    Postgres,
+}
+
+/// The open state of a batch.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    url: StateUrl,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.url).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating when missing) the state at `url`, with the schema in place.
+    pub async fn open(url: &StateUrl) -> Result<Self, Error> {
+        Self::connect(url, true).await
+    }
+
+    /// Opens an existing state to look at it, changing nothing; a missing SQLite file is an
+    /// error, not a new state.
+    pub async fn open_existing(url: &StateUrl) -> Result<Self, Error> {
+        if let StateUrl::Sqlite(path) = url
+            && !path.is_file()
+        {
+            return Err(Error::NoState { url: url.clone() });
+        }
+        let store = Self::connect(url, false).await?;
+        if store.backend == Backend::Postgres {
+            let tables: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'gptimage_batch'
+                 AND table_schema = ANY (current_schemas(false))",
+            )
+            .fetch_one(&store.pool)
+            .await
+            .map_err(|e| store.error(e))?;
+            if tables == 0 {
+                return Err(Error::NoState { url: url.clone() });
+            }
+        }
+        Ok(store)
+    }
+
+    async fn connect(url: &StateUrl, create: bool) -> Result<Self, Error> {
+        sqlx::any::install_default_drivers();
+        let backend = match url {
+            StateUrl::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+                    && create
+                {
+                    std::fs::create_dir_all(parent).map_err(|e| state_error(url, e))?;
+                }
+                refuse_network_file_system(path)?;
+                Backend::Sqlite { path: path.clone() }
+            }
+            StateUrl::Postgres(_) => Backend::Postgres,
+        };
+        let connect_url = url.connect_url(create)?;
+        // The first connection is made by hand: a pool retries a failing connect until its
+        // timeout and then reports only that, where this reports the cause (a full disk, a
+        // refused password) at once.
+        let mut first = AnyConnection::connect(&connect_url)
+            .await
+            .map_err(|e| state_error(url, e))?;
+        schema::configure(&mut first)
+            .await
+            .map_err(|e| state_error(url, e))?;
+        if create {
+            schema::create(&mut first, &backend)
+                .await
+                .map_err(|e| state_error(url, e))?;
+        }
+        first.close().await.map_err(|e| state_error(url, e))?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(60))
+            .after_connect(|conn, _| Box::pin(schema::configure(conn)))
+            .connect_lazy(&connect_url)
+            .map_err(|e| state_error(url, e))?;
+        Ok(Self {
+            pool,
+            url: url.clone(),
+            backend,
+        })
+    }
+
+    /// Where this state is.
+    pub fn url(&self) -> &StateUrl {
+        &self.url
+    }
+
+    fn error(&self, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+        state_error(&self.url, e)
+    }
+
+    fn lost(&self) -> Error {
+        Error::LostWorker {
+            url: self.url.clone(),
+        }
+    }
+
+    /// Binds the state to `source`'s batch, or refuses a state that belongs to another file.
+    pub async fn bind(&self, source: &Source) -> Result<(), Error> {
+        let name = source
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO gptimage_batch (one, batch_id, file_name, items) VALUES (1, $1, $2, $3)
+             ON CONFLICT (one) DO NOTHING",
+        )
+        .bind(source.id().to_owned())
+        .bind(name)
+        .bind(source.len() as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        let progress = self.progress().await?;
+        if progress.batch_id != source.id() {
+            return Err(Error::OtherBatch {
+                url: self.url.clone(),
+                file: source.path().to_path_buf(),
+                theirs: progress.file_name,
+                their_lines: progress.lines,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets the batch's credit budget, which every worker obeys from its next submission on,
+    /// whether or not it was given one; returns the budget it replaces. The budget belongs to
+    /// the batch, not to a run: a worker started without one keeps the stored one.
+    pub async fn set_budget(&self, credits: u64) -> Result<Option<u64>, Error> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let before: Option<i64> =
+            sqlx::query_scalar("SELECT budget FROM gptimage_batch WHERE one = 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.error(e))?
+                .flatten();
+        sqlx::query("UPDATE gptimage_batch SET budget = $1 WHERE one = 1")
+            .bind(credits.min(i64::MAX as u64) as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?;
+        tx.commit().await.map_err(|e| self.error(e))?;
+        Ok(before.map(|b| b as u64))
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Now, as the milliseconds since 1970 that `retry_at` holds. Used only to space out retries
+/// of a line: no promise depends on two machines' clocks agreeing.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().min(i64::MAX as u128 / 2) as i64)
+}
+
+fn state_error(url: &StateUrl, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    Error::State {
+        url: url.clone(),
+        source: Arc::from(e.into()),
+    }
+}
+
+/// File systems whose byte-range locks SQLite cannot rely on: two workers could both believe
+/// they hold a line, and pay for it twice.
+const NETWORK_FILE_SYSTEMS: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "afs",
+    "ncpfs",
+    "fuse.sshfs",
+    "fuse.rclone",
+];
+
+/// Refuses a SQLite state on a network file system, where it can be told (Linux's mount table).
+fn refuse_network_file_system(database: &Path) -> Result<(), Error> {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Ok(());
+    };
+    let folder = database
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(folder) = folder.canonicalize() else {
+        return Ok(());
+    };
+    match network_file_system(&mounts, &folder) {
+        Some((file_system, mount)) => Err(Error::NetworkFileSystem {
+            path: database.to_path_buf(),
+            file_system,
+            mount,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The network file system (its type and mount point) that holds `folder`, according to the
+/// mount table `mountinfo` (the format of `/proc/self/mountinfo`): the deepest mount that
+/// contains it decides.
+fn network_file_system(mountinfo: &str, folder: &Path) -> Option<(String, PathBuf)> {
+    let mut best: Option<(PathBuf, String)> = None;
+    for line in mountinfo.lines() {
+        let (before, after) = line.split_once(" - ")?;
+        let Some(mount) = before.split(' ').nth(4) else {
+            continue;
+        };
+        let Some(file_system) = after.split(' ').next() else {
+            continue;
+        };
+        // Spaces, tabs, newlines and backslashes in a mount point are written in octal.
+        let mount = PathBuf::from(
+            mount
+                .replace("\\040", " ")
+                .replace("\\011", "\t")
+                .replace("\\012", "\n")
+                .replace("\\134", "\\"),
+        );
+        let deeper = best
+            .as_ref()
+            .is_none_or(|(b, _)| mount.components().count() >= b.components().count());
+        if folder.starts_with(&mount) && deeper {
+            best = Some((mount, file_system.to_owned()));
+        }
+    }
+    best.filter(|(_, fs)| NETWORK_FILE_SYSTEMS.contains(&fs.as_str()))
+        .map(|(mount, fs)| (fs, mount))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTS: &str = "\
+22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:35 / /mnt/shared rw,relatime shared:20 - nfs4 filer:/export rw,vers=4.2
+41 40 253:2 / /mnt/shared/local\\040disk rw shared:21 - xfs /dev/vdb rw
+42 22 0:36 / /srv/smb rw - cifs //nas/share rw
+";
+
+    #[test]
+    fn the_deepest_mount_decides_whether_a_folder_is_on_a_network() {
+        let on = |p: &str| network_file_system(MOUNTS, Path::new(p));
+        assert_eq!(
+            on("/mnt/shared/results"),
+            Some(("nfs4".into(), "/mnt/shared".into()))
+        );
+        assert_eq!(on("/srv/smb"), Some(("cifs".into(), "/srv/smb".into())));
+        assert_eq!(on("/mnt/shared/local disk/results"), None);
+        assert_eq!(on("/home/me/results"), None);
+        // A name that merely starts like a mount point is not below it.
+        assert_eq!(on("/mnt/sharedother"), None);
+    }
+}

@@ -1,0 +1,144 @@
+//! The tables of a batch's state, how an older state is brought up to date, and the settings
+//! every connection runs with (durability, bounded lock waits, a server that notices a vanished
+//! worker).
+
+use sqlx::{AnyConnection, Connection};
+
+use super::{Backend, PG_LOCK_CLASS};
+
+/// The schema: one batch, its workers, and a row for each line a worker has claimed. Lines not
+/// yet claimed have no row: `claimed` counts them out, in file order.
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS gptimage_batch (
+        one BIGINT PRIMARY KEY CHECK (one = 1),
+        batch_id TEXT NOT NULL,
+        file_name TEXT NOT NULL,
+        items BIGINT NOT NULL,
+        claimed BIGINT NOT NULL DEFAULT 0,
+        committed BIGINT NOT NULL DEFAULT 0,
+        budget BIGINT,
+        created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+    "CREATE TABLE IF NOT EXISTS gptimage_workers (
+        id BIGINT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        out_dir TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('running', 'stopped', 'dead')),
+        started_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+    "CREATE TABLE IF NOT EXISTS gptimage_lines (
+        item BIGINT PRIMARY KEY,
+        line BIGINT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'submitting', 'submitted', 'done',
+            'failed', 'refused', 'unknown', 'invalid')),
+        owner BIGINT,
+        worker BIGINT,
+        name TEXT UNIQUE,
+        prompt TEXT NOT NULL DEFAULT '',
+        task_id TEXT,
+        images TEXT,
+        files TEXT,
+        credits BIGINT,
+        error_kind TEXT,
+        error_message TEXT,
+        submissions BIGINT NOT NULL DEFAULT 0,
+        setbacks BIGINT NOT NULL DEFAULT 0,
+        retry_at BIGINT)",
+    "CREATE INDEX IF NOT EXISTS gptimage_lines_claimable ON gptimage_lines (state, owner, item)",
+];
+
+/// Columns added since the first schema: `(table, column, definition)`. An older state gains
+/// them when a worker opens it; their defaults describe its rows truthfully (no submission
+/// counted, no setback, nothing held back, no budget).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("gptimage_batch", "budget", "BIGINT"),
+    ("gptimage_lines", "submissions", "BIGINT NOT NULL DEFAULT 0"),
+    ("gptimage_lines", "setbacks", "BIGINT NOT NULL DEFAULT 0"),
+    ("gptimage_lines", "retry_at", "BIGINT"),
+];
+
+/// Statements that follow the columns: a line's image names are unique without regard to case,
+/// so two lines never write one file on a case-insensitive disk (macOS, Windows). Names are
+/// ASCII (see [`stem`](crate::stem)), where SQLite's and PostgreSQL's `LOWER` agree.
+const AFTER_COLUMNS: &[&str] = &[
+    "CREATE UNIQUE INDEX IF NOT EXISTS gptimage_lines_name_nocase ON gptimage_lines (LOWER(name))",
+];
+
+/// Settings of every connection.
+///
+/// SQLite: every commit reaches the disk before it returns, and writers from several processes
+/// wait their turn rather than fail.
+///
+/// PostgreSQL, whatever the server's defaults: a commit is durable on the server before it
+/// returns (`synchronous_commit`), so `submitting` is on disk before the POST; a worker stopped
+/// in the middle of a transaction holds its locks at most 30 s (`idle_in_transaction_session_
+/// timeout`), and a statement waits for a lock at most 90 s (`lock_timeout`, longer than that,
+/// so a live worker outlasts a stuck one); and the server ends the session of a client it
+/// cannot hear from (a partition, a dead machine, a pulled cable) within about 25 s: keepalive
+/// probes after 10 s of silence, 5 s apart, 3 unanswered, and unacknowledged data given up
+/// after 25 s. Its liveness lock ends with it, and the other workers, reaping every 2 s, take
+/// its lines within the documented 30 s. Each is a per-session setting any user may change, managed
+/// services included (PostgreSQL 12 or newer, for `tcp_user_timeout`).
+pub(super) async fn configure(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    let settings = match conn.backend_name() {
+        "SQLite" => {
+            "PRAGMA synchronous = FULL; PRAGMA busy_timeout = 60000; PRAGMA foreign_keys = ON"
+        }
+        "PostgreSQL" => {
+            "SET synchronous_commit = on;
+             SET idle_in_transaction_session_timeout = '30s';
+             SET lock_timeout = '90s';
+             SET tcp_keepalives_idle = 10;
+             SET tcp_keepalives_interval = 5;
+             SET tcp_keepalives_count = 3;
+             SET tcp_user_timeout = 25000"
+        }
+        _ => return Ok(()),
+    };
+    sqlx::raw_sql(settings).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Creates the tables when missing and brings an older state's up to date, in one transaction.
+pub(super) async fn create(conn: &mut AnyConnection, backend: &Backend) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    if *backend == Backend::Postgres {
+        // Concurrent CREATE TABLE IF NOT EXISTS can collide in PostgreSQL's catalog.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+            .bind(PG_LOCK_CLASS)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for statement in SCHEMA {
+        sqlx::query(*statement).execute(&mut *tx).await?;
+    }
+    for (table, column, definition) in ADDED_COLUMNS {
+        let columns_query = match backend {
+            Backend::Sqlite { .. } => "SELECT name FROM pragma_table_info($1)",
+            Backend::Postgres => {
+                "SELECT CAST(column_name AS TEXT) FROM information_schema.columns
+                 WHERE table_name = $1 AND table_schema = ANY (current_schemas(false))"
+            }
+        };
+        let columns: Vec<String> = sqlx::query_scalar(columns_query)
+            .bind(*table)
+            .fetch_all(&mut *tx)
+            .await?;
+        if !columns.iter().any(|c| c == column) {
+            let alter = format!("ALTER TABLE {table} ADD COLUMN {column} {definition}");
+            sqlx::query(sqlx::AssertSqlSafe(alter))
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    for statement in AFTER_COLUMNS {
+        sqlx::query(*statement).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    if let Backend::Sqlite { .. } = backend {
+        // WAL: readers never block the writer. The mode is kept in the file.
+        sqlx::raw_sql("PRAGMA journal_mode = WAL")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
