@@ -419,12 +419,21 @@ pub const TLS_BUILDS: &[(&str, Option<&str>)] = &[
     ("async,blocking", None),
 ];
 
-/// The facade's feature sets that `cargo xtask ci` builds, beyond its default and
-/// `--all-features` builds: the TLS builds of [`TLS_BUILDS`] and a few others.
+/// The facade's feature sets that `cargo xtask ci` lints, beyond its default and
+/// `--all-features` builds: the TLS builds of [`TLS_BUILDS`] and a few others. A build with a
+/// [`HEAVY_FEATURES`] feature is left to the `--all-features` build (the one that compiles
+/// vendored OpenSSL) and to the transport's aws-lc-rs test build; `cargo tree` still proves
+/// what each contains.
 pub fn facade_feature_sets() -> Vec<Vec<String>> {
+    let light = |features: &&&str| !HEAVY_FEATURES.iter().any(|h| features.contains(h));
     let mut sets: Vec<Vec<String>> = ["", "blocking", "async", "async,native-tls,tracing"]
         .iter()
-        .chain(TLS_BUILDS.iter().map(|(features, _)| features))
+        .chain(
+            TLS_BUILDS
+                .iter()
+                .map(|(features, _)| features)
+                .filter(light),
+        )
         .map(|features| {
             let mut args = vec!["--no-default-features".to_owned()];
             if !features.is_empty() {
@@ -552,6 +561,108 @@ fn check_build(root: &Path, features: &[&str], forbidden: &[&str], what: &str) -
     }
 }
 
+/// Features whose builds compile a C library from source (aws-lc; OpenSSL, vendored): minutes
+/// of a 2-core machine each. `cargo xtask ci` builds and tests each once, in a step of its own
+/// ([`TLS_BUILDS`] and the transport's test builds), rather than in every build of the
+/// workspace; every other feature is in the workspace's lint, test and doc builds.
+pub const HEAVY_FEATURES: &[&str] = &["rustls-aws-lc-rs", "native-tls-vendored"];
+
+/// Every feature of every workspace package but `except`, as `package/feature` arguments for
+/// `cargo --features`: what `--all-features` would turn on, less the heavy ones.
+pub fn workspace_features(metadata: &Value, except: &[&str]) -> Vec<String> {
+    let members: BTreeSet<&str> = metadata["workspace_members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut features = Vec::new();
+    for package in metadata["packages"].as_array().into_iter().flatten() {
+        let (Some(id), Some(name)) = (package["id"].as_str(), package["name"].as_str()) else {
+            continue;
+        };
+        if !members.contains(id) {
+            continue;
+        }
+        for feature in package["features"].as_object().into_iter().flatten() {
+            let (feature, enables) = feature;
+            let heavy = except.contains(&feature.as_str())
+                || enables
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .any(|e| {
+                        except
+                            .iter()
+                            .any(|x| e == *x || e.ends_with(&format!("/{x}")))
+                    });
+            if !heavy && feature != "default" {
+                features.push(format!("{name}/{feature}"));
+            }
+        }
+    }
+    features.sort();
+    features
+}
+
+/// Reads `cargo metadata` for the workspace.
+pub fn metadata(root: &Path) -> Result<Value, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("could not run cargo metadata: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("cargo metadata printed something that is not JSON: {e}"))
+}
+
+/// The largest the installed `gptimage` binary may be.
+pub const MAX_BINARY_BYTES: u64 = 20 * 1024 * 1024;
+
+/// The release profile, which `cargo install` builds with, keeps no debug info in the binary:
+/// line tables made it 82 MB. Symbols stay, so a backtrace still names its functions (build
+/// with `CARGO_PROFILE_RELEASE_DEBUG=line-tables-only` for line numbers too).
+/// `cargo xtask size` measures the installed binary against [`MAX_BINARY_BYTES`].
+pub fn check_release_profile(root: &Path) -> Vec<String> {
+    let text = fs::read_to_string(root.join("Cargo.toml")).unwrap_or_default();
+    let mut section = "";
+    let mut violations = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            section = line;
+            continue;
+        }
+        if section != "[profile.release]" {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim().trim_matches('"'));
+        let bloats = match key {
+            "debug" => !matches!(value, "false" | "0" | "none"),
+            "strip" => matches!(value, "false" | "none"),
+            _ => false,
+        };
+        if bloats {
+            violations.push(format!(
+                "Cargo.toml: [profile.release] {key} = {value} puts debug info into the \
+                 installed binary (over 20 MB); leave it to CARGO_PROFILE_RELEASE_DEBUG"
+            ));
+        }
+    }
+    violations
+}
+
 /// The parts that features leave out, and what their absence must keep out of a build.
 pub const OPTIONAL_PARTS: &[(&str, &[&str])] = &[
     // Embedding the emulator needs no command-line parser.
@@ -587,6 +698,7 @@ pub fn check_all(root: &Path) -> Vec<String> {
     violations.extend(check_blocking_build(root));
     violations.extend(check_tls_builds(root));
     violations.extend(check_optional_parts(root));
+    violations.extend(check_release_profile(root));
     match Graph::load(root) {
         Ok(graph) => violations.extend(check_dependencies(&graph)),
         Err(e) => violations.push(e),

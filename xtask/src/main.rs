@@ -4,11 +4,12 @@
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-const USAGE: &str = "usage: cargo xtask <ci|tidy>
+const USAGE: &str = "usage: cargo xtask <ci|tidy|size>
 
   ci    what CI runs: fmt check, clippy (-D warnings), tests, docs (-D warnings),
-        each feature combination of the facade, and the tidy checks
-  tidy  the architecture invariants of ARCHITECTURE.md";
+        each feature combination of the facade, and the tidy checks (as a test)
+  tidy  the architecture invariants of ARCHITECTURE.md
+  size  builds the command as `cargo install` does and checks it is under 20 MB";
 
 /// Tests of the transport that only a build of their own can run: (step, features, which tests).
 const TRANSPORT_BUILD_TESTS: &[(&str, &str, &[&str])] = &[
@@ -26,6 +27,13 @@ const TRANSPORT_BUILD_TESTS: &[(&str, &str, &[&str])] = &[
     ),
     // The refusal of https without TLS, in a build that has none.
     ("no-TLS build", "blocking", &["--lib", "need_a_tls_feature"]),
+    // aws-lc-rs, which the workspace's builds leave out (it compiles a C library): both
+    // clients on it trust the platform's roots, and the provider is the one chosen.
+    (
+        "TLS on aws-lc-rs",
+        "async,blocking,rustls-aws-lc-rs",
+        &["--test", "tls", "--lib"],
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -33,6 +41,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("tidy") => tidy(),
+        Some("size") => size(),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -64,43 +73,53 @@ fn tidy() -> Result<(), String> {
 
 fn ci() -> Result<(), String> {
     let started = Instant::now();
-    cargo("format", &["fmt", "--all", "--check"], &[])?;
-    cargo(
+    let mut steps = Steps::default();
+    let root = xtask::workspace_root();
+    // Every feature but those that compile a C library from source: those get a step each.
+    let features = xtask::workspace_features(&xtask::metadata(&root)?, xtask::HEAVY_FEATURES);
+    let features = features.join(",");
+    steps.cargo("format", &["fmt", "--all", "--check"], &[])?;
+    steps.cargo(
         "lints",
         &[
             "clippy",
             "--workspace",
             "--all-targets",
-            "--all-features",
+            "--features",
+            &features,
             "--",
             "-D",
             "warnings",
         ],
         &[],
     )?;
-    cargo("tests", &["test", "--workspace", "--all-features"], &[])?;
-    if xtask::workspace_root()
-        .join("crates/gptimage/tests/offline.rs")
-        .exists()
-    {
-        // The README's main job in the default build, which `--all-features` cannot stand for:
+    // The tidy checks run here too, as xtask's own tests.
+    steps.cargo(
+        "tests",
+        &["test", "--workspace", "--features", &features],
+        &[],
+    )?;
+    if root.join("crates/gptimage/tests/offline.rs").exists() {
+        // The README's main job in the default build, which the build above cannot stand for:
         // there, native-tls hides what reqwest's provider-less rustls does beside the emulator.
-        cargo(
+        steps.cargo(
             "the default build, offline",
             &["test", "--package", "gptimage", "--test", "offline"],
             &[],
         )?;
     }
-    cargo(
+    steps.cargo(
         "docs",
-        &["doc", "--workspace", "--no-deps", "--all-features"],
+        &["doc", "--workspace", "--no-deps", "--features", &features],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
-    if xtask::workspace_root().join("crates/gptimage").exists() {
-        for features in xtask::facade_feature_sets() {
-            let mut args = vec!["check", "--package", "gptimage"];
-            args.extend(features.iter().map(String::as_str));
-            cargo(&format!("facade {}", features.join(" ")), &args, &[])?;
+    if root.join("crates/gptimage").exists() {
+        // Each build of the facade is linted, not only compiled: the heavy features here, once.
+        for set in xtask::facade_feature_sets() {
+            let mut args = vec!["clippy", "--package", "gptimage"];
+            args.extend(set.iter().map(String::as_str));
+            args.extend(["--", "-D", "warnings"]);
+            steps.cargo(&format!("facade {}", set.join(" ")), &args, &[])?;
         }
         for (step, features, tests) in TRANSPORT_BUILD_TESTS {
             let mut args = vec![
@@ -112,11 +131,13 @@ fn ci() -> Result<(), String> {
                 features,
             ];
             args.extend_from_slice(tests);
-            cargo(step, &args, &[])?;
+            steps.cargo(step, &args, &[])?;
         }
     }
     // Every crate as crates.io would get it, built from its package alone (nothing published).
-    cargo(
+    // The verification builds share the workspace's target folder (CARGO_TARGET_DIR, set by
+    // `Steps::cargo`), so the dependencies they share are built once, not once a crate.
+    steps.cargo(
         "packages",
         &[
             "package",
@@ -128,26 +149,103 @@ fn ci() -> Result<(), String> {
         &[],
     )?;
     check_package_contents()?;
-    tidy()?;
+    steps.report();
     eprintln!("ci: all green in {:.0?}", started.elapsed());
     Ok(())
 }
 
-fn cargo(step: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    eprintln!("ci: {step}: cargo {}", args.join(" "));
-    let started = Instant::now();
-    let status = Command::new(cargo)
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(xtask::workspace_root())
-        .status()
-        .map_err(|e| format!("{step}: could not run cargo: {e}"))?;
-    eprintln!("ci: {step}: {status} after {:.1?}", started.elapsed());
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{step} failed"))
+/// `cargo xtask size`: builds the command exactly as `cargo install gptimage-cli` would (the
+/// release profile, the default features) and checks the binary against the limit.
+fn size() -> Result<(), String> {
+    let root = xtask::workspace_root();
+    let install = root.join("target/xtask-size");
+    let mut steps = Steps::default();
+    steps.cargo(
+        "install",
+        &[
+            "install",
+            "--path",
+            "crates/cli",
+            "--locked",
+            "--force",
+            "--root",
+            path_str(&install)?,
+            "--target-dir",
+            path_str(&root.join("target/xtask-size-build"))?,
+        ],
+        &[],
+    )?;
+    let binary = install.join("bin/gptimage");
+    let bytes = std::fs::metadata(&binary)
+        .map_err(|e| format!("{}: {e}", binary.display()))?
+        .len();
+    println!(
+        "the installed gptimage is {:.1} MB ({bytes} bytes; the limit is {:.0} MB)",
+        bytes as f64 / 1e6,
+        xtask::MAX_BINARY_BYTES as f64 / 1e6
+    );
+    if bytes > xtask::MAX_BINARY_BYTES {
+        return Err(format!(
+            "the installed binary is {bytes} bytes, over the limit"
+        ));
+    }
+    Ok(())
+}
+
+fn path_str(path: &std::path::Path) -> Result<&str, String> {
+    path.to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// The steps run so far and what each cost.
+#[derive(Default)]
+struct Steps {
+    timings: Vec<(String, std::time::Duration)>,
+}
+
+impl Steps {
+    /// Runs one cargo step. In CI (`CI` set) no incremental caches are written and only line
+    /// tables are kept, which a fresh clone's single build has no use for beyond backtraces.
+    /// Every step shares the workspace's target folder, `cargo package`'s verification
+    /// builds included.
+    fn cargo(&mut self, step: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        eprintln!("ci: {step}: cargo {}", args.join(" "));
+        let started = Instant::now();
+        let mut command = Command::new(cargo);
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(xtask::workspace_root());
+        if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+            command.env("CARGO_TARGET_DIR", xtask::workspace_root().join("target"));
+        }
+        if std::env::var_os("CI").is_some() {
+            command
+                .env("CARGO_INCREMENTAL", "0")
+                .env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only");
+        }
+        let status = command
+            .status()
+            .map_err(|e| format!("{step}: could not run cargo: {e}"))?;
+        let took = started.elapsed();
+        eprintln!("ci: {step}: {status} after {took:.1?}");
+        self.timings.push((step.to_owned(), took));
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{step} failed"))
+        }
+    }
+
+    /// What each step cost, longest first.
+    fn report(&self) {
+        let mut timings = self.timings.clone();
+        timings.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
+        eprintln!("ci: what each step cost:");
+        for (step, took) in timings {
+            eprintln!("ci:   {:>7.1} s  {step}", took.as_secs_f64());
+        }
     }
 }
 
