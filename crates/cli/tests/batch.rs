@@ -139,18 +139,6 @@ impl Running {
     }
 }
 
-/// `gptimage batch FILE --out OUT EXTRA…` against `emulator`.
-fn batch(emulator: &Emulator, file: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut command = against(emulator);
-    command
-        .arg("batch")
-        .arg(file)
-        .arg("--out")
-        .arg(out)
-        .args(extra);
-    command
-}
-
 /// Waits (at most 20 s) until `done` holds.
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let started = Instant::now();

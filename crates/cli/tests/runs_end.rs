@@ -13,18 +13,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use gptimage_emulator::{Config, Emulator, Endpoint, Fault, FaultKind, KeyConfig};
 
-/// `gptimage batch FILE --out OUT EXTRA…` against `emulator`.
-fn batch(emulator: &Emulator, file: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut command = against(emulator);
-    command
-        .arg("batch")
-        .arg(file)
-        .arg("--out")
-        .arg(out)
-        .args(extra);
-    command
-}
-
 /// Runs `command`, which must end by itself within `limit`: a run that does not is killed and
 /// the test fails (today's endless loops end here).
 fn run_within(limit: Duration, mut command: impl BorrowMut<Command>) -> (Output, Duration) {

@@ -164,23 +164,7 @@ impl Postgres {
 
     /// Runs one SQL statement in `database` as the superuser.
     pub fn sql(&self, database: &str, statement: &str) {
-        let output = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "gptimage",
-            ])
-            .args(["-v", "ON_ERROR_STOP=1", "-d", database, "-c", statement])
-            .output()
-            .expect("psql runs");
-        assert!(
-            output.status.success(),
-            "psql {statement}: {}",
-            text(&output)
-        );
+        self.query(database, statement);
     }
 
     fn run(&self, tool: &str, args: &[&str]) -> Output {

@@ -27,6 +27,18 @@ pub fn against(emulator: &Emulator) -> Command {
     command
 }
 
+/// `gptimage batch FILE --out OUT EXTRA…` against `emulator`.
+pub fn batch(emulator: &Emulator, file: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut command = against(emulator);
+    command
+        .arg("batch")
+        .arg(file)
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    command
+}
+
 pub fn run(command: &mut Command) -> Output {
     command.output().expect("the binary runs")
 }
