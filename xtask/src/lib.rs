@@ -197,21 +197,10 @@ impl Graph {
     /// Reads the graph from `cargo metadata` (offline: it needs no network once `Cargo.lock` is
     /// resolved and the sources are fetched).
     pub fn load(root: &Path) -> Result<Self, String> {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let output = Command::new(cargo)
-            .args(["metadata", "--format-version", "1", "--all-features"])
-            .current_dir(root)
-            .output()
-            .map_err(|e| format!("could not run cargo metadata: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "cargo metadata failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        let metadata: Value = serde_json::from_slice(&output.stdout)
-            .map_err(|e| format!("cargo metadata printed something that is not JSON: {e}"))?;
-        Ok(Self::from_metadata(&metadata))
+        Ok(Self::from_metadata(&cargo_metadata(
+            root,
+            "--all-features",
+        )?))
     }
 
     /// Builds the graph from parsed `cargo metadata` output.
@@ -497,6 +486,27 @@ pub fn check_tls_builds(root: &Path) -> Vec<String> {
                 }
             ));
         }
+        // The vendored build builds OpenSSL from source, and only it does: CI compiles its
+        // code against the system's OpenSSL (OPENSSL_NO_VENDOR), so this is where the vendoring
+        // itself is proven.
+        let vendored = match packages_of_edges(root, "gptimage", &args, "normal,build") {
+            Ok(Some(built)) => built.contains("openssl-src"),
+            Ok(None) => false,
+            Err(e) => {
+                violations.push(e);
+                continue;
+            }
+        };
+        if vendored != features.contains("native-tls-vendored") {
+            violations.push(format!(
+                "the facade with features {features} {} OpenSSL's sources (openssl-src)",
+                if vendored {
+                    "must not contain"
+                } else {
+                    "must contain"
+                }
+            ));
+        }
     }
     violations
 }
@@ -517,6 +527,17 @@ fn packages_of(
     package: &str,
     features: &[&str],
 ) -> Result<Option<BTreeSet<String>>, String> {
+    packages_of_edges(root, package, features, "normal")
+}
+
+/// Like [`packages_of`], following the dependency `edges` given (`normal,build` includes
+/// what build scripts use, such as a C library's sources).
+fn packages_of_edges(
+    root: &Path,
+    package: &str,
+    features: &[&str],
+    edges: &str,
+) -> Result<Option<BTreeSet<String>>, String> {
     let dir = package.strip_prefix("gptimage-").unwrap_or(package);
     if !root.join("crates").join(dir).exists() {
         return Ok(None);
@@ -525,7 +546,7 @@ fn packages_of(
     let output = Command::new(cargo)
         .args(["tree", "--package", package])
         .args(features)
-        .args(["--edges", "normal", "--prefix", "none"])
+        .args(["--edges", edges, "--prefix", "none"])
         .current_dir(root)
         .output()
         .map_err(|e| format!("could not run cargo tree: {e}"))?;
@@ -606,11 +627,16 @@ pub fn workspace_features(metadata: &Value, except: &[&str]) -> Vec<String> {
     features
 }
 
-/// Reads `cargo metadata` for the workspace.
+/// Reads `cargo metadata` for the workspace's own packages.
 pub fn metadata(root: &Path) -> Result<Value, String> {
+    cargo_metadata(root, "--no-deps")
+}
+
+/// `cargo metadata` with `option` (`--no-deps`, `--all-features`), parsed.
+fn cargo_metadata(root: &Path, option: &str) -> Result<Value, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .args(["metadata", "--format-version", "1", option])
         .current_dir(root)
         .output()
         .map_err(|e| format!("could not run cargo metadata: {e}"))?;
