@@ -214,6 +214,16 @@ fn size() -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the lld linker is on the PATH.
+fn lld_installed() -> bool {
+    Command::new("ld.lld")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Whether `cargo nextest` runs here.
 fn nextest_installed() -> bool {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
@@ -237,10 +247,11 @@ struct Steps {
 }
 
 impl Steps {
-    /// Runs one cargo step. In CI (`CI` set) no incremental caches are written and only line
-    /// tables are kept, which a fresh clone's single build has no use for beyond backtraces.
-    /// Every step shares the workspace's target folder, `cargo package`'s verification
-    /// builds included.
+    /// Runs one cargo step. In CI (`CI` set) a fresh clone is built once: no incremental
+    /// caches, no debug info (a failing test still names its file and line), and linked by
+    /// lld where it is installed (`.ci/run` installs it), several times quicker than the
+    /// default linker for these test binaries. Every step shares the workspace's target
+    /// folder, `cargo package`'s verification builds included.
     fn cargo(&mut self, step: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         eprintln!("ci: {step}: cargo {}", args.join(" "));
@@ -256,7 +267,10 @@ impl Steps {
         if std::env::var_os("CI").is_some() {
             command
                 .env("CARGO_INCREMENTAL", "0")
-                .env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only");
+                .env("CARGO_PROFILE_DEV_DEBUG", "0");
+            if std::env::var_os("RUSTFLAGS").is_none() && lld_installed() {
+                command.env("RUSTFLAGS", "-C link-arg=-fuse-ld=lld");
+            }
         }
         let status = command
             .status()

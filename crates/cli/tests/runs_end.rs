@@ -211,7 +211,12 @@ fn a_refused_key_stops_the_worker_at_once() {
     // Nothing was lost: a run with the right key does every line once.
     let (output, _) = run_within(
         Duration::from_secs(60),
-        &mut batch(&emulator, &file, &out, &["--concurrency", "8"]),
+        &mut batch(
+            &emulator,
+            &file,
+            &out,
+            &["--concurrency", "8", "--rate", "100/1"],
+        ),
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(emulator.counters().tasks_created, 40);
