@@ -156,9 +156,21 @@ fn ci() -> Result<(), String> {
             steps.cargo(step, &args, &[])?;
         }
     }
-    // Every crate as crates.io would get it, built from its package alone (nothing published).
-    // The verification builds share the workspace's target folder (CARGO_TARGET_DIR, set by
-    // `Steps::cargo`), so the dependencies they share are built once, not once a crate.
+    verify_packages(&mut steps)?;
+    check_package_contents()?;
+    steps.report();
+    eprintln!("ci: all green in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Every crate as crates.io would get it, checked from its package alone (nothing published):
+/// what `cargo package` verifies, in check mode. Each `.crate` is unpacked and checked as the
+/// root of its own build, with its default features, its sibling crates taken from their
+/// unpacked packages too (`patch.crates-io`), so a file a package lacks or a feature it only
+/// got from another crate of the workspace fails here. Checking rather than building gives the
+/// same proof without code generation or linking; every check shares the target folder.
+fn verify_packages(steps: &mut Steps) -> Result<(), String> {
+    let root = xtask::workspace_root();
     steps.cargo(
         "packages",
         &[
@@ -167,12 +179,62 @@ fn ci() -> Result<(), String> {
             "--exclude",
             "xtask",
             "--allow-dirty",
+            "--no-verify",
         ],
         &[],
     )?;
-    check_package_contents()?;
-    steps.report();
-    eprintln!("ci: all green in {:.0?}", started.elapsed());
+    let metadata = xtask::metadata(&root)?;
+    let version_of = |name: &str| {
+        metadata["packages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["version"].as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{name} is not a workspace package"))
+    };
+    // Outside the workspace's folder, or cargo would take each for a member of it.
+    let unpacked = std::env::temp_dir().join("gptimage-package-check");
+    let _ = std::fs::remove_dir_all(&unpacked);
+    std::fs::create_dir_all(&unpacked).map_err(|e| format!("{}: {e}", unpacked.display()))?;
+    let mut crates = Vec::new();
+    for (package, _) in xtask::PACKAGE_CONTENTS {
+        let version = version_of(package)?;
+        let file = root.join(format!("target/package/{package}-{version}.crate"));
+        let status = Command::new("tar")
+            .arg("-xzf")
+            .arg(&file)
+            .arg("-C")
+            .arg(&unpacked)
+            .status()
+            .map_err(|e| format!("could not run tar: {e}"))?;
+        if !status.success() {
+            return Err(format!("could not unpack {}", file.display()));
+        }
+        let dir = unpacked.join(format!("{package}-{version}"));
+        // The workspace's lock, so the check builds what the workspace's builds did.
+        std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock"))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        crates.push((package.to_string(), dir));
+    }
+    let patches: Vec<String> = crates
+        .iter()
+        .map(|(name, dir)| {
+            format!(
+                "patch.crates-io.{name}.path={:?}",
+                dir.display().to_string()
+            )
+        })
+        .collect();
+    for (name, dir) in &crates {
+        let manifest = dir.join("Cargo.toml");
+        let mut args = vec!["check", "--manifest-path", path_str(&manifest)?];
+        for patch in &patches {
+            args.extend(["--config", patch.as_str()]);
+        }
+        steps.cargo(&format!("package {name}, checked alone"), &args, &[])?;
+    }
     Ok(())
 }
 
