@@ -167,3 +167,52 @@ fn an_item_in_the_facade_is_reported() {
         "{violations:?}"
     );
 }
+
+#[test]
+fn a_release_profile_with_debug_info_is_reported() {
+    let dir = std::env::temp_dir().join(format!("xtask-release-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let profile = |text: &str| {
+        fs::write(dir.join("Cargo.toml"), text).unwrap();
+        xtask::check_release_profile(&dir)
+    };
+    let bloated = profile("[profile.release]\ndebug = \"line-tables-only\"\n");
+    let unstripped = profile("[profile.release]\ndebug = false\nstrip = \"none\"\n");
+    let lean = profile("[profile.dev]\ndebug = true\n[profile.release]\ndebug = false\n");
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(bloated.len(), 1, "{bloated:?}");
+    assert!(
+        bloated[0].contains("debug = line-tables-only"),
+        "{bloated:?}"
+    );
+    assert_eq!(unstripped.len(), 1, "{unstripped:?}");
+    assert!(lean.is_empty(), "{lean:?}");
+}
+
+#[test]
+fn the_heavy_features_are_left_out_of_the_workspace_builds() {
+    let metadata = json!({
+        "workspace_members": ["f", "t"],
+        "packages": [
+            {"id": "f", "name": "gptimage", "features": {
+                "default": ["async"],
+                "async": [],
+                "native-tls": [],
+                "native-tls-vendored": ["native-tls"],
+                "rustls-aws-lc-rs": [],
+                "everything": ["gptimage-transport/rustls-aws-lc-rs"]
+            }},
+            {"id": "t", "name": "gptimage-transport", "features": {"tracing": []}},
+            {"id": "d", "name": "not-ours", "features": {"big": []}}
+        ]
+    });
+    let features = xtask::workspace_features(&metadata, xtask::HEAVY_FEATURES);
+    assert_eq!(
+        features,
+        [
+            "gptimage-transport/tracing",
+            "gptimage/async",
+            "gptimage/native-tls"
+        ]
+    );
+}
