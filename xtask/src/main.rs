@@ -263,10 +263,11 @@ fn size() -> Result<(), String> {
     let bytes = std::fs::metadata(&binary)
         .map_err(|e| format!("{}: {e}", binary.display()))?
         .len();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!(
-        "the installed gptimage is {:.1} MB ({bytes} bytes; the limit is {:.0} MB)",
-        bytes as f64 / 1e6,
-        xtask::MAX_BINARY_BYTES as f64 / 1e6
+        "the installed gptimage is {:.1} MiB ({bytes} bytes; the limit is {:.0} MiB)",
+        mib(bytes),
+        mib(xtask::MAX_BINARY_BYTES)
     );
     if bytes > xtask::MAX_BINARY_BYTES {
         return Err(format!(
