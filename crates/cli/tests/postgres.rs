@@ -259,3 +259,39 @@ fn a_worker_whose_liveness_session_ends_stops_and_its_lines_pass_on() {
         "a line was paid for twice: {counters:?}"
     );
 }
+
+#[test]
+fn a_transaction_pooler_is_refused_and_a_session_pool_works() {
+    let cluster = postgres::Postgres::start();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(3, "pooled"));
+    cluster.create_database("pooled");
+    // Through pgbouncer in transaction mode, a worker's liveness lock would sit on a server
+    // connection other clients share: refused before anything is sent, saying why.
+    let transaction = cluster.pooler("transaction");
+    let output = worker(
+        &emulator,
+        &file,
+        &dir.path().join("out"),
+        &transaction.url("pooled"),
+    )
+    .wait_with_output()
+    .unwrap();
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("connection pooler"), "{text}");
+    assert_eq!(emulator.counters().generate_requests, 0, "nothing was sent");
+    // A pool in session mode gives each worker a session of its own: it works.
+    let session = cluster.pooler("session");
+    let output = worker(
+        &emulator,
+        &file,
+        &dir.path().join("out"),
+        &session.url("pooled"),
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(emulator.counters().tasks_created, 3);
+}

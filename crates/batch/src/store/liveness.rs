@@ -277,6 +277,52 @@ impl Store {
     }
 }
 
+/// Refuses a state reached through a pooler that hands each transaction to whichever server
+/// connection is free (pgbouncer in transaction or statement mode): a worker's liveness is a
+/// lock held by its session, and through such a pooler that lock would sit on a server
+/// connection other clients share, so a live worker could look dead, or a dead one alive.
+///
+/// The probe: `first` notes its server process, a second connection pins a server connection
+/// with an open transaction, and `first` asks again. Two client connections to PostgreSQL
+/// itself, or through a session-mode pool, never share a server process and `first` never
+/// changes its own; through a transaction pooler, the pinned transaction gets the server
+/// connection `first` just released (pgbouncer reuses the most recent), and `first` moves to
+/// another. Plain queries only: prepared statements do not survive such a pooler either.
+pub(super) async fn refuse_a_transaction_pooler(
+    url: &super::StateUrl,
+    connect_url: &str,
+    first: &mut AnyConnection,
+) -> Result<(), Error> {
+    let fail = |e: sqlx::Error| super::state_error(url, e);
+    let pooled = || Error::Pooled { url: url.clone() };
+    let before = backend_pid(first).await.map_err(fail)?;
+    let mut second = AnyConnection::connect(connect_url).await.map_err(fail)?;
+    super::schema::configure(&mut second).await.map_err(fail)?;
+    let mut pinned = second.begin().await.map_err(fail)?;
+    let pinned_pid = backend_pid(&mut pinned).await.map_err(fail)?;
+    // Through a pooler whose every server connection is pinned, the question waits: bounded.
+    let after = tokio::time::timeout(LIVENESS_TIMEOUT, backend_pid(first)).await;
+    pinned.rollback().await.map_err(fail)?;
+    let _ = second.close().await;
+    let Ok(after) = after else {
+        return Err(pooled());
+    };
+    if after.map_err(fail)? == before && pinned_pid != before {
+        Ok(())
+    } else {
+        Err(pooled())
+    }
+}
+
+/// The server process behind `conn`, asked in the simple query protocol.
+async fn backend_pid(conn: &mut AnyConnection) -> Result<i32, sqlx::Error> {
+    use sqlx::Row;
+    let row = sqlx::raw_sql("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await?;
+    row.try_get::<i32, _>(0)
+}
+
 /// The lock file of worker `id` of the SQLite state at `db`.
 fn lock_path(db: &Path, id: i64) -> PathBuf {
     let mut name = db.file_name().unwrap_or_default().to_os_string();

@@ -116,6 +116,9 @@ impl Store {
         schema::configure(&mut first)
             .await
             .map_err(|e| state_error(url, e))?;
+        if backend == Backend::Postgres {
+            liveness::refuse_a_transaction_pooler(url, &connect_url, &mut first).await?;
+        }
         if create {
             schema::create(&mut first, &backend)
                 .await

@@ -197,6 +197,92 @@ impl Postgres {
     }
 }
 
+/// A pgbouncer in front of a [`Postgres`] cluster, stopped when dropped.
+pub struct Pooler {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Pooler {
+    /// `postgres://gptimage@127.0.0.1:PORT/DATABASE`, through the pooler.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://gptimage@127.0.0.1:{}/{database}", self.port)
+    }
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Postgres {
+    /// Starts pgbouncer (Debian's `pgbouncer`, run as the cluster's owner: it refuses root) in
+    /// front of this cluster, pooling in `mode` (`session` or `transaction`).
+    pub fn pooler(&self, mode: &str) -> Pooler {
+        let port = free_port();
+        let dir = self.dir.path().join(format!("pgbouncer-{mode}"));
+        std::fs::create_dir_all(&dir).expect("the pooler's folder");
+        std::fs::write(dir.join("userlist.txt"), "\"gptimage\" \"\"\n").expect("written");
+        let ini = format!(
+            "[databases]\n* = host=127.0.0.1 port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+             listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\n\
+             pool_mode = {mode}\nmax_client_conn = 200\ndefault_pool_size = 20\n\
+             ignore_startup_parameters = extra_float_digits,search_path\nlogfile = {}\n",
+            self.port,
+            dir.join("userlist.txt").display(),
+            dir.join("pgbouncer.log").display()
+        );
+        let config = dir.join("pgbouncer.ini");
+        std::fs::write(&config, ini).expect("written");
+        if let Some(user) = &self.as_user {
+            let status = Command::new("chown")
+                .args(["-R", user])
+                .arg(&dir)
+                .status()
+                .expect("chown runs");
+            assert!(status.success());
+        }
+        let program = which("pgbouncer").expect(
+            "pgbouncer is needed for the pooler test: install Debian's `pgbouncer` (.ci/run does)",
+        );
+        let mut command = match &self.as_user {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
+        let child = command
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pgbouncer starts");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "pgbouncer did not listen: {}",
+                std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Pooler { child, port }
+    }
+}
+
+/// A program on the PATH, or in the sbin folders Debian installs servers to.
+fn which(program: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
