@@ -200,8 +200,8 @@ impl Batch {
         let (mut handled, mut stopping, mut failure) = (0u64, false, None::<Error>);
         // Set by a line the budget refused: nothing more is claimed, what is under way ends.
         let over_budget = Arc::new(AtomicBool::new(false));
-        // When each line that failed in this run first did: its retries end a wait timeout
-        // later, so every run ends by itself.
+        // When this run began waiting for each line it holds or has set back: whatever fails,
+        // a line gets one wait timeout in a run, so every run ends by itself.
         let setbacks = Arc::new(Mutex::new(HashMap::new()));
         // The first failure stops the worker: nothing new is claimed or sent, waits are let go,
         // and a submission already on the wire still gets its answer recorded (or printed).
@@ -476,9 +476,10 @@ impl Job {
             Ok(files) => Ok(files),
             Err(Stall::Sdk(error)) => Err(error),
             Err(Stall::OutOfTime) => {
+                self.forget_setbacks(item);
                 let message = format!(
-                    "task {task_id} could not be followed for the whole wait timeout after it \
-                     first failed; the line keeps its task id: run the command again later"
+                    "task {task_id} could not be followed within the wait timeout; the line \
+                     keeps its task id: run the command again later"
                 );
                 store
                     .set_back(worker, item, ("deadline", &message), Retry::NextRun)
@@ -520,6 +521,9 @@ impl Job {
                 // No outcome yet: the line stays submitted with its task id, and is tried again
                 // after a setback, or in a later run. Nothing is resubmitted.
                 let (retry, message) = self.setback(claim.setbacks, item, &task_id, &error);
+                if retry == Retry::NextRun {
+                    self.forget_setbacks(item);
+                }
                 let kind = setback_kind(&error);
                 store
                     .set_back(worker, item, (kind, &message), retry)
@@ -533,14 +537,15 @@ impl Job {
 
     /// Waits for the task and saves its images. An image URL the host refuses (403, 404, 410:
     /// expired, as signed URLs do) is asked for afresh once: services re-sign result URLs.
-    /// A line that failed before in this run waits only for what is left of its wait timeout.
+    /// A line waited for before in this run gets only what is left of its wait timeout.
     async fn finish(
         &self,
         task_id: &str,
         name: &str,
         record: &mut LineRecord,
     ) -> Result<Vec<PathBuf>, Stall> {
-        let waited = match self.first_setback(record.item) {
+        let waited = match self.waiting_since(record.item) {
+            // The first wait: the client's own deadline bounds it, and says so.
             None => self.client.wait(task_id).await,
             Some(since) => {
                 let left = self
@@ -613,17 +618,17 @@ impl Job {
             );
         }
         let timeout = self.client.config().wait_timeout();
-        let since = *self
+        let since = self
             .setbacks
             .lock()
             .expect("the setback table is never poisoned")
-            .entry(item)
-            .or_insert_with(Instant::now);
-        if since.elapsed() >= timeout {
+            .get(&item)
+            .copied();
+        if since.is_none_or(|since| since.elapsed() >= timeout) {
             return (
                 Retry::NextRun,
                 format!(
-                    "task {task_id} could not be followed for the whole wait timeout \
+                    "task {task_id} could not be followed within the wait timeout \
                      ({error_text}); the line keeps its task id: run the command again later"
                 ),
             );
@@ -646,9 +651,16 @@ impl Job {
         )
     }
 
-    fn first_setback(&self, item: u64) -> Option<Instant> {
-        let table = self.setbacks.lock().expect("never poisoned");
-        table.get(&item).copied()
+    /// When this run began waiting for the line, if it did before; notes now if not.
+    fn waiting_since(&self, item: u64) -> Option<Instant> {
+        let mut table = self.setbacks.lock().expect("never poisoned");
+        match table.get(&item) {
+            Some(since) => Some(*since),
+            None => {
+                table.insert(item, Instant::now());
+                None
+            }
+        }
     }
 
     fn forget_setbacks(&self, item: u64) {

@@ -132,6 +132,8 @@ pub struct Fault {
     pub probability: f64,
     /// How many times it fires at most; `None` for no limit.
     pub times: Option<u64>,
+    /// How many matching requests pass untouched before it may fire.
+    pub after: u64,
 }
 
 impl Fault {
@@ -142,6 +144,7 @@ impl Fault {
             endpoint: None,
             probability: 1.0,
             times: None,
+            after: 0,
         }
     }
 
@@ -165,6 +168,20 @@ impl Fault {
     /// Fires at most `n` times.
     pub fn times(mut self, n: u64) -> Self {
         self.times = Some(n);
+        self
+    }
+
+    /// Lets the first `n` matching requests through untouched, then fires: a service that
+    /// works for a while and then fails.
+    ///
+    /// ```
+    /// use gptimage_emulator::{Endpoint, Fault, FaultKind};
+    ///
+    /// let later = Fault::new(FaultKind::ServerError).on(Endpoint::Status).after(10);
+    /// assert_eq!(later.after, 10);
+    /// ```
+    pub fn after(mut self, n: u64) -> Self {
+        self.after = n;
         self
     }
 }

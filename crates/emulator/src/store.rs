@@ -105,6 +105,8 @@ struct Inner {
     /// Makes task ids: seeded afresh each start, so ids are not reissued after a restart.
     ids: SplitMix,
     fault_fired: Vec<u64>,
+    /// Matching requests each fault rule has seen, for [`Fault::after`](crate::Fault::after).
+    fault_seen: Vec<u64>,
     counters: Counters,
 }
 
@@ -137,6 +139,7 @@ impl Store {
             rng: SplitMix(config.seed),
             ids: SplitMix(RandomState::new().hash_one(SystemTime::now())),
             fault_fired: vec![0; config.faults.len()],
+            fault_seen: vec![0; config.faults.len()],
             counters: Counters::default(),
         };
         Self {
@@ -176,6 +179,10 @@ impl Store {
                 None => endpoint != Endpoint::Webhook,
             };
             if !applies {
+                continue;
+            }
+            inner.fault_seen[i] += 1;
+            if inner.fault_seen[i] <= fault.after {
                 continue;
             }
             if fault.times.is_some_and(|t| inner.fault_fired[i] >= t) {
