@@ -139,8 +139,9 @@ impl Batch {
     /// The run always ends by itself. A line whose wait or download fails is let go and tried
     /// again later, its retries backing off from the client's first poll interval; one that
     /// cannot progress (the service no longer knows its task, its images are refused even at
-    /// fresh URLs, or it has not progressed for the client's wait timeout) is held back until a
-    /// later run, keeping its task id and the reason. Nothing is ever resubmitted for it.
+    /// fresh URLs, or it could not be followed within the client's wait timeout, counted from
+    /// when this run began waiting for it) is held back until a later run, keeping its task id
+    /// and the reason. Nothing is ever resubmitted for it.
     ///
     /// Errors stop the worker, which then sends nothing more: the state store failing or
     /// becoming unreachable, the service refusing the account ([`Error::Refused`]: a bad key or
