@@ -6,12 +6,13 @@
 mod common;
 
 use std::borrow::BorrowMut;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use gptimage_emulator::{Config, Emulator, Endpoint, Fault, FaultKind, KeyConfig};
+use tempfile::TempDir;
 
 /// Runs `command`, which must end by itself within `limit`: a run that does not is killed and
 /// the test fails (today's endless loops end here).
@@ -42,6 +43,16 @@ fn run_within(limit: Duration, mut command: impl BorrowMut<Command>) -> (Output,
     (output, started.elapsed())
 }
 
+/// An emulator as `config` says, and a batch file of `lines` numbered lines of `word` in a
+/// folder of its own: the emulator, the file, the output folder, and the folder (kept alive).
+fn scene(config: Config, lines: usize, word: &str) -> (Emulator, PathBuf, PathBuf, TempDir) {
+    let emulator = Emulator::spawn(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(lines, word));
+    let out = dir.path().join("out");
+    (emulator, file, out, dir)
+}
+
 /// The one line the status lists as not done.
 fn only_line(out: &Path) -> serde_json::Value {
     let status = batch_status(out.to_str().unwrap());
@@ -55,10 +66,7 @@ fn a_task_the_service_no_longer_knows_is_held_not_hammered() {
     // Task ids expire: every status request answers 404, for ever.
     let config =
         Config::instant().with_fault(Fault::new(FaultKind::Refuse(404)).on(Endpoint::Status));
-    let emulator = Emulator::spawn(config).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_batch(dir.path(), &numbered_lines(1, "forgotten"));
-    let out = dir.path().join("out");
+    let (emulator, file, out, _dir) = scene(config, 1, "forgotten");
     let (output, _) = run_within(
         Duration::from_secs(30),
         batch(&emulator, &file, &out, &["--timeout", "20"]),
@@ -99,10 +107,7 @@ fn a_wait_that_keeps_failing_backs_off_and_ends_within_the_timeout() {
     // it has failed for a whole wait timeout.
     let config =
         Config::instant().with_fault(Fault::new(FaultKind::ServerError).on(Endpoint::Status));
-    let emulator = Emulator::spawn(config).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_batch(dir.path(), &numbered_lines(1, "unreachable"));
-    let out = dir.path().join("out");
+    let (emulator, file, out, _dir) = scene(config, 1, "unreachable");
     let (output, took) = run_within(
         Duration::from_secs(40),
         batch(
@@ -143,10 +148,7 @@ fn a_line_that_fails_late_in_its_wait_gets_no_second_timeout() {
                 .on(Endpoint::Status)
                 .after(10),
         );
-    let emulator = Emulator::spawn(config).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_batch(dir.path(), &numbered_lines(1, "late"));
-    let out = dir.path().join("out");
+    let (emulator, file, out, _dir) = scene(config, 1, "late");
     let (output, took) = run_within(
         Duration::from_secs(40),
         batch(
@@ -173,10 +175,7 @@ fn an_expired_image_url_is_asked_for_again_once() {
             .on(Endpoint::Files)
             .times(1),
     );
-    let emulator = Emulator::spawn(config).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_batch(dir.path(), &numbered_lines(1, "resigned"));
-    let out = dir.path().join("out");
+    let (emulator, file, out, _dir) = scene(config, 1, "resigned");
     let (output, _) = run_within(
         Duration::from_secs(30),
         &mut batch(&emulator, &file, &out, &[]),
@@ -194,10 +193,7 @@ fn image_urls_refused_for_good_hold_the_line_for_a_later_run() {
             .on(Endpoint::Files)
             .times(2),
     );
-    let emulator = Emulator::spawn(config).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_batch(dir.path(), &numbered_lines(1, "revoked"));
-    let out = dir.path().join("out");
+    let (emulator, file, out, _dir) = scene(config, 1, "revoked");
     let (output, _) = run_within(
         Duration::from_secs(30),
         &mut batch(&emulator, &file, &out, &[]),
@@ -227,10 +223,7 @@ fn image_urls_refused_for_good_hold_the_line_for_a_later_run() {
 
 #[test]
 fn a_refused_key_stops_the_worker_at_once() {
-    let emulator = Emulator::spawn(Config::instant()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_batch(dir.path(), &numbered_lines(40, "unpaid"));
-    let out = dir.path().join("out");
+    let (emulator, file, out, _dir) = scene(Config::instant(), 40, "unpaid");
     let mut command = batch(&emulator, &file, &out, &["--concurrency", "2"]);
     command.env("GPTIMAGE_API_KEY", "sk-wrong");
     let (output, _) = run_within(Duration::from_secs(30), &mut command);
@@ -262,10 +255,7 @@ fn an_empty_account_stops_the_worker_and_keeps_its_waits() {
     let config = Config::instant()
         .with_keys([KeyConfig::new("poor", "sk-poor", 30)])
         .with_timings(Duration::ZERO, Duration::from_millis(200));
-    let emulator = Emulator::spawn(config).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_batch(dir.path(), &numbered_lines(20, "broke"));
-    let out = dir.path().join("out");
+    let (emulator, file, out, _dir) = scene(config, 20, "broke");
     let mut command = batch(&emulator, &file, &out, &["--concurrency", "1"]);
     command.env("GPTIMAGE_API_KEY", "sk-poor");
     let (output, _) = run_within(Duration::from_secs(30), &mut command);
@@ -289,10 +279,7 @@ fn a_refused_key_while_waiting_lets_every_line_go() {
     let config = Config::instant()
         .with_timings(Duration::ZERO, Duration::from_millis(100))
         .with_fault(Fault::new(FaultKind::Refuse(401)).on(Endpoint::Status));
-    let emulator = Emulator::spawn(config).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_batch(dir.path(), &numbered_lines(10, "revoked"));
-    let out = dir.path().join("out");
+    let (emulator, file, out, _dir) = scene(config, 10, "revoked");
     let (output, _) = run_within(
         Duration::from_secs(30),
         batch(&emulator, &file, &out, &["--concurrency", "2"]),
@@ -314,10 +301,7 @@ fn a_refused_key_while_waiting_lets_every_line_go() {
 
 #[test]
 fn an_output_folder_that_cannot_be_written_stops_the_run_and_a_rerun_downloads() {
-    let emulator = Emulator::spawn(Config::instant()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_batch(dir.path(), &numbered_lines(3, "blocked"));
-    let out = dir.path().join("out");
+    let (emulator, file, out, dir) = scene(Config::instant(), 3, "blocked");
     let state = format!("sqlite:{}", dir.path().join("state.sqlite").display());
     // The image's name is taken by a folder: no write there can succeed, root or not.
     std::fs::create_dir_all(out.join("p0-1.png")).unwrap();
@@ -428,10 +412,7 @@ fn resubmit_unknown_resends_only_the_outcomes_the_user_named() {
             .on(Endpoint::Generate)
             .times(2),
     );
-    let emulator = Emulator::spawn(config).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_batch(dir.path(), &numbered_lines(1, "uncertain"));
-    let out = dir.path().join("out");
+    let (emulator, file, out, _dir) = scene(config, 1, "uncertain");
     let (output, _) = run_within(
         Duration::from_secs(30),
         &mut batch(&emulator, &file, &out, &[]),
@@ -480,10 +461,7 @@ fn resubmit_unknown_resends_only_the_outcomes_the_user_named() {
 
 #[test]
 fn the_budget_belongs_to_the_batch_not_to_the_run() {
-    let emulator = Emulator::spawn(Config::instant()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_batch(dir.path(), &numbered_lines(5, "budgeted"));
-    let out = dir.path().join("out");
+    let (emulator, file, out, _dir) = scene(Config::instant(), 5, "budgeted");
     let (output, _) = run_within(
         Duration::from_secs(30),
         batch(&emulator, &file, &out, &["--max-credits", "20"]),
