@@ -164,12 +164,14 @@ impl Store {
         progress.credits = self
             .count("SELECT CAST(COALESCE(SUM(credits), 0) AS BIGINT) FROM gptimage_lines")
             .await?;
-        progress.held = self
-            .count(
-                "SELECT COUNT(*) FROM gptimage_lines WHERE state = 'submitted'
-                 AND retry_at = 9223372036854775807",
-            )
-            .await?;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM gptimage_lines WHERE state = 'submitted' AND retry_at = $1",
+        )
+        .bind(HELD)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        progress.held = held.max(0) as u64;
         progress.workers = self
             .count("SELECT COUNT(*) FROM gptimage_workers WHERE status = 'running'")
             .await?;
