@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own automation. `ci` runs exactly what CI runs; `tidy` checks the
 //! architecture invariants.
 
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
@@ -73,26 +74,46 @@ fn tidy() -> Result<(), String> {
 
 fn ci() -> Result<(), String> {
     let started = Instant::now();
-    let mut steps = Steps::default();
     let root = xtask::workspace_root();
     // Every feature but those that compile a C library from source: those get a step each.
     let features = xtask::workspace_features(&xtask::metadata(&root)?, xtask::HEAVY_FEATURES);
     let features = features.join(",");
+    let mut steps = Steps::default();
     steps.cargo("format", &["fmt", "--all", "--check"], &[])?;
     steps.cargo(
-        "lints",
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--features",
-            &features,
-            "--",
-            "-D",
-            "warnings",
-        ],
+        "build the tests",
+        &["test", "--workspace", "--no-run", "--features", &features],
         &[],
     )?;
+    // The checks compile in check mode, which shares nothing with the builds the tests run on,
+    // and most of the time the tests run, they wait on servers and timers, not on the CPU. So
+    // the checks run beside them, in a target folder of their own and at the lowest priority
+    // (`nice 19`): they take the CPU the tests leave, and the tests run as on an idle machine.
+    let background = {
+        let features = features.clone();
+        std::thread::spawn(move || {
+            let mut steps = Steps::beside_the_tests(xtask::workspace_root().join("target/checks"));
+            let checked = checks(&mut steps, &features);
+            (steps, checked)
+        })
+    };
+    let tested = tests(&mut steps, &root, &features);
+    let (checks, checked) = background.join().unwrap_or_else(|_| {
+        (
+            Steps::default(),
+            Err("the checks' thread panicked".to_owned()),
+        )
+    });
+    steps.timings.extend(checks.timings);
+    steps.report();
+    tested?;
+    checked?;
+    eprintln!("ci: all green in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// The tests, on the build `ci` made first, and the builds of their own that some need.
+fn tests(steps: &mut Steps, root: &std::path::Path, features: &str) -> Result<(), String> {
     // The tidy checks run here too, as xtask's own tests. With cargo-nextest (on every machine
     // CI runs on) the test binaries run side by side, two tests at a time as before, and a test
     // that hangs is ended (.config/nextest.toml); the doctests, which nextest does not run,
@@ -100,18 +121,18 @@ fn ci() -> Result<(), String> {
     if nextest_installed() {
         steps.cargo(
             "tests",
-            &["nextest", "run", "--workspace", "--features", &features],
+            &["nextest", "run", "--workspace", "--features", features],
             &[],
         )?;
         steps.cargo(
             "doctests",
-            &["test", "--doc", "--workspace", "--features", &features],
+            &["test", "--doc", "--workspace", "--features", features],
             &[],
         )?;
     } else {
         steps.cargo(
             "tests",
-            &["test", "--workspace", "--features", &features],
+            &["test", "--workspace", "--features", features],
             &[],
         )?;
     }
@@ -124,25 +145,7 @@ fn ci() -> Result<(), String> {
             &[],
         )?;
     }
-    steps.cargo(
-        "docs",
-        &["doc", "--workspace", "--no-deps", "--features", &features],
-        &[("RUSTDOCFLAGS", "-D warnings")],
-    )?;
     if root.join("crates/gptimage").exists() {
-        // Each build of the facade is linted, not only compiled. The vendored OpenSSL's code is
-        // compiled against the system's OpenSSL: building OpenSSL from source proves nothing
-        // of ours, and `cargo tree` proves the vendored build has it (the tidy checks).
-        for set in xtask::facade_feature_sets() {
-            let mut args = vec!["clippy", "--package", "gptimage"];
-            args.extend(set.iter().map(String::as_str));
-            args.extend(["--", "-D", "warnings"]);
-            steps.cargo(
-                &format!("facade {}", set.join(" ")),
-                &args,
-                &[("OPENSSL_NO_VENDOR", "1")],
-            )?;
-        }
         for (step, features, tests) in TRANSPORT_BUILD_TESTS {
             let mut args = vec![
                 "test",
@@ -156,11 +159,48 @@ fn ci() -> Result<(), String> {
             steps.cargo(step, &args, &[])?;
         }
     }
-    verify_packages(&mut steps)?;
-    check_package_contents()?;
-    steps.report();
-    eprintln!("ci: all green in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// What is checked rather than run: the lints, the docs, each build of the facade, and each
+/// package from what it ships.
+fn checks(steps: &mut Steps, features: &str) -> Result<(), String> {
+    steps.cargo(
+        "lints",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--features",
+            features,
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    steps.cargo(
+        "docs",
+        &["doc", "--workspace", "--no-deps", "--features", features],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    if xtask::workspace_root().join("crates/gptimage").exists() {
+        // Each build of the facade is linted, not only compiled. The vendored OpenSSL's code is
+        // compiled against the system's OpenSSL: building OpenSSL from source proves nothing
+        // of ours, and `cargo tree` proves the vendored build has it (the tidy checks).
+        for set in xtask::facade_feature_sets() {
+            let mut args = vec!["clippy", "--package", "gptimage"];
+            args.extend(set.iter().map(String::as_str));
+            args.extend(["--", "-D", "warnings"]);
+            steps.cargo(
+                &format!("facade {}", set.join(" ")),
+                &args,
+                &[("OPENSSL_NO_VENDOR", "1")],
+            )?;
+        }
+    }
+    verify_packages(steps)?;
+    check_package_contents()
 }
 
 /// Every crate as crates.io would get it, checked from its package alone (nothing published):
@@ -195,13 +235,14 @@ fn verify_packages(steps: &mut Steps) -> Result<(), String> {
             .ok_or_else(|| format!("{name} is not a workspace package"))
     };
     // Outside the workspace's folder, or cargo would take each for a member of it.
+    let target = steps.target_dir();
     let unpacked = std::env::temp_dir().join("gptimage-package-check");
     let _ = std::fs::remove_dir_all(&unpacked);
     std::fs::create_dir_all(&unpacked).map_err(|e| format!("{}: {e}", unpacked.display()))?;
     let mut crates = Vec::new();
     for (package, _) in xtask::PACKAGE_CONTENTS {
         let version = version_of(package)?;
-        let file = root.join(format!("target/package/{package}-{version}.crate"));
+        let file = target.join(format!("package/{package}-{version}.crate"));
         let status = Command::new("tar")
             .arg("-xzf")
             .arg(&file)
@@ -307,9 +348,28 @@ fn path_str(path: &std::path::Path) -> Result<&str, String> {
 #[derive(Default)]
 struct Steps {
     timings: Vec<(String, std::time::Duration)>,
+    /// For steps run beside the tests: their own target folder, and the lowest priority.
+    beside: Option<PathBuf>,
 }
 
 impl Steps {
+    /// Steps that run beside the tests, in `target` and at the lowest priority.
+    fn beside_the_tests(target: PathBuf) -> Self {
+        Self {
+            timings: Vec::new(),
+            beside: Some(target),
+        }
+    }
+
+    /// The target folder these steps build in.
+    fn target_dir(&self) -> PathBuf {
+        match (&self.beside, std::env::var_os("CARGO_TARGET_DIR")) {
+            (Some(target), _) => target.clone(),
+            (None, Some(target)) => PathBuf::from(target),
+            (None, None) => xtask::workspace_root().join("target"),
+        }
+    }
+
     /// Runs one cargo step. In CI (`CI` set) a fresh clone is built once: no incremental
     /// caches, no debug info (a failing test still names its file and line), and linked by
     /// lld where it is installed (`.ci/run` installs it), several times quicker than the
@@ -317,16 +377,25 @@ impl Steps {
     /// folder, `cargo package`'s verification builds included.
     fn cargo(&mut self, step: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        eprintln!("ci: {step}: cargo {}", args.join(" "));
+        let who = if self.beside.is_some() {
+            "ci (beside the tests)"
+        } else {
+            "ci"
+        };
+        eprintln!("{who}: {step}: cargo {}", args.join(" "));
         let started = Instant::now();
-        let mut command = Command::new(cargo);
+        let mut command = if self.beside.is_some() {
+            let mut command = Command::new("nice");
+            command.args(["-n", "19"]).arg(cargo);
+            command
+        } else {
+            Command::new(cargo)
+        };
         command
             .args(args)
             .envs(env.iter().copied())
-            .current_dir(xtask::workspace_root());
-        if std::env::var_os("CARGO_TARGET_DIR").is_none() {
-            command.env("CARGO_TARGET_DIR", xtask::workspace_root().join("target"));
-        }
+            .current_dir(xtask::workspace_root())
+            .env("CARGO_TARGET_DIR", self.target_dir());
         if std::env::var_os("CI").is_some() {
             command
                 .env("CARGO_INCREMENTAL", "0")
@@ -339,7 +408,7 @@ impl Steps {
             .status()
             .map_err(|e| format!("{step}: could not run cargo: {e}"))?;
         let took = started.elapsed();
-        eprintln!("ci: {step}: {status} after {took:.1?}");
+        eprintln!("{who}: {step}: {status} after {took:.1?}");
         self.timings.push((step.to_owned(), took));
         if status.success() {
             Ok(())
