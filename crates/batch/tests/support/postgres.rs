@@ -201,6 +201,8 @@ impl Postgres {
 pub struct Pooler {
     child: std::process::Child,
     port: u16,
+    /// Its configuration file, which names its process alone.
+    config: PathBuf,
 }
 
 impl Pooler {
@@ -212,6 +214,11 @@ impl Pooler {
 
 impl Drop for Pooler {
     fn drop(&mut self) {
+        // The child may be `runuser`, which pgbouncer outlives: end pgbouncer itself.
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(format!("pgbouncer {}", self.config.display()))
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -270,7 +277,11 @@ impl Postgres {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        Pooler { child, port }
+        Pooler {
+            child,
+            port,
+            config,
+        }
     }
 }
 
