@@ -203,7 +203,7 @@ impl Batch {
         let over_budget = Arc::new(AtomicBool::new(false));
         // When this run began waiting for each line it holds or has set back: whatever fails,
         // a line gets one wait timeout in a run, so every run ends by itself.
-        let setbacks = Arc::new(Mutex::new(HashMap::new()));
+        let waiting = Arc::new(Mutex::new(HashMap::new()));
         // The first failure stops the worker: nothing new is claimed or sent, waits are let go,
         // and a submission already on the wire still gets its answer recorded (or printed).
         let halt = |error: Error, failure: &mut Option<Error>, stopping: &mut bool| {
@@ -234,7 +234,7 @@ impl Batch {
                     worker: worker.clone(),
                     out: options.out.clone(),
                     over_budget: over_budget.clone(),
-                    setbacks: setbacks.clone(),
+                    waiting: waiting.clone(),
                 };
                 let cancelled = cancelled.clone();
                 jobs.spawn(async move { job.run(claim, cancelled).await });
@@ -344,7 +344,8 @@ struct Job {
     worker: Arc<Worker>,
     out: PathBuf,
     over_budget: Arc<AtomicBool>,
-    setbacks: Arc<Mutex<HashMap<u64, Instant>>>,
+    /// When this run began waiting for each line (shared by the worker's jobs).
+    waiting: Arc<Mutex<HashMap<u64, Instant>>>,
 }
 
 impl Job {
@@ -477,7 +478,7 @@ impl Job {
             Ok(files) => Ok(files),
             Err(Stall::Sdk(error)) => Err(error),
             Err(Stall::OutOfTime) => {
-                self.forget_setbacks(item);
+                self.stop_waiting(item);
                 let message = format!(
                     "task {task_id} could not be followed within the wait timeout; the line \
                      keeps its task id: run the command again later"
@@ -495,14 +496,14 @@ impl Job {
                 store
                     .done(worker, item, &record.images, &files, record.credits)
                     .await?;
-                self.forget_setbacks(item);
+                self.stop_waiting(item);
                 record.state = LineState::Done;
                 record.files = files;
             }
             Err(error) if error.kind() == ErrorKind::TaskFailed => {
                 let message = error.server_message().unwrap_or_default().to_owned();
                 store.failed(worker, item, &message, Some(0)).await?;
-                self.forget_setbacks(item);
+                self.stop_waiting(item);
                 record.state = LineState::Failed;
                 record.credits = Some(0);
                 record.error = Some(("task_failed".into(), message));
@@ -523,7 +524,7 @@ impl Job {
                 // after a setback, or in a later run. Nothing is resubmitted.
                 let (retry, message) = self.setback(claim.setbacks, item, &task_id, &error);
                 if retry == Retry::NextRun {
-                    self.forget_setbacks(item);
+                    self.stop_waiting(item);
                 }
                 let kind = setback_kind(&error);
                 store
@@ -589,7 +590,7 @@ impl Job {
         error: &gptimage::Error,
     ) -> (Retry, String) {
         let error_text = describe(error);
-        if error.kind() == ErrorKind::Api && error.api_code() == Some(ApiCode::NotFound) {
+        if forgets_the_task(error) {
             return (
                 Retry::NextRun,
                 format!(
@@ -620,9 +621,9 @@ impl Job {
         }
         let timeout = self.client.config().wait_timeout();
         let since = self
-            .setbacks
+            .waiting
             .lock()
-            .expect("the setback table is never poisoned")
+            .expect("never poisoned")
             .get(&item)
             .copied();
         if since.is_none_or(|since| since.elapsed() >= timeout) {
@@ -654,7 +655,7 @@ impl Job {
 
     /// When this run began waiting for the line, if it did before; notes now if not.
     fn waiting_since(&self, item: u64) -> Option<Instant> {
-        let mut table = self.setbacks.lock().expect("never poisoned");
+        let mut table = self.waiting.lock().expect("never poisoned");
         match table.get(&item) {
             Some(since) => Some(*since),
             None => {
@@ -664,8 +665,9 @@ impl Job {
         }
     }
 
-    fn forget_setbacks(&self, item: u64) {
-        self.setbacks.lock().expect("never poisoned").remove(&item);
+    /// The run is done with the line: it ended, or is held until a later run.
+    fn stop_waiting(&self, item: u64) {
+        self.waiting.lock().expect("never poisoned").remove(&item);
     }
 }
 
@@ -673,7 +675,8 @@ impl Job {
 enum Stall {
     /// The SDK's error.
     Sdk(gptimage::Error),
-    /// The line failed earlier in this run, and what was left of its wait timeout ran out.
+    /// The line was waited for earlier in this run, and what was left of its wait timeout ran
+    /// out.
     OutOfTime,
 }
 
@@ -686,11 +689,17 @@ impl From<gptimage::Error> for Stall {
 /// The kind recorded for a line set back by `error`: the SDK's kind, except `task_unknown` for a
 /// task the service says it does not know (404), which no retry in this run can change.
 fn setback_kind(error: &gptimage::Error) -> &'static str {
-    if error.kind() == ErrorKind::Api && error.api_code() == Some(ApiCode::NotFound) {
+    if forgets_the_task(error) {
         "task_unknown"
     } else {
         error.kind().as_str()
     }
+}
+
+/// Whether the service says it does not know the task (404): task ids expire, and belong to
+/// the key that made them.
+fn forgets_the_task(error: &gptimage::Error) -> bool {
+    error.kind() == ErrorKind::Api && error.api_code() == Some(ApiCode::NotFound)
 }
 
 /// Whether the service refused the account itself (a bad key, no credits): every line would
