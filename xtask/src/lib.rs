@@ -542,21 +542,11 @@ fn packages_of_edges(
     if !root.join("crates").join(dir).exists() {
         return Ok(None);
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let output = Command::new(cargo)
-        .args(["tree", "--package", package])
-        .args(features)
-        .args(["--edges", edges, "--prefix", "none"])
-        .current_dir(root)
-        .output()
-        .map_err(|e| format!("could not run cargo tree: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "cargo tree failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    let packages: BTreeSet<String> = String::from_utf8_lossy(&output.stdout)
+    let mut args = vec!["tree", "--package", package];
+    args.extend_from_slice(features);
+    args.extend(["--edges", edges, "--prefix", "none"]);
+    let output = cargo_output(root, &args)?;
+    let packages: BTreeSet<String> = String::from_utf8_lossy(&output)
         .lines()
         .filter_map(|line| line.split_whitespace().next())
         .map(str::to_owned)
@@ -634,20 +624,27 @@ pub fn metadata(root: &Path) -> Result<Value, String> {
 
 /// `cargo metadata` with `option` (`--no-deps`, `--all-features`), parsed.
 fn cargo_metadata(root: &Path, option: &str) -> Result<Value, String> {
+    let output = cargo_output(root, &["metadata", "--format-version", "1", option])?;
+    serde_json::from_slice(&output)
+        .map_err(|e| format!("cargo metadata printed something that is not JSON: {e}"))
+}
+
+/// What `cargo ARGS…` prints on stdout, run in `root`; an error with its stderr if it fails.
+pub fn cargo_output(root: &Path, args: &[&str]) -> Result<Vec<u8>, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let shown = format!("cargo {}", args.join(" "));
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", option])
+        .args(args)
         .current_dir(root)
         .output()
-        .map_err(|e| format!("could not run cargo metadata: {e}"))?;
+        .map_err(|e| format!("could not run {shown}: {e}"))?;
     if !output.status.success() {
         return Err(format!(
-            "cargo metadata failed: {}",
+            "{shown} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    serde_json::from_slice(&output.stdout)
-        .map_err(|e| format!("cargo metadata printed something that is not JSON: {e}"))
+    Ok(output.stdout)
 }
 
 /// The largest the installed `gptimage` binary may be.

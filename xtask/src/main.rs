@@ -2,6 +2,8 @@
 //! architecture invariants.
 
 use std::path::PathBuf;
+
+use serde_json::Value;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
@@ -76,7 +78,8 @@ fn ci() -> Result<(), String> {
     let started = Instant::now();
     let root = xtask::workspace_root();
     // Every feature but those that compile a C library from source: those get a step each.
-    let features = xtask::workspace_features(&xtask::metadata(&root)?, xtask::HEAVY_FEATURES);
+    let metadata = xtask::metadata(&root)?;
+    let features = xtask::workspace_features(&metadata, xtask::HEAVY_FEATURES);
     let features = features.join(",");
     let mut steps = Steps::default();
     steps.cargo("format", &["fmt", "--all", "--check"], &[])?;
@@ -93,7 +96,7 @@ fn ci() -> Result<(), String> {
         let features = features.clone();
         std::thread::spawn(move || {
             let mut steps = Steps::beside_the_tests(xtask::workspace_root().join("target/checks"));
-            let checked = checks(&mut steps, &features);
+            let checked = checks(&mut steps, &features, &metadata);
             (steps, checked)
         })
     };
@@ -164,7 +167,7 @@ fn tests(steps: &mut Steps, root: &std::path::Path, features: &str) -> Result<()
 
 /// What is checked rather than run: the lints, the docs, each build of the facade, and each
 /// package from what it ships.
-fn checks(steps: &mut Steps, features: &str) -> Result<(), String> {
+fn checks(steps: &mut Steps, features: &str, metadata: &Value) -> Result<(), String> {
     steps.cargo(
         "lints",
         &[
@@ -199,7 +202,7 @@ fn checks(steps: &mut Steps, features: &str) -> Result<(), String> {
             )?;
         }
     }
-    verify_packages(steps)?;
+    verify_packages(steps, metadata)?;
     check_package_contents()
 }
 
@@ -209,7 +212,7 @@ fn checks(steps: &mut Steps, features: &str) -> Result<(), String> {
 /// unpacked packages too (`patch.crates-io`), so a file a package lacks or a feature it only
 /// got from another crate of the workspace fails here. Checking rather than building gives the
 /// same proof without code generation or linking; every check shares the target folder.
-fn verify_packages(steps: &mut Steps) -> Result<(), String> {
+fn verify_packages(steps: &mut Steps, metadata: &Value) -> Result<(), String> {
     let root = xtask::workspace_root();
     steps.cargo(
         "packages",
@@ -223,7 +226,6 @@ fn verify_packages(steps: &mut Steps) -> Result<(), String> {
         ],
         &[],
     )?;
-    let metadata = xtask::metadata(&root)?;
     let version_of = |name: &str| {
         metadata["packages"]
             .as_array()
@@ -430,20 +432,12 @@ impl Steps {
 
 /// Each published crate carries both licence texts and its README; the facade its examples.
 fn check_package_contents() -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     for (package, extra) in xtask::PACKAGE_CONTENTS {
-        let output = Command::new(&cargo)
-            .args(["package", "--list", "--allow-dirty", "--package", package])
-            .current_dir(xtask::workspace_root())
-            .output()
-            .map_err(|e| format!("could not run cargo package --list: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "cargo package --list --package {package} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        let listed = String::from_utf8_lossy(&output.stdout);
+        let output = xtask::cargo_output(
+            &xtask::workspace_root(),
+            &["package", "--list", "--allow-dirty", "--package", package],
+        )?;
+        let listed = String::from_utf8_lossy(&output);
         let files: Vec<&str> = listed.lines().collect();
         let missing: Vec<&&str> = ["LICENSE-MIT", "LICENSE-APACHE", "README.md"]
             .iter()
