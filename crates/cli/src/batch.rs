@@ -360,18 +360,12 @@ async fn status_text(store: &Store, state: &StateUrl) -> Result<(), Error> {
     }
     let unknown = progress.count(LineState::Unknown);
     if unknown > 0 {
-        let mut tokens = Vec::new();
-        let mut pages = store.pages_not_done(PAGE);
-        'pages: while let Some(page) = pages.next().await? {
-            for line in page {
-                if let Some(token) = line.outcome_token() {
-                    tokens.push(token.to_string());
-                    if tokens.len() as u64 >= TOKENS_LISTED {
-                        break 'pages;
-                    }
-                }
-            }
-        }
+        let first = store.pages_unknown(TOKENS_LISTED).next().await?;
+        let tokens: Vec<String> = first
+            .into_iter()
+            .flatten()
+            .filter_map(|line| line.outcome_token().map(|t| t.to_string()))
+            .collect();
         println!("unknown outcomes (check the account for each before sending it again):");
         println!("  tokens: {}", tokens.join(","));
         if unknown > tokens.len() as u64 {

@@ -425,6 +425,10 @@ fn resubmit_unknown_resends_only_the_outcomes_the_user_named() {
     );
     let line = only_line(&out);
     assert_eq!(line["token"], "1.1", "{line}");
+    // The status for people lists the token to name.
+    let status = run(gptimage().args(["batch-status", "--out"]).arg(&out));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("tokens: 1.1"), "{text}");
     // The user checked outcome 1.1 and names it: sent again, and lost again (outcome 1.2).
     let (output, _) = run_within(
         Duration::from_secs(30),

@@ -113,8 +113,12 @@ pub struct Reason {
 const RECORD: &str = "item, line, state, name, prompt, task_id, images, files, credits, \
                       error_kind, error_message, submissions, retry_at";
 
+/// Every claimed line.
+const ALL: &str = "TRUE";
 /// The lines a report lists as not done: claimed, and neither done nor merely pending.
 const NOT_DONE: &str = "state NOT IN ('done', 'pending')";
+/// The lines of unknown outcome.
+const UNKNOWN: &str = "state = 'unknown'";
 
 impl Store {
     /// How the batch stands: counts by state, credits, workers.
@@ -189,7 +193,7 @@ impl Store {
     /// Up to `limit` claimed lines after item `after` (or from the start), in file order. Page
     /// through a large batch with the last item seen, or with [`pages`](Self::pages).
     pub async fn lines(&self, after: Option<u64>, limit: u64) -> Result<Vec<LineRecord>, Error> {
-        self.page("TRUE", after, limit).await
+        self.page(ALL, after, limit).await
     }
 
     /// Like [`lines`](Self::lines), but only the lines a report lists as not done: neither
@@ -237,7 +241,7 @@ impl Store {
             page: page.max(1),
             after: None,
             done: false,
-            not_done_only: false,
+            filter: ALL,
         }
     }
 
@@ -245,7 +249,16 @@ impl Store {
     /// [`not_done`](Self::not_done)).
     pub fn pages_not_done(&self, page: u64) -> Pages<'_> {
         Pages {
-            not_done_only: true,
+            filter: NOT_DONE,
+            ..self.pages(page)
+        }
+    }
+
+    /// Like [`pages`](Self::pages), but only the lines of unknown outcome, each with its
+    /// [`outcome_token`](LineRecord::outcome_token).
+    pub fn pages_unknown(&self, page: u64) -> Pages<'_> {
+        Pages {
+            filter: UNKNOWN,
             ..self.pages(page)
         }
     }
@@ -350,7 +363,8 @@ pub struct Pages<'a> {
     page: u64,
     after: Option<u64>,
     done: bool,
-    not_done_only: bool,
+    /// Which lines: a `WHERE` condition of this module's.
+    filter: &'static str,
 }
 
 impl Pages<'_> {
@@ -359,11 +373,7 @@ impl Pages<'_> {
         if self.done {
             return Ok(None);
         }
-        let page = if self.not_done_only {
-            self.store.not_done(self.after, self.page).await?
-        } else {
-            self.store.lines(self.after, self.page).await?
-        };
+        let page = self.store.page(self.filter, self.after, self.page).await?;
         match page.last() {
             Some(last) => {
                 self.after = Some(last.item);
