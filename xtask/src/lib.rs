@@ -356,11 +356,23 @@ pub const ASYNC_CRATES: &[&str] = &["tokio", "reqwest", "hyper", "mio", "axum"];
 pub const DEFAULT_FORBIDDEN: &[&str] = &["axum", "sqlx", "sqlx-core", "libsqlite3-sys"];
 
 /// A blocking-only build of the facade (`--no-default-features --features blocking,rustls`)
-/// contains none of [`ASYNC_CRATES`]; its default build none of [`DEFAULT_FORBIDDEN`]. Checked
-/// with `cargo tree`.
+/// contains none of [`ASYNC_CRATES`], and with the webhook listener no reqwest or axum; its
+/// default build none of [`DEFAULT_FORBIDDEN`]. Checked with `cargo tree`.
 pub fn check_blocking_build(root: &Path) -> Vec<String> {
     let blocking = ["--no-default-features", "--features", "blocking,rustls"];
     let mut violations = check_build(root, &blocking, ASYNC_CRATES, "a blocking-only build");
+    // The listener brings its own small runtime, never the async client's HTTP stack.
+    let listening = [
+        "--no-default-features",
+        "--features",
+        "blocking,rustls,listener",
+    ];
+    violations.extend(check_build(
+        root,
+        &listening,
+        &["reqwest", "axum"],
+        "a blocking build with the webhook listener",
+    ));
     violations.extend(check_build(
         root,
         &[],
@@ -415,22 +427,28 @@ pub const TLS_BUILDS: &[(&str, Option<&str>)] = &[
 /// what each contains.
 pub fn facade_feature_sets() -> Vec<Vec<String>> {
     let light = |features: &&&str| !HEAVY_FEATURES.iter().any(|h| features.contains(h));
-    let mut sets: Vec<Vec<String>> = ["", "blocking", "async", "async,native-tls,tracing"]
-        .iter()
-        .chain(
-            TLS_BUILDS
-                .iter()
-                .map(|(features, _)| features)
-                .filter(light),
-        )
-        .map(|features| {
-            let mut args = vec!["--no-default-features".to_owned()];
-            if !features.is_empty() {
-                args.extend(["--features".to_owned(), (*features).to_owned()]);
-            }
-            args
-        })
-        .collect();
+    let mut sets: Vec<Vec<String>> = [
+        "",
+        "blocking",
+        "async",
+        "async,native-tls,tracing",
+        "blocking,rustls,listener",
+    ]
+    .iter()
+    .chain(
+        TLS_BUILDS
+            .iter()
+            .map(|(features, _)| features)
+            .filter(light),
+    )
+    .map(|features| {
+        let mut args = vec!["--no-default-features".to_owned()];
+        if !features.is_empty() {
+            args.extend(["--features".to_owned(), (*features).to_owned()]);
+        }
+        args
+    })
+    .collect();
     sets.push(Vec::new());
     sets.push(vec!["--all-features".to_owned()]);
     sets

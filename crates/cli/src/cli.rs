@@ -175,9 +175,17 @@ pub(crate) struct Listen {
     /// service can reach. Each task gets its own secret callback URL: treat it like the key.
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<std::net::SocketAddr>,
-    /// The public URL that reaches --listen (behind a proxy or NAT); by default http://ADDR/.
+    /// The public URL that reaches --listen (behind a proxy or NAT); by default http://ADDR/,
+    /// or https://ADDR/ with --listen-cert.
     #[arg(long, value_name = "URL", requires = "listen")]
     pub(crate) public_url: Option<String>,
+    /// Serve --listen over HTTPS with this PEM certificate chain (the server's certificate
+    /// first); needs --listen-key.
+    #[arg(long, value_name = "FILE", requires_all = ["listen", "listen_key"])]
+    pub(crate) listen_cert: Option<std::path::PathBuf>,
+    /// The PEM private key (PKCS #8, PKCS #1 or SEC1) of --listen-cert.
+    #[arg(long, value_name = "FILE", requires = "listen_cert")]
+    pub(crate) listen_key: Option<std::path::PathBuf>,
 }
 
 /// Where a batch's state lives.

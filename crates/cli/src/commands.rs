@@ -94,6 +94,17 @@ impl Context {
         let listener = match listen.and_then(|l| l.listen.map(|addr| (addr, l))) {
             None => None,
             Some((addr, listen)) => {
+                let mut options = gptimage::webhook::ListenOptions::new();
+                if let (Some(cert), Some(key)) = (&listen.listen_cert, &listen.listen_key) {
+                    let tls = gptimage::webhook::ServerTls::from_pem_files(cert, key)
+                        .map_err(|e| (describe(&e, None), code::USAGE))?;
+                    options = options.tls(tls);
+                }
+                let scheme = if listen.listen_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
                 let public = match &listen.public_url {
                     Some(url) => url.clone(),
                     None if addr.ip().is_unspecified() || addr.port() == 0 => {
@@ -105,12 +116,12 @@ impl Context {
                             code::USAGE,
                         ));
                     }
-                    None => format!("http://{addr}/"),
+                    None => format!("{scheme}://{addr}/"),
                 };
                 let receiver = gptimage::webhook::Receiver::new(&public)
                     .map_err(|e| (describe(&e, None), code::USAGE))?;
                 let listener = receiver
-                    .listen(addr)
+                    .listen_with(addr, &options)
                     .map_err(|e| (format!("could not listen on {addr}: {e}"), code::USAGE))?;
                 if global.verbose {
                     eprintln!("receiving callbacks on {addr} for {}", receiver.base_url());

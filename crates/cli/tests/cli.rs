@@ -299,6 +299,93 @@ fn a_wait_ends_at_its_deadline_when_the_server_hangs() {
     assert!(took < Duration::from_secs(4), "a 2 s wait took {took:?}");
 }
 
+/// A fixture of the transport's tests: a test CA and a certificate for localhost it signed.
+fn tls_fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../transport/tests/fixtures")
+        .join(name)
+}
+
+#[test]
+fn listen_serves_https_and_ipv6_and_refuses_an_unusable_certificate() {
+    let ca = std::fs::read(tls_fixture("test-ca.pem")).unwrap();
+    let emulator = Emulator::spawn(
+        Config::instant()
+            .with_timings(Duration::ZERO, Duration::from_secs(1))
+            .with_trusted_roots_pem(ca),
+    )
+    .unwrap();
+    let (cert, key) = (
+        tls_fixture("localhost.pem"),
+        tls_fixture("localhost-key.pem"),
+    );
+    let port = free_port();
+    let public = format!("https://localhost:{port}/hooks/");
+    let https = ["--listen-cert", cert.to_str().unwrap(), "--listen-key"];
+    let ipv6 = format!("[::1]:{port}");
+    for (listen, tls) in [(format!("127.0.0.1:{port}"), true), (ipv6, false)] {
+        let started = std::time::Instant::now();
+        let mut command = against(&emulator);
+        command
+            .args(["generate", "called back", "--json", "--poll-interval", "20"])
+            .args(["--listen", &listen]);
+        if tls {
+            command
+                .args(https)
+                .arg(&key)
+                .args(["--public-url", &public]);
+        }
+        let output = run(&mut command);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        assert_eq!(json(&output)["status"], "SUCCESS");
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(8),
+            "{listen}: a 20 s poll interval, done in {took:?}"
+        );
+    }
+    assert_eq!(emulator.counters().webhooks_delivered, 2);
+
+    // A key that is not the certificate's: a usage error before anything is sent.
+    let other = tls_fixture("other-key.pem");
+    let before = emulator.counters().generate_requests;
+    let output = run(against(&emulator)
+        .args([
+            "generate",
+            "never sent",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(https)
+        .arg(&other));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot serve TLS"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(against(&emulator)
+        .args([
+            "generate",
+            "never sent",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--listen-cert", "/nonexistent/cert.pem", "--listen-key"])
+        .arg(&key));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("/nonexistent/cert.pem"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        emulator.counters().generate_requests,
+        before,
+        "nothing was sent"
+    );
+}
+
 #[test]
 fn listen_ends_the_wait_on_the_callback_and_refuses_a_callback_url() {
     let started = std::time::Instant::now();

@@ -243,6 +243,9 @@ pub struct Config {
     /// Serve result images from a second listener (another port, so another origin), as a CDN
     /// would; a client must not send its key there.
     pub separate_file_origin: bool,
+    /// Certificates (PEM) the emulator trusts when it fetches an `https` input image or
+    /// delivers an `https` webhook; none by default, so such URLs fail with a certificate error.
+    pub trusted_roots_pem: Vec<u8>,
 }
 
 impl Default for Config {
@@ -268,6 +271,7 @@ impl Default for Config {
             webhook_timeout: Duration::from_secs(5),
             errors_with_http_200: false,
             separate_file_origin: false,
+            trusted_roots_pem: Vec::new(),
         }
     }
 }
@@ -283,6 +287,12 @@ impl Config {
             webhook_timeout: Duration::from_secs(2),
             ..Self::default()
         }
+    }
+
+    /// Trusts these PEM certificates (a test CA, say) for `https` input images and webhooks.
+    pub fn with_trusted_roots_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.trusted_roots_pem = pem.into();
+        self
     }
 
     /// Replaces the accepted keys.

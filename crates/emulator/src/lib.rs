@@ -251,19 +251,33 @@ fn http_client(config: &Config) -> io::Result<reqwest::Client> {
         .no_proxy()
         .redirect(redirects)
         .user_agent(concat!("gptimage-emulator/", env!("CARGO_PKG_VERSION")))
-        .tls_backend_preconfigured(tls_config())
+        .tls_backend_preconfigured(tls_config(&config.trusted_roots_pem)?)
         .build()
         .map_err(io::Error::other)
 }
 
-/// A rustls configuration on the ring provider with no trusted roots: the emulator reaches
-/// plain `http` on loopback, and an `https` input fails with a certificate error.
-fn tls_config() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth()
+/// A rustls configuration on the ring provider trusting only `roots_pem` (none by default): the
+/// emulator reaches plain `http` on loopback, and an `https` URL fails with a certificate error
+/// unless its certificate chains to one of those roots.
+fn tls_config(roots_pem: &[u8]) -> io::Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(roots_pem) {
+        let cert = cert.map_err(|e| invalid(format!("a trusted root is not valid PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| invalid(format!("a trusted root is not a usable certificate: {e}")))?;
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
 }

@@ -62,6 +62,10 @@ struct Args {
     /// Answer API errors with HTTP 200, the outcome only in the body's code.
     #[arg(long)]
     errors_as_http_200: bool,
+    /// Trust the CA certificates of this PEM file for https input images and webhooks (by
+    /// default none is trusted).
+    #[arg(long, value_name = "FILE")]
+    trust_ca: Option<std::path::PathBuf>,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -145,7 +149,19 @@ fn config(args: &Args) -> Config {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = config(&args);
+    let mut config = config(&args);
+    if let Some(path) = &args.trust_ca {
+        match std::fs::read(path) {
+            Ok(pem) => config = config.with_trusted_roots_pem(pem),
+            Err(e) => {
+                eprintln!(
+                    "gptimage-emulator: cannot read --trust-ca {}: {e}",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
     let keys: Vec<String> = config.keys.iter().map(|k| k.key.clone()).collect();
     let emulator = match Emulator::bind(config, SocketAddr::new(args.host, args.port)).await {
         Ok(emulator) => emulator,

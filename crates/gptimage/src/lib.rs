@@ -49,6 +49,7 @@
 //! | `native-tls-vendored` | no | `native-tls` with OpenSSL built from source and linked statically |
 //! | `tracing` | no | `tracing` spans for each request and wait; the key is never recorded |
 //! | `axum` | no | `webhook::Receiver::axum_router`, the webhook receiver as an axum router |
+//! | `listener` | no | `webhook::Receiver::listen`, a built-in webhook listener (HTTP/1.1 or HTTPS) on a thread of its own |
 //!
 //! Whatever the TLS feature, both clients use the same TLS and trust the same roots: the
 //! platform's (the system store, `SSL_CERT_FILE` on Linux), never a bundled list. The library

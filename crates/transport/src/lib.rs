@@ -43,6 +43,9 @@
 //!   A build with none refuses an `https` base URL when the client is built, naming the features.
 //! - `tracing`: `tracing` spans for each request and wait; the key is never recorded.
 //! - `axum`: `webhook::Receiver::axum_router`, the webhook receiver as an axum router.
+//! - `listener`: `webhook::Receiver::listen`, a built-in webhook listener for programs with no
+//!   server: hyper 1's HTTP/1.1 (HTTPS through rustls) on a one-thread tokio runtime of its own,
+//!   so the blocking client can use it too (it brings tokio and hyper, not reqwest).
 //!
 //! ```no_run
 //! # #[cfg(feature = "async")]

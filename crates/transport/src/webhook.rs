@@ -6,7 +6,7 @@
 //! time, never correctness. Deliveries may come more than once, late, or never.
 //!
 //! ```no_run
-//! # #[cfg(feature = "async")]
+//! # #[cfg(all(feature = "async", feature = "listener"))]
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use gptimage_transport::Client;
 //! use gptimage_transport::webhook::Receiver;
@@ -33,18 +33,20 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{Method, StatusCode, header};
 use url::Url;
 
 use crate::error::{Error, Result};
+
+#[cfg(feature = "listener")]
+mod listener;
+#[cfg(feature = "listener")]
+pub use listener::{ListenOptions, Listener, ServerTls};
 
 /// The largest callback body accepted.
 pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
@@ -280,13 +282,6 @@ impl Receiver {
         self.shared.changed.notify_all();
         true
     }
-
-    /// Serves [`handle`](Self::handle) on `addr` from a small built-in HTTP/1.1 listener on its
-    /// own thread, for programs without a server of their own. It stops when the returned
-    /// [`Listener`] is dropped.
-    pub fn listen(&self, addr: impl ToSocketAddrs) -> std::io::Result<Listener> {
-        Listener::start(self.clone(), addr)
-    }
 }
 
 #[cfg(feature = "axum")]
@@ -396,141 +391,6 @@ impl Future for NextHint<'_> {
     }
 }
 
-/// The built-in listener of [`Receiver::listen`]: one thread accepting connections, a thread per
-/// connection (at most 64 at once), each request read with a timeout and a size limit.
-pub struct Listener {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Connections served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 64;
-/// How long a connection may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-impl Listener {
-    fn start(receiver: Receiver, addr: impl ToSocketAddrs) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr)?;
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let active = Arc::new(AtomicUsize::new(0));
-        let stopping = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("gptimage-webhooks".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if stopping.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                        active.fetch_sub(1, Ordering::SeqCst);
-                        continue;
-                    }
-                    let (receiver, active) = (receiver.clone(), active.clone());
-                    let spawned = std::thread::Builder::new().spawn(move || {
-                        serve(stream, &receiver);
-                        active.fetch_sub(1, Ordering::SeqCst);
-                    });
-                    if spawned.is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// The address it listens on (useful after binding port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl std::fmt::Debug for Listener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Listener")
-            .field("addr", &self.addr)
-            .finish()
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Reads one request (head at most 16 KiB, body at most the limit), answers it, closes.
-fn serve(mut stream: TcpStream, receiver: &Receiver) {
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
-    let response = match read_request(&mut stream) {
-        Some(request) => receiver.handle(request),
-        None => answer(StatusCode::BAD_REQUEST, "not an HTTP request"),
-    };
-    let reason = response.status().canonical_reason().unwrap_or("");
-    let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n",
-        response.status().as_u16(),
-        response.body().len()
-    );
-    if let Some(allow) = response.headers().get(header::ALLOW) {
-        head.push_str(&format!("allow: {}\r\n", allow.to_str().unwrap_or("POST")));
-    }
-    head.push_str("\r\n");
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(response.body());
-}
-
-fn read_request(stream: &mut TcpStream) -> Option<http::Request<Vec<u8>>> {
-    const MAX_HEAD: usize = 16 * 1024;
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
-        }
-        if data.len() > MAX_HEAD {
-            return None;
-        }
-        let n = stream.read(&mut buf).ok().filter(|n| *n > 0)?;
-        data.extend_from_slice(&buf[..n]);
-    };
-    let head = std::str::from_utf8(&data[..head_end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let (method, target) = (first.next()?, first.next()?);
-    let length: usize = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0);
-    // One byte past the limit is enough to refuse the body.
-    let wanted = length.min(MAX_CALLBACK_BYTES + 1);
-    let mut body = data[head_end..].to_vec();
-    while body.len() < wanted {
-        let n = stream.read(&mut buf).ok().filter(|n| *n > 0)?;
-        body.extend_from_slice(&buf[..n]);
-    }
-    body.truncate(wanted);
-    http::Request::builder()
-        .method(method)
-        .uri(target)
-        .body(body)
-        .ok()
-}
-
 fn answer(status: StatusCode, what: &str) -> http::Response<Vec<u8>> {
     let body = serde_json::json!({ "accepted": status == StatusCode::OK, "message": what });
     let mut response = http::Response::new(body.to_string().into_bytes());
@@ -565,6 +425,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "axum")]
+    use std::io::{Read, Write};
+    #[cfg(feature = "axum")]
+    use std::net::TcpStream;
+    #[cfg(feature = "axum")]
+    use std::time::Duration;
 
     fn post(path: &str) -> http::Request<Vec<u8>> {
         http::Request::post(path).body(b"{}".to_vec()).unwrap()
@@ -664,30 +530,5 @@ mod tests {
         assert!(!hints.wait_until(Instant::now()));
         assert_eq!(status(path, b"{}".to_vec()).await, "200");
         assert!(hints.wait_until(Instant::now() + Duration::from_secs(5)));
-    }
-
-    #[test]
-    fn the_listener_serves_the_handler_over_loopback() {
-        let receiver = Receiver::new("http://127.0.0.1/hooks/").unwrap();
-        let listener = receiver.listen("127.0.0.1:0").unwrap();
-        let watch = receiver.issue().unwrap();
-        receiver.bind(&watch, "t9");
-        let mut hints = receiver.hints("t9").unwrap();
-        let path = &watch.url["http://127.0.0.1".len()..];
-        let send = |path: &str| {
-            let mut stream = TcpStream::connect(listener.local_addr()).unwrap();
-            let request = format!(
-                "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-                 content-length: 2\r\n\r\n{{}}"
-            );
-            stream.write_all(request.as_bytes()).unwrap();
-            let mut text = String::new();
-            stream.read_to_string(&mut text).unwrap();
-            text
-        };
-        assert!(send("/hooks/nope").starts_with("HTTP/1.1 404"));
-        assert!(send(path).starts_with("HTTP/1.1 200"));
-        assert!(hints.wait_until(Instant::now() + Duration::from_secs(5)));
-        drop(listener);
     }
 }

@@ -71,7 +71,7 @@ fn eventually(mut done: impl FnMut() -> bool) {
 fn post(addr: SocketAddr, path: &str, body: &str) -> u16 {
     let mut stream = TcpStream::connect(addr).unwrap();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).unwrap();
