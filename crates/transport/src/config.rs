@@ -345,7 +345,86 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// Other settings for some calls of a client, applied with `Client::with_options`: a wait
+/// deadline, request timeout, retry policy or poll schedule. What is not set stays the client's.
+///
+/// ```
+/// use std::time::Duration;
+/// use gptimage_transport::{CallOptions, PollSchedule, RetryPolicy};
+///
+/// let options = CallOptions::new()
+///     .wait_timeout(Duration::from_secs(30))
+///     .retry(RetryPolicy::none())
+///     .poll(PollSchedule::fixed(Duration::from_secs(2)));
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions {
+    wait_timeout: Option<Duration>,
+    request_timeout: Option<Duration>,
+    retry: Option<RetryPolicy>,
+    poll: Option<PollSchedule>,
+}
+
+impl CallOptions {
+    /// Nothing changed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long a wait may last (from its first poll) before it ends with
+    /// [`ErrorKind::DeadlinePassed`](crate::ErrorKind); also how long a submission may wait
+    /// for its turn.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = Some(timeout);
+        self
+    }
+
+    /// The timeout of each HTTP request (1 ms to 1 hour).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// The retry policy of each request.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// The poll schedule of waits (also their fallback schedule with webhooks).
+    pub fn poll(mut self, schedule: PollSchedule) -> Self {
+        self.poll = Some(schedule);
+        self
+    }
+}
+
 impl Config {
+    /// This configuration with `options` applied, checked as the builder checks them.
+    #[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
+    pub(crate) fn with_options(&self, options: &CallOptions) -> Result<Config> {
+        let mut config = self.clone();
+        if let Some(timeout) = options.request_timeout {
+            if timeout.is_zero() || timeout > Duration::from_secs(3600) {
+                return Err(Error::config(format!(
+                    "the request timeout must be between 1 ms and 1 hour, not {timeout:?}"
+                )));
+            }
+            config.request_timeout = timeout;
+        }
+        if let Some(timeout) = options.wait_timeout {
+            config.wait_timeout = timeout;
+        }
+        if let Some(policy) = options.retry {
+            config.retry = policy;
+        }
+        if let Some(schedule) = options.poll {
+            config.poll = schedule;
+            config.poll_explicit = true;
+        }
+        Ok(config)
+    }
+
     /// The base URL requests go under.
     pub fn base_url(&self) -> &str {
         &self.base.base

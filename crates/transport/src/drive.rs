@@ -45,6 +45,25 @@ pub(crate) fn waited(config: &Config, task_id: &str, result: &Result<TaskInfo>) 
     }
 }
 
+/// After a watch's last step: a task that ended needs its callback URL no more.
+pub(crate) fn watched(config: &Config, task_id: &str, step: &Result<TaskInfo>) {
+    if let (Some(receiver), Ok(info)) = (&config.webhooks, step)
+        && info.status.is_terminal()
+    {
+        receiver.finish(task_id);
+    }
+}
+
+/// A watch's last step as a wait's result: a failed task is an error.
+pub(crate) fn as_wait(step: Result<TaskInfo>) -> Result<TaskInfo> {
+    match step {
+        Ok(info) if info.status == gptimage_types::TaskStatus::Failed => Err(
+            crate::error::Error::task_failed(&info.task_id, info.error_message.clone()),
+        ),
+        other => other,
+    }
+}
+
 /// A fresh random seed for one operation's jitter, from the standard library's per-process
 /// random keys (the core takes randomness as an input, like time).
 pub(crate) fn seed() -> u64 {
@@ -58,9 +77,8 @@ pub(crate) fn seed() -> u64 {
 /// its configuration, `Debug` and `FromConfig`. Each client module invokes it once, beside its
 /// own `Client` struct and drive loop.
 macro_rules! client_shell {
-    ($transport:ident, $default:ty) => {
+    ($transport:ident, $default:ty, $path:literal) => {
         struct Inner {
-            config: Config,
             transport: Box<dyn $transport>,
             pacer: std::sync::Mutex<crate::core::pace::Pacer>,
         }
@@ -68,7 +86,7 @@ macro_rules! client_shell {
         impl std::fmt::Debug for Client {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.debug_struct("Client")
-                    .field("config", &self.inner.config)
+                    .field("config", &self.config)
                     .finish_non_exhaustive()
             }
         }
@@ -98,11 +116,39 @@ macro_rules! client_shell {
                 let pacer = crate::core::pace::Pacer::new(config.rate);
                 Self {
                     inner: Arc::new(Inner {
-                        config,
                         transport: Box::new(transport),
                         pacer: std::sync::Mutex::new(pacer),
                     }),
+                    config: Arc::new(config),
                 }
+            }
+
+            /// The same client with other settings for the calls made through the returned
+            /// handle: another wait deadline, request timeout, retry policy or poll schedule.
+            /// It shares this client's connections, its pacer (so submissions through both
+            /// still take turns at one rate) and its webhook receiver. Cheap: make one per
+            /// call if you like.
+            ///
+            /// ```
+            /// # use gptimage_transport::{CallOptions, Error};
+            #[doc = concat!("# use gptimage_transport::", $path, ";")]
+            /// use std::time::Duration;
+            ///
+            /// # fn run() -> Result<(), Error> {
+            /// let client = Client::builder().api_key("sk-test").build()?;
+            /// // A user is waiting on this one: give up after 30 s rather than the default.
+            /// let impatient = client.with_options(&CallOptions::new().wait_timeout(Duration::from_secs(30)))?;
+            /// assert_eq!(impatient.config().wait_timeout(), Duration::from_secs(30));
+            /// assert_ne!(client.config().wait_timeout(), Duration::from_secs(30));
+            /// # Ok(())
+            /// # }
+            /// # run().unwrap();
+            /// ```
+            pub fn with_options(&self, options: &crate::CallOptions) -> Result<Self> {
+                Ok(Self {
+                    inner: Arc::clone(&self.inner),
+                    config: Arc::new(self.config.with_options(options)?),
+                })
             }
 
             /// How hard the service is pushing back on this client's submissions (shared by
@@ -117,7 +163,7 @@ macro_rules! client_shell {
 
             /// The configuration.
             pub fn config(&self) -> &Config {
-                &self.inner.config
+                &self.config
             }
         }
     };

@@ -78,6 +78,7 @@ mod drive;
 mod error;
 #[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
 mod files;
+mod progress;
 mod tls;
 pub mod transport;
 pub mod webhook;
@@ -95,10 +96,13 @@ pub mod blocking;
 
 #[cfg(feature = "async")]
 pub use client::Client;
+#[cfg(feature = "async")]
+pub use client::{ManyTasks, TaskWatch};
 pub use config::{
-    API_KEY_ENV, BASE_URL_ENV, ClientBuilder, Config, DEFAULT_BASE_URL, FromConfig, PollSchedule,
-    Rate, RetryPolicy,
+    API_KEY_ENV, BASE_URL_ENV, CallOptions, ClientBuilder, Config, DEFAULT_BASE_URL, FromConfig,
+    PollSchedule, Rate, RetryPolicy,
 };
 pub use core::Image;
 pub use core::pace::Pacing;
 pub use error::{Error, ErrorKind, Result};
+pub use progress::{ManyEvent, Progress, Stopper};

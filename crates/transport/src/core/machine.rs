@@ -304,12 +304,16 @@ pub(crate) struct WaitMachine<'a, F> {
     first_after: Option<Duration>,
     jitter: Jitter,
     on_update: F,
+    /// A watch: the status last reported (see [`WaitMachine::watching`]).
+    watching: Option<Option<TaskStatus>>,
     state: WaitState<'a>,
 }
 
 enum WaitState<'a> {
     Polling(Box<CallMachine<'a, TaskInfo>>),
     Sleeping(Instant),
+    /// A watch's change to report, and when to poll next.
+    Changed(Option<TaskInfo>, Instant),
     Finished(Option<Result<TaskInfo>>),
 }
 
@@ -326,8 +330,18 @@ impl<'a, F: FnMut(&TaskInfo)> WaitMachine<'a, F> {
             first_after: None,
             jitter: Jitter::new(seed.rotate_left(17)),
             on_update,
+            watching: None,
             state: WaitState::Polling(Box::new(first)),
         })
+    }
+
+    /// A watch rather than a wait: each status that differs from the last one reported ends a
+    /// step as `Done(Ok(status))`, and the next `poll` goes on with the same deadline and
+    /// schedule. The terminal status (a failed task's included) is the last step, reported as
+    /// a status, not an error; a deadline or an error ends the watch as it ends a wait.
+    pub(crate) fn watching(mut self) -> Self {
+        self.watching = Some(None);
+        self
     }
 
     /// A callback is expected for this task: poll on the fallback schedule.
@@ -351,6 +365,22 @@ impl<'a, F: FnMut(&TaskInfo)> WaitMachine<'a, F> {
     /// After a status was read: done, failed, or another poll (never one past the deadline).
     fn after(&mut self, now: Instant, deadline: Instant, info: TaskInfo) {
         (self.on_update)(&info);
+        if let Some(last) = &mut self.watching {
+            let changed = last.as_ref() != Some(&info.status);
+            if info.status.is_terminal() {
+                self.finish(Ok(info));
+                return;
+            }
+            *last = Some(info.status.clone());
+            let next = (now + self.schedule.delay(self.polls)).min(deadline);
+            self.polls += 1;
+            self.state = if changed {
+                WaitState::Changed(Some(info), next)
+            } else {
+                WaitState::Sleeping(next)
+            };
+            return;
+        }
         match info.status {
             TaskStatus::Success => self.finish(Ok(info)),
             TaskStatus::Failed => {
@@ -396,6 +426,13 @@ impl<F: FnMut(&TaskInfo)> Machine for WaitMachine<'_, F> {
                             self.finish(Err(error));
                         }
                         next => return next,
+                    }
+                }
+                WaitState::Changed(info, next) => {
+                    let info = info.take();
+                    self.state = WaitState::Sleeping(*next);
+                    if let Some(info) = info {
+                        return Next::Done(Ok(info));
                     }
                 }
                 WaitState::Sleeping(until) if now < *until => return Next::SleepUntil(*until),

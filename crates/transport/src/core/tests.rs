@@ -715,3 +715,60 @@ fn submissions_take_their_turn_and_a_429_has_its_own_budget() {
     assert_eq!(ends(&mut second, at(start, 0.6)).unwrap().task_id, "t2");
     assert_eq!(pacer.lock().unwrap().pacing().pushbacks, 3);
 }
+
+#[test]
+fn a_watch_reports_each_change_once_and_ends_with_the_terminal_status() {
+    let config = wait_config(60.0, 1.0);
+    let start = Instant::now();
+    let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {})
+        .unwrap()
+        .watching();
+    sends(&mut wait, start);
+    wait.handle(at(start, 0.1), answer(200, &status_body("PENDING"), &[]));
+    let step = ends(&mut wait, at(start, 0.1)).unwrap();
+    assert_eq!(step.status, TaskStatus::Pending);
+    // The same status again is no step: the watch sleeps on its schedule.
+    assert_eq!(sleeps(&mut wait, at(start, 0.1)), at(start, 1.1));
+    sends(&mut wait, at(start, 1.1));
+    wait.handle(at(start, 1.2), answer(200, &status_body("PENDING"), &[]));
+    assert_eq!(sleeps(&mut wait, at(start, 1.2)), at(start, 2.2));
+    sends(&mut wait, at(start, 2.2));
+    wait.handle(
+        at(start, 2.3),
+        answer(200, &status_body("IN_PROGRESS"), &[]),
+    );
+    assert_eq!(
+        ends(&mut wait, at(start, 2.3)).unwrap().status,
+        TaskStatus::InProgress
+    );
+    assert_eq!(sleeps(&mut wait, at(start, 2.3)), at(start, 3.3));
+    sends(&mut wait, at(start, 3.3));
+    wait.handle(at(start, 3.4), answer(200, &status_body("FAILED"), &[]));
+    // A failed task is its last status, not an error; then the watch is over.
+    assert_eq!(
+        ends(&mut wait, at(start, 3.4)).unwrap().status,
+        TaskStatus::Failed
+    );
+    assert!(ends(&mut wait, at(start, 3.5)).is_err());
+}
+
+#[test]
+fn a_watch_keeps_one_deadline_across_its_steps() {
+    let config = wait_config(2.0, 1.0);
+    let start = Instant::now();
+    let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {})
+        .unwrap()
+        .watching();
+    sends(&mut wait, start);
+    wait.handle(at(start, 0.1), answer(200, &status_body("PENDING"), &[]));
+    ends(&mut wait, at(start, 0.1)).unwrap();
+    sends(&mut wait, at(start, 1.1));
+    wait.handle(
+        at(start, 1.2),
+        answer(200, &status_body("IN_PROGRESS"), &[]),
+    );
+    ends(&mut wait, at(start, 1.2)).unwrap();
+    assert_eq!(sleeps(&mut wait, at(start, 1.2)), at(start, 2.0));
+    let error = ends(&mut wait, at(start, 2.0)).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::DeadlinePassed);
+}

@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use gptimage_transport::{ClientBuilder, Error, FromConfig, Image, PollSchedule, RetryPolicy};
+use gptimage_transport::{
+    CallOptions, ClientBuilder, Error, FromConfig, Image, ManyEvent, Pacing, PollSchedule,
+    Progress, RetryPolicy, Stopper,
+};
 use gptimage_types::{CreatedTask, GenerateRequest, TaskInfo};
 
 /// The settings a test gives a client, applied to either builder.
@@ -24,6 +27,7 @@ pub struct Settings {
     pub wait_timeout: Duration,
     pub max_download_bytes: u64,
     pub webhooks: Option<gptimage_transport::webhook::Receiver>,
+    pub rate: Option<gptimage_transport::Rate>,
 }
 
 impl Settings {
@@ -38,12 +42,17 @@ impl Settings {
             wait_timeout: Duration::from_secs(20),
             max_download_bytes: 64 * 1024 * 1024,
             webhooks: None,
+            rate: None,
         }
     }
 
     pub fn apply<C: FromConfig>(&self, builder: ClientBuilder<C>) -> ClientBuilder<C> {
         let builder = match &self.webhooks {
             Some(receiver) => builder.webhooks(receiver.clone()),
+            None => builder,
+        };
+        let builder = match self.rate {
+            Some(rate) => builder.rate_limit(rate),
             None => builder,
         };
         builder
@@ -66,6 +75,48 @@ pub trait Driver: Sized + Send + Sync + Clone + std::fmt::Debug + 'static {
     fn generate(&self, request: &GenerateRequest) -> Result<TaskInfo, Error>;
     fn download(&self, task: &TaskInfo) -> Result<Vec<Image>, Error>;
     fn download_to_dir(&self, task: &TaskInfo, dir: &Path) -> Result<Vec<PathBuf>, Error>;
+    /// Every step of a watch, in order.
+    fn watch(&self, task_id: &str) -> Vec<Result<TaskInfo, Error>>;
+    /// `generate_with`: what it reported (`submitted ID`, `changed STATUS`), and its end.
+    fn generate_with(&self, request: &GenerateRequest) -> (Vec<String>, Result<TaskInfo, Error>);
+    /// `generate_many`'s events, in order; the stop is given once `stop_after` tasks were
+    /// submitted.
+    fn generate_many(
+        &self,
+        requests: Vec<GenerateRequest>,
+        concurrency: usize,
+        stop_after: Option<usize>,
+    ) -> Vec<ManyEvent>;
+    fn with_options(&self, options: &CallOptions) -> Result<Self, Error>;
+    fn pacing(&self) -> Pacing;
+}
+
+fn reported(progress: Progress<'_>) -> String {
+    match progress {
+        Progress::Submitted(created) => format!("submitted {}", created.task_id),
+        Progress::Changed(info) => format!("changed {}", info.status),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Collects `generate_many`'s events, stopping once `stop_after` were submitted.
+fn collect_many(
+    mut next: impl FnMut() -> Option<ManyEvent>,
+    stopper: Stopper,
+    stop_after: Option<usize>,
+) -> Vec<ManyEvent> {
+    let mut events = Vec::new();
+    let mut submitted = 0;
+    while let Some(event) = next() {
+        if matches!(event, ManyEvent::Submitted { .. }) {
+            submitted += 1;
+            if stop_after == Some(submitted) {
+                stopper.stop();
+            }
+        }
+        events.push(event);
+    }
+    events
 }
 
 /// The async client, driven from a synchronous test through a runtime of its own.
@@ -113,6 +164,54 @@ impl Driver for Async {
     fn download_to_dir(&self, task: &TaskInfo, dir: &Path) -> Result<Vec<PathBuf>, Error> {
         self.block(self.client.download_to_dir(task, dir))
     }
+    fn watch(&self, task_id: &str) -> Vec<Result<TaskInfo, Error>> {
+        let mut watch = self.client.watch(task_id);
+        let mut steps = Vec::new();
+        while let Some(step) = self.block(watch.next()) {
+            steps.push(step);
+        }
+        steps
+    }
+    fn generate_with(&self, request: &GenerateRequest) -> (Vec<String>, Result<TaskInfo, Error>) {
+        let mut seen = Vec::new();
+        let end = self.block(
+            self.client
+                .generate_with(request, |p| seen.push(reported(p))),
+        );
+        (seen, end)
+    }
+    fn generate_many(
+        &self,
+        requests: Vec<GenerateRequest>,
+        concurrency: usize,
+        stop_after: Option<usize>,
+    ) -> Vec<ManyEvent> {
+        self.block(async {
+            let mut many = self.client.generate_many(requests, concurrency);
+            let stopper = many.stopper();
+            let mut events = Vec::new();
+            let mut submitted = 0;
+            while let Some(event) = many.next().await {
+                if matches!(event, ManyEvent::Submitted { .. }) {
+                    submitted += 1;
+                    if stop_after == Some(submitted) {
+                        stopper.stop();
+                    }
+                }
+                events.push(event);
+            }
+            events
+        })
+    }
+    fn with_options(&self, options: &CallOptions) -> Result<Self, Error> {
+        Ok(Self {
+            client: self.client.with_options(options)?,
+            runtime: Arc::clone(&self.runtime),
+        })
+    }
+    fn pacing(&self) -> Pacing {
+        self.client.pacing()
+    }
 }
 
 /// The blocking client.
@@ -144,6 +243,30 @@ impl Driver for Blocking {
     }
     fn download_to_dir(&self, task: &TaskInfo, dir: &Path) -> Result<Vec<PathBuf>, Error> {
         self.0.download_to_dir(task, dir)
+    }
+    fn watch(&self, task_id: &str) -> Vec<Result<TaskInfo, Error>> {
+        self.0.watch(task_id).collect()
+    }
+    fn generate_with(&self, request: &GenerateRequest) -> (Vec<String>, Result<TaskInfo, Error>) {
+        let mut seen = Vec::new();
+        let end = self.0.generate_with(request, |p| seen.push(reported(p)));
+        (seen, end)
+    }
+    fn generate_many(
+        &self,
+        requests: Vec<GenerateRequest>,
+        concurrency: usize,
+        stop_after: Option<usize>,
+    ) -> Vec<ManyEvent> {
+        let mut many = self.0.generate_many(requests, concurrency);
+        let stopper = many.stopper();
+        collect_many(|| many.next(), stopper, stop_after)
+    }
+    fn with_options(&self, options: &CallOptions) -> Result<Self, Error> {
+        Ok(Self(self.0.with_options(options)?))
+    }
+    fn pacing(&self) -> Pacing {
+        self.0.pacing()
     }
 }
 
