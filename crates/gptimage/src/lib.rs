@@ -49,6 +49,7 @@
 //! | `native-tls-vendored` | no | `native-tls` with OpenSSL built from source and linked statically |
 //! | `tracing` | no | `tracing` spans for each request and wait; the key is never recorded |
 //! | `axum` | no | `webhook::Receiver::axum_router`, the webhook receiver as an axum router |
+//! | `test-util` | no | `test_util::Scripted`, a scripted transport for your tests (no network, no JSON by hand) |
 //! | `listener` | no | `webhook::Receiver::listen`, a built-in webhook listener (HTTP/1.1 or HTTPS) on a thread of its own |
 //!
 //! Whatever the TLS feature, both clients use the same TLS and trust the same roots: the
@@ -82,12 +83,13 @@ pub use gptimage_types::{
 
 // The clients, their configuration and their one error type.
 pub use gptimage_transport::{
-    API_KEY_ENV, BASE_URL_ENV, ClientBuilder, Config, DEFAULT_BASE_URL, Error, ErrorKind,
-    FromConfig, Image, Pacing, PollSchedule, Rate, Result, RetryPolicy,
+    API_KEY_ENV, BASE_URL_ENV, CallOptions, ClientBuilder, Config, DEFAULT_BASE_URL, Error,
+    ErrorKind, FromConfig, Image, ManyEvent, Pacing, PollSchedule, Progress, Rate, Result,
+    RetryPolicy, Stopper,
 };
 
 #[cfg(feature = "async")]
-pub use gptimage_transport::Client;
+pub use gptimage_transport::{Client, ManyTasks, TaskWatch};
 
 /// The blocking client (feature `blocking`).
 #[cfg(feature = "blocking")]
@@ -98,6 +100,10 @@ pub use gptimage_transport::transport;
 
 /// Webhooks: receive the service's callbacks and end waits on them.
 pub use gptimage_transport::webhook;
+
+/// A scripted transport for the tests of code that uses a client (feature `test-util`).
+#[cfg(feature = "test-util")]
+pub use gptimage_transport::test_util;
 
 /// The rest of the API's vocabulary: envelopes, webhooks, timestamps, keys.
 pub mod types;

@@ -43,6 +43,8 @@
 //!   A build with none refuses an `https` base URL when the client is built, naming the features.
 //! - `tracing`: `tracing` spans for each request and wait; the key is never recorded.
 //! - `axum`: `webhook::Receiver::axum_router`, the webhook receiver as an axum router.
+//! - `test-util`: `test_util::Scripted`, a scripted transport for the tests of code that uses a
+//!   client: no network, no JSON written by hand, every request recorded.
 //! - `listener`: `webhook::Receiver::listen`, a built-in webhook listener for programs with no
 //!   server: hyper 1's HTTP/1.1 (HTTPS through rustls) on a one-thread tokio runtime of its own,
 //!   so the blocking client can use it too (it brings tokio and hyper, not reqwest).
@@ -79,6 +81,8 @@ mod error;
 #[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
 mod files;
 mod progress;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 mod tls;
 pub mod transport;
 pub mod webhook;

@@ -69,6 +69,8 @@ impl Settings {
 /// What a test needs of a client; implemented by both.
 pub trait Driver: Sized + Send + Sync + Clone + std::fmt::Debug + 'static {
     fn connect(settings: &Settings) -> Result<Self, Error>;
+    /// A client over a scripted transport.
+    fn scripted(script: &gptimage_transport::test_util::Scripted) -> Self;
     fn submit(&self, request: &GenerateRequest) -> Result<CreatedTask, Error>;
     fn status(&self, task_id: &str) -> Result<TaskInfo, Error>;
     fn wait(&self, task_id: &str) -> Result<TaskInfo, Error>;
@@ -145,6 +147,18 @@ impl Driver for Async {
             client,
             runtime: Arc::new(runtime),
         })
+    }
+    fn scripted(script: &gptimage_transport::test_util::Scripted) -> Self {
+        use gptimage_transport::test_util::Scripted;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = gptimage_transport::Client::with_transport(Scripted::config(), script.clone());
+        Self {
+            client,
+            runtime: Arc::new(runtime),
+        }
     }
     fn submit(&self, request: &GenerateRequest) -> Result<CreatedTask, Error> {
         self.block(self.client.submit(request))
@@ -224,6 +238,13 @@ impl Driver for Blocking {
             settings
                 .apply(gptimage_transport::blocking::Client::builder())
                 .build()?,
+        ))
+    }
+    fn scripted(script: &gptimage_transport::test_util::Scripted) -> Self {
+        use gptimage_transport::test_util::Scripted;
+        Self(gptimage_transport::blocking::Client::with_transport(
+            Scripted::config(),
+            script.clone(),
         ))
     }
     fn submit(&self, request: &GenerateRequest) -> Result<CreatedTask, Error> {
