@@ -44,7 +44,11 @@ fn a_scripted_task_runs_end_to_end_and_every_request_is_recorded<D: Driver>() {
     assert_eq!(kinds, [Submit, Status, Status, Status, Download, Download]);
     assert_eq!(sent[0].json()["prompt"], "a fox in the snow");
     assert_eq!(sent[0].json()["size"], "1536*1024");
-    assert!(sent[1..4].iter().all(|r| r.task_id.as_deref() == Some("task-7")));
+    assert!(
+        sent[1..4]
+            .iter()
+            .all(|r| r.task_id.as_deref() == Some("task-7"))
+    );
     assert_eq!(sent[4].url, "https://cdn.test/a.png");
 }
 
@@ -57,10 +61,16 @@ fn a_scripted_refusal_is_the_services_error_and_costs_one_request<D: Driver>() {
 }
 
 fn a_dropped_submission_is_an_unknown_outcome_never_sent_again<D: Driver>() {
-    let script = Scripted::new().dropped(Endpoint::Submit).created("never-seen");
+    let script = Scripted::new()
+        .dropped(Endpoint::Submit)
+        .created("never-seen");
     let error = D::scripted(&script).submit(&request()).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::OutcomeUnknown);
-    assert_eq!(script.count(Endpoint::Submit), 1, "never sent again blindly");
+    assert_eq!(
+        script.count(Endpoint::Submit),
+        1,
+        "never sent again blindly"
+    );
 }
 
 fn a_dropped_status_is_asked_again<D: Driver>() {

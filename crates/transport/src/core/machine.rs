@@ -258,6 +258,14 @@ impl<T> Machine for CallMachine<'_, T> {
             } if self.pacer.is_some() => {
                 if let Some(mut pacer) = self.pacer() {
                     pacer.refused(now, retry_after);
+                    #[cfg(feature = "tracing")]
+                    tracing::warn!(
+                        target: "gptimage",
+                        retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
+                        per_second = pacer.pacing().per_second,
+                        pushbacks = pacer.pacing().pushbacks,
+                        "the service pushed back on a submission (429): every submission of the client slows down"
+                    );
                 }
                 let too_long = retry_after.is_some_and(|a| a > policy.max_retry_after);
                 if self.rate_limited >= policy.max_rate_limited || too_long {
@@ -282,6 +290,16 @@ impl<T> Machine for CallMachine<'_, T> {
                 let delay = retry_after
                     .unwrap_or_else(|| backoff(policy, self.retries, self.jitter.next()));
                 self.retries += 1;
+                #[cfg(feature = "tracing")]
+                tracing::info!(
+                    target: "gptimage",
+                    op = ?self.call.op,
+                    task_id = self.call.task_id.as_deref(),
+                    attempt = self.retries,
+                    delay_ms = delay.as_millis() as u64,
+                    reason = %error,
+                    "retrying"
+                );
                 self.last_error = Some(error);
                 let wake = now + delay;
                 self.state = CallState::Sleeping(self.deadline.map_or(wake, |d| wake.min(d)));
@@ -306,6 +324,9 @@ pub(crate) struct WaitMachine<'a, F> {
     on_update: F,
     /// A watch: the status last reported (see [`WaitMachine::watching`]).
     watching: Option<Option<TaskStatus>>,
+    /// The status last read, for the tracing event of each change.
+    #[cfg(feature = "tracing")]
+    last_seen: Option<TaskStatus>,
     state: WaitState<'a>,
 }
 
@@ -331,6 +352,8 @@ impl<'a, F: FnMut(&TaskInfo)> WaitMachine<'a, F> {
             jitter: Jitter::new(seed.rotate_left(17)),
             on_update,
             watching: None,
+            #[cfg(feature = "tracing")]
+            last_seen: None,
             state: WaitState::Polling(Box::new(first)),
         })
     }
@@ -358,6 +381,13 @@ impl<'a, F: FnMut(&TaskInfo)> WaitMachine<'a, F> {
     }
 
     fn deadline_passed(&mut self) {
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            target: "gptimage",
+            task_id = %self.task_id,
+            wait_timeout_ms = self.config.wait_timeout.as_millis() as u64,
+            "the wait's deadline passed; the task goes on at the service"
+        );
         let error = Error::deadline(&self.task_id, self.config.wait_timeout);
         self.finish(Err(error));
     }
@@ -365,6 +395,16 @@ impl<'a, F: FnMut(&TaskInfo)> WaitMachine<'a, F> {
     /// After a status was read: done, failed, or another poll (never one past the deadline).
     fn after(&mut self, now: Instant, deadline: Instant, info: TaskInfo) {
         (self.on_update)(&info);
+        #[cfg(feature = "tracing")]
+        if self.last_seen.as_ref() != Some(&info.status) {
+            tracing::info!(
+                target: "gptimage",
+                task_id = %self.task_id,
+                status = %info.status,
+                "status changed"
+            );
+            self.last_seen = Some(info.status.clone());
+        }
         if let Some(last) = &mut self.watching {
             let changed = last.as_ref() != Some(&info.status);
             if info.status.is_terminal() {
@@ -468,6 +508,8 @@ impl<F: FnMut(&TaskInfo)> Machine for WaitMachine<'_, F> {
     /// A genuine callback: if the wait is pausing, it polls now. (A hint during a status request
     /// is seen by the driver at the next pause, and comes back here then.)
     fn hint(&mut self, now: Instant) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(target: "gptimage", task_id = %self.task_id, "webhook hint: asking for the status now");
         if let WaitState::Sleeping(until) = &mut self.state {
             *until = now.min(*until);
         }
