@@ -1,48 +1,48 @@
 //! Quickstart (blocking): generate one image from synchronous code and save it as a PNG.
 //!
-//! With `GPTIMAGE_API_KEY` set it talks to the real service; without it, it starts the local
-//! emulator on a thread of its own:
+//! With `GPTIMAGE_API_KEY` set it talks to the real service; without it, it uses the local
+//! emulator:
 //!
 //! ```text
 //! cargo run -p gptimage --features blocking --example blocking_quickstart -- "a red fox in snow"
 //! ```
 
-use std::time::Duration;
+mod support;
 
 use gptimage::blocking::Client;
-use gptimage::{API_KEY_ENV, GenerateRequest, Size};
-use gptimage_emulator::{Config, Emulator};
+use gptimage::{GenerateRequest, Size, TaskStatus};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let prompt = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-    let prompt = if prompt.trim().is_empty() {
-        "A red fox in snow".to_owned()
-    } else {
-        prompt
-    };
-    let out = std::env::var("GPTIMAGE_OUT").unwrap_or_else(|_| "out".to_owned());
-
-    let (_emulator, client) = if std::env::var_os(API_KEY_ENV).is_some() {
-        (None, Client::from_env()?)
-    } else {
-        eprintln!("{API_KEY_ENV} is not set: using the local emulator (offline, no credits spent)");
-        let config =
-            Config::default().with_timings(Duration::from_millis(300), Duration::from_millis(700));
-        let emulator = Emulator::spawn(config)?;
-        let client = Client::builder()
-            .api_key(emulator.api_key())
-            .base_url(emulator.base_url())
-            .build()?;
-        (Some(emulator), client)
-    };
-
+/// The part to copy: submit, watch, save, with no async runtime.
+fn run(client: &Client, prompt: &str, out: &str) -> Result<(), Box<dyn std::error::Error>> {
     let request = GenerateRequest::text_to_image(prompt)
         .size(Size::Portrait)
         .build()?;
-    let task = client.generate(&request)?;
-    eprintln!("task {} ended {}", task.task_id, task.status);
-    for path in client.download_to_dir(&task, &out)? {
+    let created = client.submit(&request)?;
+    eprintln!("submitted task {}", created.task_id);
+    // Each status change once, ending with the terminal one.
+    let mut last = None;
+    for status in client.watch(&created.task_id) {
+        let status = status?;
+        eprintln!("  {}", status.status);
+        last = Some(status);
+    }
+    let task = last.ok_or("the watch ended without a status")?;
+    if task.status != TaskStatus::Success {
+        let why = task.error_message.as_deref().unwrap_or("no reason given");
+        return Err(format!("task {} failed: {why}", task.task_id).into());
+    }
+    for path in client.download_to_dir(&task, out)? {
         println!("{}", path.display());
     }
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (client, _guard) = support::blocking_client()?;
+    run(
+        &client,
+        &support::prompt("A red fox in snow"),
+        &support::out_dir(),
+    )?;
     Ok(())
 }

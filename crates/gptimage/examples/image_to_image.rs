@@ -8,48 +8,39 @@
 //!
 //! Without a key, it uses the local emulator: it first generates a picture there, then edits it.
 
-use gptimage::{API_KEY_ENV, Client, GenerateRequest, InputFidelity, Quality};
-use gptimage_emulator::{Config, Emulator};
+mod support;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let out = std::env::var("GPTIMAGE_OUT").unwrap_or_else(|_| "out".to_owned());
+use gptimage::{Client, GenerateRequest, InputFidelity, Quality};
 
-    let (_emulator, client, input, prompt) = if std::env::var_os(API_KEY_ENV).is_some() {
-        let [input, prompt @ ..] = args.as_slice() else {
-            return Err("usage: image_to_image IMAGE_URL PROMPT...".into());
-        };
-        (None, Client::from_env()?, input.clone(), prompt.join(" "))
-    } else {
-        eprintln!("{API_KEY_ENV} is not set: using the local emulator");
-        let emulator = Emulator::start(Config::instant()).await?;
-        let client = Client::builder()
-            .api_key(emulator.api_key())
-            .base_url(emulator.base_url())
-            .build()?;
-        let source = GenerateRequest::text_to_image("a quiet harbour at noon").build()?;
-        let source = client.generate(&source).await?;
-        let input = source
-            .images()
-            .first()
-            .cloned()
-            .ok_or("the source task has no image")?;
-        (
-            Some(emulator),
-            client,
-            input,
-            "the same harbour at night, lanterns lit".to_owned(),
-        )
-    };
-
+/// The part to copy: edit the image at `input` (a URL the service can fetch).
+async fn run(client: &Client, input: &str, prompt: &str, out: &str) -> Result<(), gptimage::Error> {
     let edit = GenerateRequest::image_to_image(prompt, [input])
         .input_fidelity(InputFidelity::High)
         .quality(Quality::High)
         .build()?;
     let task = client.generate(&edit).await?;
-    for path in client.download_to_dir(&task, &out).await? {
+    for path in client.download_to_dir(&task, out).await? {
         println!("{}", path.display());
     }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (client, _guard) = support::client()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (input, prompt) = if support::offline() {
+        // An image to edit: one the emulator makes first.
+        let source = GenerateRequest::text_to_image("a quiet harbour at noon").build()?;
+        let source = client.generate(&source).await?;
+        let input = source.images().first().cloned().ok_or("no source image")?;
+        (input, "the same harbour at night, lanterns lit".to_owned())
+    } else {
+        let [input, prompt @ ..] = args.as_slice() else {
+            return Err("usage: image_to_image IMAGE_URL PROMPT...".into());
+        };
+        (input.clone(), prompt.join(" "))
+    };
+    run(&client, &input, &prompt, &support::out_dir()).await?;
     Ok(())
 }

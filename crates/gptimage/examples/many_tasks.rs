@@ -1,18 +1,13 @@
-//! Many tasks at once, with bounded concurrency: at most `CONCURRENCY` tasks in flight, each
-//! submitted, waited for and downloaded; failures are reported without stopping the others.
+//! Many tasks at once: at most 3 in flight, sharing the client's pacer; each task id reported
+//! as soon as it exists, each result as it completes; a failure does not stop the others.
 //!
 //! ```text
 //! cargo run -p gptimage --example many_tasks
 //! ```
 
-use std::sync::Arc;
+mod support;
 
-use gptimage::{API_KEY_ENV, Client, GenerateRequest, Quality};
-use gptimage_emulator::{Config, Emulator};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-
-const CONCURRENCY: usize = 3;
+use gptimage::{Client, GenerateRequest, ManyEvent, Quality};
 
 const PROMPTS: &[&str] = &[
     "a lighthouse at dawn",
@@ -21,60 +16,45 @@ const PROMPTS: &[&str] = &[
     "a policy-violation example that the emulator refuses",
     "a sailing boat on a calm sea",
     "a city skyline at night",
-    "a field of sunflowers",
-    "a snowy mountain cabin",
 ];
+
+/// The part to copy.
+async fn run(client: &Client, out: &str) -> Result<(), gptimage::Error> {
+    let requests = PROMPTS
+        .iter()
+        .map(|prompt| {
+            GenerateRequest::text_to_image(*prompt)
+                .quality(Quality::Low)
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut events = client.generate_many(requests, 3);
+    // `events.stopper().stop()` (from a signal handler, say) submits nothing more.
+    while let Some(event) = events.next().await {
+        match event {
+            ManyEvent::Submitted { index, task_id } => eprintln!("{index}: task {task_id}"),
+            ManyEvent::Finished {
+                index,
+                result: Ok(task),
+            } => {
+                let stem = format!("many-{index}");
+                for path in client.download_to_dir_as(&task, out, &stem).await? {
+                    println!("{}", path.display());
+                }
+            }
+            ManyEvent::Finished {
+                index,
+                result: Err(error),
+            } => eprintln!("{index}: {error}"),
+            other => eprintln!("{other:?}"),
+        }
+    }
+    Ok(())
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::var("GPTIMAGE_OUT").unwrap_or_else(|_| "out".to_owned());
-    let (_emulator, client) = if std::env::var_os(API_KEY_ENV).is_some() {
-        (None, Client::from_env()?)
-    } else {
-        eprintln!("{API_KEY_ENV} is not set: using the local emulator");
-        let emulator = Emulator::start(Config::instant()).await?;
-        let client = Client::builder()
-            .api_key(emulator.api_key())
-            .base_url(emulator.base_url())
-            .build()?;
-        (Some(emulator), client)
-    };
-
-    let permits = Arc::new(Semaphore::new(CONCURRENCY));
-    let mut tasks = JoinSet::new();
-    for (n, prompt) in PROMPTS.iter().enumerate() {
-        let (client, permits, out) = (client.clone(), permits.clone(), out.clone());
-        let request = GenerateRequest::text_to_image(*prompt)
-            .quality(Quality::Low)
-            .build()?;
-        tasks.spawn(async move {
-            let _permit = permits
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
-            let result = async {
-                let task = client.generate(&request).await?;
-                client
-                    .download_to_dir_as(&task, &out, &format!("batch-{n}"))
-                    .await
-            }
-            .await;
-            (prompt, result)
-        });
-    }
-    let (mut done, mut failed) = (0, 0);
-    while let Some(joined) = tasks.join_next().await {
-        match joined? {
-            (_, Ok(paths)) => {
-                done += 1;
-                println!("{}", paths[0].display());
-            }
-            (prompt, Err(error)) => {
-                failed += 1;
-                eprintln!("{prompt:?}: {error}");
-            }
-        }
-    }
-    eprintln!("{done} done, {failed} failed, at most {CONCURRENCY} at a time");
+    let (client, _guard) = support::client()?;
+    run(&client, &support::out_dir()).await?;
     Ok(())
 }
