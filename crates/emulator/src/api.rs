@@ -25,6 +25,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/generate", any(generate))
         .route("/api/status", any(status))
         .route("/files/{task_id}/{file}", any(file))
+        .route("/uploads/{name}", any(upload))
         .route("/openapi.json", any(openapi))
         .route("/_emulator/counters", any(counters))
         .fallback(fallback)
@@ -187,6 +188,77 @@ async fn file(State(app): State<Arc<App>>, request: Request) -> Response {
         ),
     };
     finish(fault, answer, request.extensions()).await
+}
+
+/// `PUT /uploads/{sha256}.{png|jpg|webp}` with the API key keeps an input image (its name must
+/// be its content's SHA-256); `GET` serves it back, without a key, as a bucket serves a signed
+/// URL: the emulator's stand-in for the store a user names, so local files work offline.
+async fn upload(State(app): State<Arc<App>>, request: Request) -> Response {
+    app.store.count(|c| c.upload_requests += 1);
+    let name = request
+        .uri()
+        .path()
+        .trim_start_matches("/uploads/")
+        .to_owned();
+    let content_type = match name.rsplit_once('.') {
+        Some((_, "png")) => "image/png",
+        Some((_, "jpg")) => "image/jpeg",
+        Some((_, "webp")) => "image/webp",
+        _ => "",
+    };
+    let hash = name.split('.').next().unwrap_or_default();
+    let named_well = !content_type.is_empty()
+        && hash.len() == 64
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !named_well {
+        return error(
+            &app,
+            StatusCode::NOT_FOUND,
+            "Not Found: uploads are named {sha256 of the content, lowercase hex}.{png|jpg|webp}.",
+        );
+    }
+    match *request.method() {
+        Method::GET => match app.store.uploaded(&name) {
+            Some(bytes) => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, content_type)],
+                Body::from(bytes.as_ref().clone()),
+            )
+                .into_response(),
+            None => error(&app, StatusCode::NOT_FOUND, "Not Found: no such upload."),
+        },
+        Method::PUT => {
+            let (parts, body) = request.into_parts();
+            if let Err(answer) = authenticate(&app, &parts.headers) {
+                return answer;
+            }
+            let limit = app.store.config.max_input_bytes;
+            let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+                return error(
+                    &app,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("Payload Too Large: an input image may have at most {limit} bytes."),
+                );
+            };
+            if crate::render::content_hash(&bytes) != hash {
+                return error(
+                    &app,
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: the upload's name is not the SHA-256 of its content.",
+                );
+            }
+            let created = app.store.upload(&name, bytes.to_vec());
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, [(header::CONTENT_TYPE, "application/json")], "{}").into_response()
+        }
+        _ => method_not_allowed(&app, "GET, PUT"),
+    }
 }
 
 async fn openapi(State(app): State<Arc<App>>, request: Request) -> Response {

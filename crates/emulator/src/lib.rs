@@ -189,6 +189,13 @@ impl Emulator {
         self.app.store.files_base()
     }
 
+    /// Where input images can be uploaded (`PUT {uploads_url}{sha256}.{png|jpg|webp}` with the
+    /// API key) and fetched back, so image-to-image from local files works offline:
+    /// `http://127.0.0.1:PORT/uploads/`.
+    pub fn uploads_url(&self) -> String {
+        format!("{}/uploads/", self.origin)
+    }
+
     /// The first configured key (by default [`DEFAULT_KEY`]).
     pub fn api_key(&self) -> &str {
         &self.api_key

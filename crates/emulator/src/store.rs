@@ -62,6 +62,10 @@ pub struct Counters {
     pub webhooks_dropped: u64,
     /// Tasks dropped because they expired or the store was full.
     pub tasks_expired: u64,
+    /// Requests under `/uploads/` (`PUT` an input image, `GET` it back).
+    pub upload_requests: u64,
+    /// Input images stored by a `PUT` under `/uploads/` (one already there is not stored again).
+    pub uploads_stored: u64,
 }
 
 /// Where a task is in its lifecycle.
@@ -108,7 +112,14 @@ struct Inner {
     /// Matching requests each fault rule has seen, for [`Fault::after`](crate::Fault::after).
     fault_seen: Vec<u64>,
     counters: Counters,
+    /// Uploaded input images by name, and the order they came in (the oldest go first beyond
+    /// [`MAX_UPLOADS`]).
+    uploads: HashMap<String, Arc<Vec<u8>>>,
+    upload_order: VecDeque<String>,
 }
+
+/// Uploaded input images kept at once.
+const MAX_UPLOADS: usize = 256;
 
 /// The shared state behind every handler.
 #[derive(Debug)]
@@ -141,6 +152,8 @@ impl Store {
             fault_fired: vec![0; config.faults.len()],
             fault_seen: vec![0; config.faults.len()],
             counters: Counters::default(),
+            uploads: HashMap::new(),
+            upload_order: VecDeque::new(),
         };
         Self {
             config,
@@ -157,6 +170,28 @@ impl Store {
 
     pub(crate) fn counters(&self) -> Counters {
         self.lock().counters.clone()
+    }
+
+    /// Keeps an uploaded input image under `name`; whether it was new.
+    pub(crate) fn upload(&self, name: &str, bytes: Vec<u8>) -> bool {
+        let mut inner = self.lock();
+        if inner.uploads.contains_key(name) {
+            return false;
+        }
+        if inner.upload_order.len() >= MAX_UPLOADS
+            && let Some(oldest) = inner.upload_order.pop_front()
+        {
+            inner.uploads.remove(&oldest);
+        }
+        inner.uploads.insert(name.to_owned(), Arc::new(bytes));
+        inner.upload_order.push_back(name.to_owned());
+        inner.counters.uploads_stored += 1;
+        true
+    }
+
+    /// An uploaded input image.
+    pub(crate) fn uploaded(&self, name: &str) -> Option<Arc<Vec<u8>>> {
+        self.lock().uploads.get(name).cloned()
     }
 
     pub(crate) fn count(&self, f: impl FnOnce(&mut Counters)) {

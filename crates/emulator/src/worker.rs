@@ -56,7 +56,12 @@ async fn produce(app: &App, request: &GenerateRequest) -> Result<Vec<Vec<u8>>, S
 /// Fetches and decodes input image number `n` (from 1), within the configured limits.
 async fn fetch_input(app: &App, n: usize, url: &str) -> Result<RgbImage, String> {
     let config = &app.store.config;
-    let fail = |why: String| format!("input image {n} ({url}) {why}");
+    // A signed URL's query is a secret: messages show the URL without it.
+    let shown = match url.split_once(['?', '#']) {
+        Some((bare, _)) => format!("{bare}?…"),
+        None => url.to_owned(),
+    };
+    let fail = |why: String| format!("input image {n} ({shown}) {why}");
     let parsed = reqwest::Url::parse(url).map_err(|e| fail(format!("is not a valid URL: {e}")))?;
     if !config.allow_remote_urls && !is_loopback(&parsed) {
         return Err(fail(

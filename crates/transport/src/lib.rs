@@ -80,6 +80,8 @@ mod drive;
 mod error;
 #[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
 mod files;
+#[cfg(feature = "async")]
+pub mod hosting;
 mod progress;
 #[cfg(feature = "test-util")]
 pub mod test_util;

@@ -29,25 +29,9 @@ impl ReqwestTransport {
     /// and the build's TLS: rustls on the chosen provider with the platform's verifier, or the
     /// platform's TLS library (see the crate's features).
     pub fn new(config: &Config) -> Result<Self> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout())
+        let builder = stack(config)?
             .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .no_proxy();
-        #[cfg(feature = "_rustls")]
-        {
-            builder = builder
-                .tls_backend_preconfigured(crate::tls::client_config(crate::tls::provider()?)?);
-        }
-        #[cfg(all(feature = "native-tls", not(feature = "_rustls")))]
-        {
-            builder = builder.tls_backend_native();
-        }
-        if let Some(proxy) = config.proxy() {
-            let proxy = reqwest::Proxy::all(proxy)
-                .map_err(|e| Error::config(format!("the proxy URL is not usable: {e}")))?;
-            builder = builder.proxy(proxy);
-        }
+            .tcp_nodelay(true);
         let client = builder
             .build()
             .map_err(|e| Error::config(format!("the HTTP client could not be built: {e}")))?;
@@ -62,6 +46,30 @@ impl ReqwestTransport {
     pub fn from_reqwest_client(client: reqwest::Client) -> Self {
         Self { client }
     }
+}
+
+/// The HTTP stack a configuration describes: its connect timeout, its proxy (and no other), and
+/// the build's TLS: rustls on the chosen provider with the platform's verifier, or the platform's
+/// TLS library. Shared by the transport and the image hosts.
+pub(crate) fn stack(config: &Config) -> Result<reqwest::ClientBuilder> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout())
+        .no_proxy();
+    #[cfg(feature = "_rustls")]
+    {
+        builder =
+            builder.tls_backend_preconfigured(crate::tls::client_config(crate::tls::provider()?)?);
+    }
+    #[cfg(all(feature = "native-tls", not(feature = "_rustls")))]
+    {
+        builder = builder.tls_backend_native();
+    }
+    if let Some(proxy) = config.proxy() {
+        let proxy = reqwest::Proxy::all(proxy)
+            .map_err(|e| Error::config(format!("the proxy URL is not usable: {e}")))?;
+        builder = builder.proxy(proxy);
+    }
+    Ok(builder)
 }
 
 #[async_trait::async_trait]

@@ -1,0 +1,247 @@
+//! [`ObjectStoreHost`]: input images in a bucket of S3 (or an S3-compatible store), Google
+//! Cloud Storage or Azure Blob, handed to the service as signed GET URLs (feature
+//! `object-store`, on the `object_store` crate, through this crate's own HTTP stack and TLS).
+
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
+use object_store::client::{HttpClient, HttpConnector};
+use object_store::gcp::{GoogleCloudStorage, GoogleCloudStorageBuilder};
+use object_store::path::Path as StorePath;
+use object_store::signer::Signer;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload};
+
+use super::{HostedUrl, ImageHost, LocalImage, VALIDITY_MARGIN};
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// The longest a signed URL may live (S3's limit).
+const MAX_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A bucket (or container) and a prefix in it, named by a URL: `s3://bucket/prefix`,
+/// `gs://bucket/prefix` or `az://container/prefix`.
+///
+/// Credentials and settings come from the environment, as each store's own tools read them:
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` and
+/// `AWS_ENDPOINT` (an S3-compatible store; with `AWS_ALLOW_HTTP=true` for plain http) for S3;
+/// `GOOGLE_APPLICATION_CREDENTIALS` or `GOOGLE_SERVICE_ACCOUNT` for Google Cloud Storage;
+/// `AZURE_STORAGE_ACCOUNT_NAME` and `AZURE_STORAGE_ACCOUNT_KEY` for Azure (a signed URL needs
+/// the account key). Missing credentials are a configuration error before anything is sent.
+///
+/// Each image is stored as `{prefix}/{sha256}.{extension}`, uploaded only if it is not there
+/// yet, and handed out as a signed GET URL.
+pub struct ObjectStoreHost {
+    store: Store,
+    prefix: StorePath,
+    shown: String,
+}
+
+enum Store {
+    S3(AmazonS3),
+    Gcs(GoogleCloudStorage),
+    Azure(MicrosoftAzure),
+}
+
+impl std::fmt::Debug for ObjectStoreHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStoreHost")
+            .field("url", &self.shown)
+            .finish_non_exhaustive()
+    }
+}
+
+/// object_store's requests through this crate's HTTP stack (its TLS provider and the
+/// platform's roots, its proxy), never a client of object_store's own.
+#[derive(Debug)]
+struct Stack(reqwest::Client);
+
+impl HttpConnector for Stack {
+    fn connect(&self, _: &ClientOptions) -> object_store::Result<HttpClient> {
+        Ok(HttpClient::new(self.0.clone()))
+    }
+}
+
+impl ObjectStoreHost {
+    /// The host `url` names, reached through the HTTP stack `config` describes.
+    ///
+    /// ```no_run
+    /// # fn run(config: &gptimage_transport::Config) -> gptimage_transport::Result<()> {
+    /// use gptimage_transport::hosting::ObjectStoreHost;
+    ///
+    /// let host = ObjectStoreHost::from_url("s3://my-bucket/gptimage-inputs", config)?;
+    /// # let _ = host;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_url(url: &str, config: &Config) -> Result<Self> {
+        Self::from_url_with(url, &[], config)
+    }
+
+    /// Like [`from_url`](Self::from_url), with settings given rather than read from the
+    /// environment (they win over it), named as `object_store` names them: for S3
+    /// `aws_access_key_id`, `aws_secret_access_key`, `aws_region`, `aws_endpoint`,
+    /// `aws_allow_http`…; for Google Cloud Storage `google_service_account`…; for Azure
+    /// `azure_storage_account_name`, `azure_storage_account_key`….
+    pub fn from_url_with(url: &str, settings: &[(&str, &str)], config: &Config) -> Result<Self> {
+        let parsed = url::Url::parse(url).map_err(|e| {
+            Error::config(format!(
+                "the image host {url:?} is not a URL ({e}); use s3://bucket/prefix, \
+                 gs://bucket/prefix or az://container/prefix"
+            ))
+        })?;
+        let bucket = parsed.host_str().unwrap_or_default();
+        if bucket.is_empty() {
+            return Err(Error::config(format!(
+                "the image host {url:?} names no bucket: use s3://bucket/prefix"
+            )));
+        }
+        let client = crate::reqwest_transport::stack(config)?
+            .build()
+            .map_err(|e| Error::config(format!("the HTTP client could not be built: {e}")))?;
+        let unusable = |e: object_store::Error| {
+            Error::config(format!("the image host {url} cannot be used: {e}"))
+        };
+        let setting = |key: &str| {
+            Error::config(format!(
+                "the image host setting {key:?} is not one object_store knows"
+            ))
+        };
+        let given = |name: &str| settings.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        let store = match parsed.scheme() {
+            "s3" | "s3a" => {
+                need_env(
+                    url,
+                    &given,
+                    &[
+                        &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+                        &["AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"],
+                        &["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"],
+                        &["AWS_CONTAINER_CREDENTIALS_FULL_URI"],
+                    ],
+                )?;
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_http_connector(Stack(client));
+                for (key, value) in settings {
+                    let key = key.to_ascii_lowercase().parse().map_err(|_| setting(key))?;
+                    builder = builder.with_config(key, *value);
+                }
+                Store::S3(builder.build().map_err(unusable)?)
+            }
+            "gs" => {
+                need_env(
+                    url,
+                    &given,
+                    &[
+                        &["GOOGLE_APPLICATION_CREDENTIALS"],
+                        &["GOOGLE_SERVICE_ACCOUNT"],
+                        &["GOOGLE_SERVICE_ACCOUNT_PATH"],
+                        &["GOOGLE_SERVICE_ACCOUNT_KEY"],
+                    ],
+                )?;
+                let mut builder = GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .with_http_connector(Stack(client));
+                for (key, value) in settings {
+                    let key = key.to_ascii_lowercase().parse().map_err(|_| setting(key))?;
+                    builder = builder.with_config(key, *value);
+                }
+                Store::Gcs(builder.build().map_err(unusable)?)
+            }
+            "az" | "azure" | "abfs" | "abfss" => {
+                need_env(
+                    url,
+                    &given,
+                    &[
+                        &["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY"],
+                        &["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCESS_KEY"],
+                        &["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_MASTER_KEY"],
+                    ],
+                )?;
+                let mut builder = MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_http_connector(Stack(client));
+                for (key, value) in settings {
+                    let key = key.to_ascii_lowercase().parse().map_err(|_| setting(key))?;
+                    builder = builder.with_config(key, *value);
+                }
+                Store::Azure(builder.build().map_err(unusable)?)
+            }
+            other => {
+                return Err(Error::config(format!(
+                    "the image host {url:?} is a {other}:// URL; use s3://bucket/prefix, \
+                     gs://bucket/prefix or az://container/prefix"
+                )));
+            }
+        };
+        let prefix = parsed.path().trim_matches('/');
+        Ok(Self {
+            store,
+            prefix: StorePath::from(prefix),
+            shown: url.to_owned(),
+        })
+    }
+
+    fn store(&self) -> &dyn ObjectStore {
+        match &self.store {
+            Store::S3(s) => s,
+            Store::Gcs(s) => s,
+            Store::Azure(s) => s,
+        }
+    }
+
+    fn signer(&self) -> &dyn Signer {
+        match &self.store {
+            Store::S3(s) => s,
+            Store::Gcs(s) => s,
+            Store::Azure(s) => s,
+        }
+    }
+}
+
+/// Refuses a host whose credentials are missing: one of `sets` must be set whole, in the
+/// environment or among the settings given.
+fn need_env(url: &str, given: &dyn Fn(&str) -> bool, sets: &[&[&str]]) -> Result<()> {
+    let set = |name: &&str| given(name) || std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    if sets.iter().any(|names| names.iter().all(set)) {
+        return Ok(());
+    }
+    let wanted: Vec<String> = sets.iter().map(|names| names.join(" and ")).collect();
+    Err(Error::config(format!(
+        "no credentials for the image host {url} in the environment: set {}",
+        wanted.join(", or ")
+    )))
+}
+
+#[async_trait::async_trait]
+impl ImageHost for ObjectStoreHost {
+    async fn host(&self, image: &LocalImage, valid_for: Duration) -> Result<HostedUrl> {
+        let path = self.prefix.clone().join(image.key());
+        let shown = format!("{}/{}", self.shown.trim_end_matches('/'), image.key());
+        let failed = |what: &str, e: object_store::Error| {
+            Error::config(format!(
+                "the input image {} could not be {what} {shown}: {e}",
+                image.path().display()
+            ))
+        };
+        match self.store().head(&path).await {
+            Ok(_) => {} // already there: the same content, by its name
+            Err(object_store::Error::NotFound { .. }) => {
+                let payload = PutPayload::from(image.bytes().to_vec());
+                self.store()
+                    .put(&path, payload)
+                    .await
+                    .map_err(|e| failed("uploaded to", e))?;
+            }
+            Err(e) => return Err(failed("looked up at", e)),
+        }
+        let valid = (valid_for + VALIDITY_MARGIN).min(MAX_VALIDITY);
+        let url = self
+            .signer()
+            .signed_url(http::Method::GET, &path, valid)
+            .await
+            .map_err(|e| failed("signed at", e))?;
+        Ok(HostedUrl(url.into()))
+    }
+}

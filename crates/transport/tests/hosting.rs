@@ -1,0 +1,287 @@
+//! Input images from local files: checked before anything is sent, put on a host under their
+//! content hash (once however often they are used), and fetched by the service from the URL
+//! the host gives. Against the emulator's own upload host, and a real S3-compatible server
+//! (moto's, started here on loopback; `.ci/run` installs it).
+#![cfg(feature = "object-store")]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gptimage_emulator::{Config, Emulator};
+use gptimage_transport::hosting::{ImageHost, LocalImage, ObjectStoreHost, PutHost};
+use gptimage_transport::test_util::TINY_PNG;
+use gptimage_transport::{Client, ErrorKind};
+use gptimage_types::GenerateRequest;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client(emulator: &Emulator) -> Client {
+    Client::builder()
+        .api_key(emulator.api_key())
+        .base_url(emulator.base_url())
+        .build()
+        .unwrap()
+}
+
+/// A PNG on disk, made by the emulator's own renderer (a real picture to edit).
+fn photo(
+    dir: &Path,
+    emulator: &Emulator,
+    client: &Client,
+    rt: &tokio::runtime::Runtime,
+) -> std::path::PathBuf {
+    let _ = emulator;
+    let task = rt
+        .block_on(
+            client.generate(
+                &GenerateRequest::text_to_image("a day photo")
+                    .build()
+                    .unwrap(),
+            ),
+        )
+        .unwrap();
+    rt.block_on(client.download_to_dir(&task, dir))
+        .unwrap()
+        .remove(0)
+}
+
+#[test]
+fn bad_files_are_refused_before_anything_is_sent_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.png");
+    std::fs::write(&text, "not an image").unwrap();
+    let big = dir.path().join("big.png");
+    std::fs::write(&big, [TINY_PNG, &[0u8; 4096]].concat()).unwrap();
+    let cases = [
+        (dir.path().join("missing.png"), "cannot be read"),
+        (dir.path().to_path_buf(), "is not a file"),
+        (text.clone(), "is not a PNG, JPEG or WebP image"),
+    ];
+    for (path, why) in cases {
+        let error = LocalImage::read(&path).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidRequest);
+        let text = error.to_string();
+        assert!(text.contains(why), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+    }
+    let error = LocalImage::read_within(&big, 1024).unwrap_err().to_string();
+    assert!(error.contains("at most 1024"), "{error}");
+    let image = LocalImage::read_within(&big, 1 << 20).unwrap();
+    assert_eq!(image.key().len(), 64 + ".png".len());
+}
+
+#[test]
+fn the_emulators_host_takes_a_file_once_and_the_emulator_edits_it() {
+    let rt = runtime();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let client = client(&emulator);
+    let dir = tempfile::tempdir().unwrap();
+    let image = LocalImage::read(photo(dir.path(), &emulator, &client, &rt)).unwrap();
+    let host = PutHost::new(client.config(), &emulator.uploads_url()).unwrap();
+    let url = rt
+        .block_on(host.host(&image, Duration::from_secs(60)))
+        .unwrap();
+    let again = rt
+        .block_on(host.host(&image, Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(url, again, "the same content, the same URL");
+    assert_eq!(emulator.counters().uploads_stored, 1);
+    let edit = GenerateRequest::image_to_image("make it night", [url.expose()])
+        .build()
+        .unwrap();
+    let task = rt.block_on(client.generate(&edit)).unwrap();
+    assert_eq!(task.images().len(), 1);
+    // Without the key, the host refuses the upload, and says so.
+    let keyless = Client::builder()
+        .api_key("sk-wrong")
+        .base_url(emulator.base_url())
+        .build()
+        .unwrap();
+    let other = LocalImage::from_bytes("tiny.png", TINY_PNG.to_vec(), 1 << 20).unwrap();
+    let host = PutHost::new(keyless.config(), &emulator.uploads_url()).unwrap();
+    let error = rt
+        .block_on(host.host(&other, Duration::from_secs(60)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("401") && error.contains("tiny.png"),
+        "{error}"
+    );
+}
+
+/// moto's S3 server on a free loopback port, ended on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server runs (pip install 'moto[server]'; .ci/run installs it)");
+        let moto = Self { child, port };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One plain request to the server; its status and body.
+    fn request(&self, method: &str, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            self.port
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let status = answer[9..12].parse().unwrap();
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3_settings(moto: &Moto) -> Vec<(&'static str, String)> {
+    vec![
+        ("aws_access_key_id", "test-key".to_owned()),
+        ("aws_secret_access_key", "test-secret".to_owned()),
+        ("aws_region", "us-east-1".to_owned()),
+        ("aws_endpoint", moto.endpoint()),
+        ("aws_allow_http", "true".to_owned()),
+    ]
+}
+
+fn s3_host(
+    moto: &Moto,
+    url: &str,
+    config: &gptimage_transport::Config,
+) -> gptimage_transport::Result<ObjectStoreHost> {
+    let settings = s3_settings(moto);
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ObjectStoreHost::from_url_with(url, &settings, config)
+}
+
+#[test]
+fn an_s3_bucket_hosts_a_file_once_behind_a_signed_url_the_emulator_fetches() {
+    let moto = Moto::start();
+    assert_eq!(moto.request("PUT", "/inputs").0, 200, "the bucket is made");
+    let rt = runtime();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let client = client(&emulator);
+    let dir = tempfile::tempdir().unwrap();
+    let image = LocalImage::read(photo(dir.path(), &emulator, &client, &rt)).unwrap();
+    let host = s3_host(&moto, "s3://inputs/gptimage/edits", client.config()).unwrap();
+
+    let url = rt
+        .block_on(host.host(&image, Duration::from_secs(600)))
+        .unwrap();
+    let key = format!("gptimage/edits/{}", image.key());
+    assert!(url.expose().contains(&key), "{url:?}");
+    assert!(url.expose().contains("X-Amz-Signature="), "a signed URL");
+    assert!(
+        url.expose().contains("X-Amz-Expires=1500"),
+        "valid for the wait and a margin"
+    );
+    assert!(
+        !url.to_string().contains("X-Amz-Signature"),
+        "never shown whole: {url}"
+    );
+    let listed = |moto: &Moto| moto.request("GET", "/inputs?list-type=2").1;
+    let first = listed(&moto);
+    assert!(first.contains("<KeyCount>1</KeyCount>"), "{first}");
+    // The same content again: looked up, not uploaded again (its modification time holds).
+    std::thread::sleep(Duration::from_millis(1100));
+    rt.block_on(host.host(&image, Duration::from_secs(600)))
+        .unwrap();
+    assert_eq!(listed(&moto), first, "uploaded once");
+
+    // The emulator fetches the signed URL for an image-to-image task.
+    let edit = GenerateRequest::image_to_image("make it night", [url.expose()])
+        .build()
+        .unwrap();
+    let task = rt.block_on(client.generate(&edit)).unwrap();
+    assert_eq!(task.images().len(), 1);
+
+    // A URL the store does not serve (here, one naming an object that is not there): the task
+    // reports it clearly, without the signature.
+    let gone = url.expose().replace(&image.sha256()[..16], "0000000000000000");
+    let edit = GenerateRequest::image_to_image("make it night", [gone])
+        .build()
+        .unwrap();
+    let error = rt.block_on(client.generate(&edit)).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::TaskFailed);
+    let message = error.server_message().unwrap_or_default().to_owned();
+    assert!(
+        message.contains("input image 1") && message.contains("404"),
+        "{message}"
+    );
+    assert!(!message.contains("Signature"), "{message}");
+}
+
+#[test]
+fn a_missing_bucket_or_missing_credentials_are_clear_errors_before_anything_is_sent() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let client = client(&emulator);
+    let image = LocalImage::from_bytes("tiny.png", TINY_PNG.to_vec(), 1 << 20).unwrap();
+    let host = s3_host(&moto, "s3://no-such-bucket/x", client.config()).unwrap();
+    let error = rt
+        .block_on(host.host(&image, Duration::from_secs(60)))
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Config);
+    let text = error.to_string();
+    assert!(
+        text.contains("tiny.png") && text.contains("s3://no-such-bucket/x"),
+        "{text}"
+    );
+    // No credentials at all (none given; the test's environment has none either).
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+        let error = ObjectStoreHost::from_url("s3://inputs/x", client.config()).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("no credentials") && text.contains("AWS_ACCESS_KEY_ID"),
+            "{text}"
+        );
+    }
+    let error = ObjectStoreHost::from_url("ftp://inputs/x", client.config()).unwrap_err();
+    assert!(error.to_string().contains("s3://bucket/prefix"), "{error}");
+    assert_eq!(emulator.counters().generate_requests, 0, "nothing was sent");
+}
