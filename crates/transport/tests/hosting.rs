@@ -130,12 +130,23 @@ impl Moto {
             .local_addr()
             .unwrap()
             .port();
+        let port_text = port.to_string();
+        let args = ["-H", "127.0.0.1", "-p", &port_text];
+        // The script pip installs, or the module itself where the script is not on the PATH.
         let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("moto_server runs (pip install 'moto[server]'; .ci/run installs it)");
+            .or_else(|_| {
+                Command::new("python3")
+                    .args(["-m", "moto.server"])
+                    .args(args)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+            })
+            .expect("moto's server runs (pip install 'moto[server]'; .ci/run installs it)");
         let moto = Self { child, port };
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
