@@ -8,6 +8,8 @@ const EXAMPLES: &str = "\
 Examples:
   gptimage generate \"a lighthouse at dawn\" --size landscape --quality high
   gptimage generate \"make it night\" --image https://example.com/day.png --fidelity high
+  gptimage generate \"make it night\" --image ./day.png --image-host s3://my-bucket/inputs
+  gptimage generate \"make it night\" --image ./day.png --emulator
   gptimage generate \"a red fox\" --emulator              (offline, no key needed)
   gptimage generate \"a red fox\" --no-wait --json        (prints the task id and returns)
   gptimage wait n36abc123def456gptimg --out images/       (resume waiting for a task)
@@ -93,9 +95,18 @@ pub(crate) struct Generate {
     /// low, medium or high.
     #[arg(long)]
     pub(crate) quality: Option<String>,
-    /// URL of an image to edit (repeat for several); makes the task image-to-image.
-    #[arg(long = "image", value_name = "URL")]
+    /// An image to edit (repeat for several); makes the task image-to-image. A URL the service
+    /// can fetch, or a local PNG, JPEG or WebP file (at most 20 MiB), uploaded to --image-host
+    /// (with --emulator, to the emulator) under its content hash.
+    #[arg(long = "image", value_name = "URL|FILE")]
     pub(crate) images: Vec<String>,
+    /// Where local --image files are put for the service to fetch, as signed URLs:
+    /// s3://bucket/prefix (or an S3-compatible store with AWS_ENDPOINT), gs://bucket/prefix or
+    /// az://container/prefix, with credentials from the environment as each store's own tools
+    /// read them; or an http(s) URL that takes a PUT of each file. With --emulator, the
+    /// emulator's own host by default.
+    #[arg(long, value_name = "URL", env = "GPTIMAGE_IMAGE_HOST")]
+    pub(crate) image_host: Option<String>,
     /// How closely an edit follows its input: low or high.
     #[arg(long)]
     pub(crate) fidelity: Option<String>,

@@ -1,8 +1,10 @@
 //! The single-task commands: `generate`, `status` and `wait`, and the client they share.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use gptimage::hosting::{ImageHost, LocalImage, ObjectStoreHost, PutHost};
 use gptimage::{
     Client, Error, GenerateRequest, InputFidelity, PollSchedule, Quality, Size, TaskInfo,
     ValidationError,
@@ -21,7 +23,7 @@ pub(crate) struct Context {
     pub(crate) verbose: bool,
     _listener: Option<gptimage::webhook::Listener>,
     #[cfg(feature = "emulator")]
-    _emulator: Option<Emulator>,
+    emulator: Option<Emulator>,
 }
 
 /// The message of a missing key, which names both ways out.
@@ -142,8 +144,74 @@ impl Context {
             verbose: global.verbose,
             _listener: listener,
             #[cfg(feature = "emulator")]
-            _emulator: emulator,
+            emulator,
         })
+    }
+
+    /// Where local input images go: `--image-host`, or the emulator's own host.
+    fn image_host(&self, named: Option<&str>) -> Result<Box<dyn ImageHost>, (String, u8)> {
+        let usage = |e: gptimage::Error| (describe(&e, None), code::USAGE);
+        let config = self.client.config();
+        match named {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                Ok(Box::new(PutHost::new(config, url).map_err(usage)?))
+            }
+            Some(url) => Ok(Box::new(
+                ObjectStoreHost::from_url(url, config).map_err(usage)?,
+            )),
+            #[cfg(feature = "emulator")]
+            None if self.emulator.is_some() => {
+                let uploads = self.emulator.as_ref().map(|e| e.uploads_url());
+                Ok(Box::new(
+                    PutHost::new(config, &uploads.unwrap_or_default()).map_err(usage)?,
+                ))
+            }
+            None => Err((
+                "a local --image needs somewhere the service can fetch it from: \
+                 --image-host s3://bucket/prefix (or gs://, az://), or --emulator"
+                    .to_owned(),
+                code::USAGE,
+            )),
+        }
+    }
+
+    /// Puts the local files among `inputs` on the image host (each distinct file once) and
+    /// returns the request's image URLs, in order.
+    pub(crate) async fn host_inputs(
+        &self,
+        inputs: Vec<Input>,
+        host: Option<&str>,
+    ) -> Result<Vec<String>, (String, u8)> {
+        let named = host;
+        let mut host: Option<Box<dyn ImageHost>> = None;
+        let valid_for = self.client.config().wait_timeout();
+        let mut hosted: HashMap<String, String> = HashMap::new();
+        let mut urls = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            match input {
+                Input::Url(url) => urls.push(url),
+                Input::File(file) => {
+                    if let Some(url) = hosted.get(file.sha256()) {
+                        urls.push(url.clone());
+                        continue;
+                    }
+                    let host = match &mut host {
+                        Some(host) => host,
+                        None => host.insert(self.image_host(named)?),
+                    };
+                    let url = host
+                        .host(&file, valid_for)
+                        .await
+                        .map_err(|e| (describe(&e, None), code::USAGE))?;
+                    if self.verbose {
+                        eprintln!("{} is at {url}", file.path().display());
+                    }
+                    hosted.insert(file.sha256().to_owned(), url.expose().to_owned());
+                    urls.push(url.expose().to_owned());
+                }
+            }
+        }
+        Ok(urls)
     }
 
     /// Waits for a task with a spinner, then downloads its images into `out`. Ctrl-C stops the
@@ -184,12 +252,48 @@ impl Context {
     }
 }
 
-/// Builds the request `generate` describes, accepting friendly spellings.
-pub(crate) fn request(args: &Generate) -> Result<GenerateRequest, ValidationError> {
-    let mut builder = if args.images.is_empty() {
+/// The input images of `generate`: each a URL, or a local file read and checked.
+pub(crate) enum Input {
+    Url(String),
+    File(LocalImage),
+}
+
+/// Reads the local files among `--image` (anything that is not an http(s) URL), so a file that
+/// is missing, unreadable, not an image or too large is refused before anything is sent.
+pub(crate) fn inputs(args: &Generate) -> Result<Vec<Input>, gptimage::Error> {
+    args.images
+        .iter()
+        .map(|image| {
+            if image.starts_with("http://") || image.starts_with("https://") {
+                Ok(Input::Url(image.clone()))
+            } else {
+                LocalImage::read(image).map(Input::File)
+            }
+        })
+        .collect()
+}
+
+/// The URLs to check a request with before its files are hosted: each file's stand-in.
+pub(crate) fn stand_ins(inputs: &[Input]) -> Vec<String> {
+    inputs
+        .iter()
+        .map(|input| match input {
+            Input::Url(url) => url.clone(),
+            Input::File(file) => format!("https://upload.invalid/{}", file.key()),
+        })
+        .collect()
+}
+
+/// Builds the request `generate` describes with these input image URLs, accepting friendly
+/// spellings.
+pub(crate) fn request(
+    args: &Generate,
+    images: Vec<String>,
+) -> Result<GenerateRequest, ValidationError> {
+    let mut builder = if images.is_empty() {
         GenerateRequest::text_to_image(args.prompt.clone())
     } else {
-        GenerateRequest::image_to_image(args.prompt.clone(), args.images.clone())
+        GenerateRequest::image_to_image(args.prompt.clone(), images)
     };
     if let Some(size) = &args.size {
         builder = builder.size(size.parse::<Size>()?);

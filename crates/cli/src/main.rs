@@ -35,19 +35,27 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    // Requests are checked before anything else, so a bad one needs no key and sends nothing.
+    // Requests are checked before anything else, so a bad one needs no key and sends nothing:
+    // local input files too (readable, an image, within the limit), with stand-in URLs.
     let request = match &cli.command {
-        Command::Generate(args) => match commands::request(args) {
-            Ok(request) => Some(request),
-            Err(error) => {
-                let error = gptimage::Error::from(error);
-                eprintln!("error: {}", describe(&error, None));
-                if args.output.json {
-                    println!("{}", report::Report::failure(None, &error).to_json());
+        Command::Generate(args) => {
+            let checked = commands::inputs(args).and_then(|inputs| {
+                let stand_ins = commands::stand_ins(&inputs);
+                commands::request(args, stand_ins)
+                    .map(|_| inputs)
+                    .map_err(gptimage::Error::from)
+            });
+            match checked {
+                Ok(inputs) => Some(inputs),
+                Err(error) => {
+                    eprintln!("error: {}", describe(&error, None));
+                    if args.output.json {
+                        println!("{}", report::Report::failure(None, &error).to_json());
+                    }
+                    return ExitCode::from(code::USAGE);
                 }
-                return ExitCode::from(code::USAGE);
             }
-        },
+        }
         _ => None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -64,7 +72,7 @@ fn main() -> ExitCode {
     ExitCode::from(runtime.block_on(run(cli, request)))
 }
 
-async fn run(cli: Cli, request: Option<gptimage::GenerateRequest>) -> u8 {
+async fn run(cli: Cli, inputs: Option<Vec<commands::Input>>) -> u8 {
     // A write past the file-size limit (`ulimit -f`) must be an error the command reports, not
     // a signal that kills it mid-batch: listening for SIGXFSZ turns its default action off.
     #[cfg(unix)]
@@ -98,7 +106,24 @@ async fn run(cli: Cli, request: Option<gptimage::GenerateRequest>) -> u8 {
     let quiet = cli.global.quiet;
     let (report, json) = match &cli.command {
         Command::Generate(args) => {
-            let request = request.expect("a generate command has its request");
+            let inputs = inputs.expect("a generate command has its inputs");
+            let images = match context
+                .host_inputs(inputs, args.image_host.as_deref())
+                .await
+            {
+                Ok(images) => images,
+                Err((message, exit)) => {
+                    eprintln!("error: {message}");
+                    return exit;
+                }
+            };
+            let request = match commands::request(args, images) {
+                Ok(request) => request,
+                Err(error) => {
+                    eprintln!("error: {}", describe(&gptimage::Error::from(error), None));
+                    return code::USAGE;
+                }
+            };
             (
                 commands::generate(&context, args, request).await,
                 args.output.json,

@@ -49,6 +49,7 @@
 //! | `native-tls-vendored` | no | `native-tls` with OpenSSL built from source and linked statically |
 //! | `tracing` | no | `tracing` spans for each request and wait; the key is never recorded |
 //! | `axum` | no | `webhook::Receiver::axum_router`, the webhook receiver as an axum router |
+//! | `object-store` | no | `hosting::ObjectStoreHost`: local input images put in S3, Google Cloud Storage or Azure Blob, passed as signed URLs |
 //! | `test-util` | no | `test_util::Scripted`, a scripted transport for your tests (no network, no JSON by hand) |
 //! | `listener` | no | `webhook::Receiver::listen`, a built-in webhook listener (HTTP/1.1 or HTTPS) on a thread of its own |
 //!
@@ -100,6 +101,10 @@ pub use gptimage_transport::transport;
 
 /// Webhooks: receive the service's callbacks and end waits on them.
 pub use gptimage_transport::webhook;
+
+/// Input images from local files: checked, put on a host, handed to the service as URLs.
+#[cfg(feature = "async")]
+pub use gptimage_transport::hosting;
 
 /// A scripted transport for the tests of code that uses a client (feature `test-util`).
 #[cfg(feature = "test-util")]

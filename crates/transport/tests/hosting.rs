@@ -252,7 +252,9 @@ fn an_s3_bucket_hosts_a_file_once_behind_a_signed_url_the_emulator_fetches() {
 
     // A URL the store does not serve (here, one naming an object that is not there): the task
     // reports it clearly, without the signature.
-    let gone = url.expose().replace(&image.sha256()[..16], "0000000000000000");
+    let gone = url
+        .expose()
+        .replace(&image.sha256()[..16], "0000000000000000");
     let edit = GenerateRequest::image_to_image("make it night", [gone])
         .build()
         .unwrap();

@@ -1,0 +1,193 @@
+//! Image-to-image from local files through the command: checked before anything is sent,
+//! uploaded once per distinct file (to the emulator's host, an http host that takes a PUT, or
+//! an S3 bucket on moto's server), never printed with its signature.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use gptimage_emulator::{Config, Emulator};
+
+/// A real PNG on disk, made by a text-to-image run.
+fn photo(emulator: &Emulator, dir: &Path) -> PathBuf {
+    let output = run(against(emulator)
+        .args(["generate", "a day photo", "--json", "--out"])
+        .arg(dir));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    PathBuf::from(json(&output)["files"][0].as_str().unwrap())
+}
+
+#[test]
+fn a_local_file_is_edited_offline_with_the_emulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = Emulator::spawn(Config::instant()).unwrap();
+    let photo = photo(&seed, dir.path());
+    let output = run(gptimage()
+        .args([
+            "generate",
+            "make it night",
+            "--emulator",
+            "--json",
+            "--image",
+        ])
+        .arg(&photo)
+        .arg("--out")
+        .arg(dir.path()));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(json(&output)["status"], "SUCCESS");
+}
+
+#[test]
+fn a_file_named_twice_is_uploaded_once_and_a_second_run_uploads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let photo = photo(&emulator, dir.path());
+    for _ in 0..2 {
+        let output = run(against(&emulator)
+            .args(["generate", "two of the same", "--json", "--image-host"])
+            .arg(emulator.uploads_url())
+            .arg("--image")
+            .arg(&photo)
+            .arg("--image")
+            .arg(&photo)
+            .arg("--out")
+            .arg(dir.path()));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    let counters = emulator.counters();
+    assert_eq!(counters.uploads_stored, 1, "one upload for one file");
+    assert_eq!(
+        counters.upload_requests,
+        2 + 2,
+        "one PUT a run, one GET a task"
+    );
+}
+
+#[test]
+fn bad_files_and_missing_hosts_are_usage_errors_and_nothing_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let text = dir.path().join("notes.png");
+    std::fs::write(&text, "not an image").unwrap();
+    let photo = photo(&emulator, dir.path());
+    let before = emulator.counters();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--image".into(),
+                dir.path().join("missing.png").display().to_string(),
+            ],
+            "cannot be read",
+        ),
+        (
+            vec!["--image".into(), text.display().to_string()],
+            "is not a PNG, JPEG or WebP image",
+        ),
+        (
+            vec!["--image".into(), photo.display().to_string()],
+            "--image-host",
+        ),
+        (
+            vec![
+                "--image".into(),
+                photo.display().to_string(),
+                "--image-host".into(),
+                "ftp://somewhere/x".into(),
+            ],
+            "s3://bucket/prefix",
+        ),
+    ];
+    for (args, why) in cases {
+        let output = run(against(&emulator)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .args(["generate", "never sent"])
+            .args(&args));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(why),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    let output = run(against(&emulator)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args([
+            "generate",
+            "never sent",
+            "--image-host",
+            "s3://bucket/x",
+            "--image",
+        ])
+        .arg(&photo));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("no credentials"),
+        "{}",
+        stderr(&output)
+    );
+    let after = emulator.counters();
+    assert_eq!(
+        after.generate_requests, before.generate_requests,
+        "nothing was sent"
+    );
+    assert_eq!(
+        after.upload_requests, before.upload_requests,
+        "nothing was uploaded"
+    );
+}
+
+#[test]
+fn a_bucket_hosts_a_local_file_behind_a_signed_url_never_printed_whole() {
+    let s3 = S3::start("edits");
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let photo = photo(&emulator, dir.path());
+    let output = run(s3
+        .credentials(&mut against(&emulator))
+        .args(["--verbose", "generate", "make it night", "--json"])
+        .args(["--image-host", "s3://edits/inputs", "--image"])
+        .arg(&photo)
+        .arg("--out")
+        .arg(dir.path()));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(json(&output)["status"], "SUCCESS");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr(&output)
+    );
+    assert!(
+        all.contains("/edits/inputs/"),
+        "the verbose line names the object: {all}"
+    );
+    assert!(
+        !all.contains("X-Amz-Signature"),
+        "a signed URL was printed: {all}"
+    );
+    // A bucket that does not exist: a usage error, nothing sent.
+    let before = emulator.counters().generate_requests;
+    let output = run(s3
+        .credentials(&mut against(&emulator))
+        .args([
+            "generate",
+            "never sent",
+            "--image-host",
+            "s3://no-such-bucket/x",
+            "--image",
+        ])
+        .arg(&photo));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no-such-bucket"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(emulator.counters().generate_requests, before);
+}
