@@ -59,8 +59,8 @@ fn a_file_named_twice_is_uploaded_once_and_a_second_run_uploads_nothing() {
     assert_eq!(counters.uploads_stored, 1, "one upload for one file");
     assert_eq!(
         counters.upload_requests,
-        2 + 2,
-        "one PUT a run, one GET a task"
+        2 + 2 * 2,
+        "one PUT a run; each task fetches both of its images"
     );
 }
 
