@@ -105,6 +105,16 @@ pub enum Error {
         /// Where it is mounted.
         mount: PathBuf,
     },
+    /// A line names local input images the run cannot host: no image host was given, or the
+    /// host refused (a missing bucket, missing credentials). The run stopped before sending
+    /// anything more; the line stays pending.
+    #[error("line {line}: {message}")]
+    ImageHost {
+        /// The line's number in the file.
+        line: u64,
+        /// What went wrong, and what to do.
+        message: String,
+    },
     /// A `--resubmit-unknown` token that is not one.
     #[error(
         "{0:?} is not an unknown-outcome token: tokens look like 12.1 (line 12, its first \

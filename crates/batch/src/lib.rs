@@ -43,6 +43,7 @@
 
 mod error;
 mod index;
+mod inputs;
 pub mod machine;
 mod plan;
 mod run;
@@ -51,6 +52,7 @@ mod store;
 
 pub use error::Error;
 pub use index::write_index;
+pub use inputs::InputHost;
 pub use machine::LineState;
 pub use plan::{Plan, QUOTED_INVALID, plan};
 pub use run::{Batch, Options, Summary};

@@ -128,6 +128,15 @@ pub async fn plan(
     let plan = tokio::task::spawn_blocking(move || {
         let mut page = Vec::new().into_iter().peekable();
         let mut failed = None;
+        // Lines may name local input files: checked (read once each), never uploaded.
+        let folder = source
+            .path()
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let mut stand_ins = crate::inputs::StandIns::default();
+        let mut parse =
+            |line: &crate::source::RawLine| stand_ins.apply(line, &folder).and_then(|l| l.parse());
         source.scan(|line| {
             while failed.is_none() && page.peek().is_none() {
                 match rows.blocking_recv() {
@@ -152,13 +161,13 @@ pub async fn plan(
             if !sendable {
                 plan.already_submitted += u64::from(state != Some(LineState::Invalid));
                 if state == Some(LineState::Invalid)
-                    && let Err(reason) = line.parse()
+                    && let Err(reason) = parse(&line)
                 {
                     note_invalid(&mut plan, line.number, reason);
                 }
                 return;
             }
-            match line.parse() {
+            match parse(&line) {
                 Ok(_) => {
                     plan.would_submit += 1;
                     plan.credits += CREDITS_PER_TASK;

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::Error;
+use crate::inputs::{InputHost, Inputs};
 use crate::machine::LineState;
 use crate::source::{Source, stem};
 use crate::store::{
@@ -51,6 +52,11 @@ pub struct Options {
     /// every worker obeys it, given this option or not; `None` keeps the stored one. Lines
     /// beyond it are left pending for a run with a larger budget.
     pub max_credits: Option<u64>,
+    /// Where input images that lines name as local files (relative to the batch file) are put
+    /// for the service to fetch. Each distinct file is hosted once and its URL recorded in the
+    /// state, so later lines and runs reuse it. Without one, a line naming a local file stops
+    /// the run before anything more is sent ([`Error::ImageHost`]).
+    pub image_host: Option<InputHost>,
 }
 
 impl Options {
@@ -61,6 +67,7 @@ impl Options {
             concurrency: 4,
             resubmit_unknown: Vec::new(),
             max_credits: None,
+            image_host: None,
         }
     }
 }
@@ -204,6 +211,10 @@ impl Batch {
         // When this run began waiting for each line it holds or has set back: whatever fails,
         // a line gets one wait timeout in a run, so every run ends by itself.
         let waiting = Arc::new(Mutex::new(HashMap::new()));
+        let inputs = Arc::new(Inputs::new(
+            options.image_host.clone(),
+            client.config().wait_timeout(),
+        ));
         // The first failure stops the worker: nothing new is claimed or sent, waits are let go,
         // and a submission already on the wire still gets its answer recorded (or printed).
         let halt = |error: Error, failure: &mut Option<Error>, stopping: &mut bool| {
@@ -235,6 +246,7 @@ impl Batch {
                     out: options.out.clone(),
                     over_budget: over_budget.clone(),
                     waiting: waiting.clone(),
+                    inputs: inputs.clone(),
                 };
                 let cancelled = cancelled.clone();
                 jobs.spawn(async move { job.run(claim, cancelled).await });
@@ -346,6 +358,8 @@ struct Job {
     over_budget: Arc<AtomicBool>,
     /// When this run began waiting for each line (shared by the worker's jobs).
     waiting: Arc<Mutex<HashMap<u64, Instant>>>,
+    /// The run's hosting of local input images.
+    inputs: Arc<Inputs>,
 }
 
 impl Job {
@@ -386,6 +400,25 @@ impl Job {
             let raw = tokio::task::spawn_blocking(move || source.read(item))
                 .await
                 .map_err(|e| Error::Panicked(e.to_string()))??;
+            // Local input files: hosted (or found hosted) before anything is paid.
+            let folder = self.source.path().parent().unwrap_or(Path::new("."));
+            let hint = raw.prompt_hint();
+            let raw = match self.inputs.resolve(raw, folder, store).await {
+                Ok(Ok(raw)) => raw,
+                Ok(Err(reason)) => {
+                    record.prompt = hint;
+                    store
+                        .invalid(worker, item, number, &record.prompt, &reason)
+                        .await?;
+                    record.state = LineState::Invalid;
+                    record.error = Some(("invalid_request".into(), reason));
+                    return Ok(Some(record));
+                }
+                Err(error) => {
+                    store.release(worker, item, None).await?;
+                    return Err(error);
+                }
+            };
             let parsed = match raw.parse() {
                 Ok(parsed) => parsed,
                 Err(reason) => {

@@ -44,12 +44,20 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
     };
     let bar = progress::bar(before.lines, progress::enabled(context.quiet));
     bar.set_position(settled(&before));
+    let image_host = match context.image_host_if_any(args.image_host.as_deref()) {
+        Ok(host) => host.map(|host| gptimage_batch::InputHost(host.into())),
+        Err((message, exit)) => {
+            eprintln!("error: {message}");
+            return exit;
+        }
+    };
     let options = Options {
         out: out.clone(),
         concurrency: usize::from(args.concurrency),
         // Both were settled above, where what they did could be said at once.
         resubmit_unknown: Vec::new(),
         max_credits: None,
+        image_host,
     };
     let (mut done, mut not_done) = (0u64, 0u64);
     let stop = async {
@@ -419,6 +427,7 @@ fn fail(error: &Error) -> u8 {
         | Error::OtherBatch { .. }
         | Error::BadToken(_)
         | Error::NetworkFileSystem { .. }
+        | Error::ImageHost { .. }
         | Error::Pooled { .. } => code::USAGE,
         Error::Refused { .. } => code::REFUSED,
         _ => code::TRANSPORT,

@@ -176,6 +176,12 @@ pub(crate) struct Batch {
     /// send nothing (exit 2 if a line is invalid).
     #[arg(long)]
     pub(crate) dry_run: bool,
+    /// Where input images that lines name as local files (relative to the batch file) are put
+    /// for the service to fetch: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix,
+    /// or an http(s) URL that takes a PUT; the emulator's own with --emulator. Each distinct
+    /// file is uploaded once, and its URL kept in the batch's state for later lines and runs.
+    #[arg(long, value_name = "URL", env = "GPTIMAGE_IMAGE_HOST")]
+    pub(crate) image_host: Option<String>,
 }
 
 /// Receiving the service's callbacks, so each wait ends soon after its task does.

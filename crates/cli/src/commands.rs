@@ -148,6 +148,21 @@ impl Context {
         })
     }
 
+    /// Where local input images go, if anywhere: `--image-host`, or the emulator's own host.
+    pub(crate) fn image_host_if_any(
+        &self,
+        named: Option<&str>,
+    ) -> Result<Option<Box<dyn ImageHost>>, (String, u8)> {
+        #[cfg(feature = "emulator")]
+        let offline = self.emulator.is_some();
+        #[cfg(not(feature = "emulator"))]
+        let offline = false;
+        if named.is_none() && !offline {
+            return Ok(None);
+        }
+        self.image_host(named).map(Some)
+    }
+
     /// Where local input images go: `--image-host`, or the emulator's own host.
     fn image_host(&self, named: Option<&str>) -> Result<Box<dyn ImageHost>, (String, u8)> {
         let usage = |e: gptimage::Error| (describe(&e, None), code::USAGE);

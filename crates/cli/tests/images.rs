@@ -11,8 +11,13 @@ use gptimage_emulator::{Config, Emulator};
 
 /// A real PNG on disk, made by a text-to-image run.
 fn photo(emulator: &Emulator, dir: &Path) -> PathBuf {
+    photo_of(emulator, dir, "a day photo")
+}
+
+/// A real PNG of `prompt` on disk (another prompt, another picture).
+fn photo_of(emulator: &Emulator, dir: &Path, prompt: &str) -> PathBuf {
     let output = run(against(emulator)
-        .args(["generate", "a day photo", "--json", "--out"])
+        .args(["generate", prompt, "--json", "--out"])
         .arg(dir));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     PathBuf::from(json(&output)["files"][0].as_str().unwrap())
@@ -190,4 +195,112 @@ fn a_bucket_hosts_a_local_file_behind_a_signed_url_never_printed_whole() {
         stderr(&output)
     );
     assert_eq!(emulator.counters().generate_requests, before);
+}
+
+/// Two photos in `dir/photos`, and a batch file in `dir` naming them by relative paths: the
+/// first twice, the second once, and a missing one.
+fn batch_with_files(emulator: &Emulator, dir: &Path, missing: bool) -> PathBuf {
+    let photos = dir.join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    let day = photo(emulator, &photos);
+    std::fs::rename(&day, photos.join("day.png")).unwrap();
+    let night = photo_of(emulator, &photos, "a night photo");
+    std::fs::rename(&night, photos.join("night.png")).unwrap();
+    let mut lines = vec![
+        r#"{"prompt": "make it dusk", "images": ["photos/day.png"]}"#.to_owned(),
+        r#"{"prompt": "make it snow", "images": ["photos/day.png"]}"#.to_owned(),
+        r#"{"prompt": "make it dawn", "images": ["photos/night.png"]}"#.to_owned(),
+    ];
+    if missing {
+        lines.push(r#"{"prompt": "nothing to edit", "images": ["photos/gone.png"]}"#.to_owned());
+    }
+    let file = dir.join("edits.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    file
+}
+
+#[test]
+fn batch_lines_name_local_files_each_uploaded_once_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let file = batch_with_files(&emulator, dir.path(), true);
+    let before = emulator.counters();
+    let out = dir.path().join("out");
+    let host = emulator.uploads_url();
+    // The dry run checks the files and uploads nothing.
+    let output = run(&mut batch(
+        &emulator,
+        &file,
+        &out,
+        &["--dry-run", "--image-host", &host],
+    ));
+    assert_eq!(output.status.code(), Some(2), "a line names a missing file");
+    assert!(stderr(&output).contains("gone.png"), "{}", stderr(&output));
+    assert_eq!(emulator.counters().upload_requests, before.upload_requests);
+    // A first run within a budget of one task: one file uploaded.
+    let output = run(&mut batch(
+        &emulator,
+        &file,
+        &out,
+        &["--max-credits", "10", "--image-host", &host],
+    ));
+    assert_ne!(output.status.code(), Some(2), "{}", stderr(&output));
+    // The second run: the first file's URL comes from the state; only the second is uploaded.
+    let output = run(&mut batch(
+        &emulator,
+        &file,
+        &out,
+        &["--max-credits", "100", "--image-host", &host],
+    ));
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "one line invalid: {}",
+        stderr(&output)
+    );
+    let after = emulator.counters();
+    assert_eq!(
+        after.uploads_stored - before.uploads_stored,
+        2,
+        "two distinct files"
+    );
+    assert_eq!(
+        after.upload_requests - before.upload_requests,
+        2 + 3,
+        "two PUTs, and one GET for each of the three tasks: no file sent twice"
+    );
+    assert_eq!(after.tasks_succeeded - before.tasks_succeeded, 3);
+    let status = run(gptimage()
+        .args(["batch-status", "--json", "--out"])
+        .arg(&out));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("gone.png"),
+        "the invalid line names the file: {text}"
+    );
+}
+
+#[test]
+fn a_batch_naming_local_files_without_a_host_stops_before_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let file = batch_with_files(&emulator, dir.path(), false);
+    let before = emulator.counters().generate_requests;
+    let out = dir.path().join("out");
+    let output = run(&mut batch(&emulator, &file, &out, &[]));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--image-host"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        emulator.counters().generate_requests,
+        before,
+        "nothing was sent"
+    );
+    // With a host, the same batch runs to its end.
+    let host = emulator.uploads_url();
+    let output = run(&mut batch(&emulator, &file, &out, &["--image-host", &host]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
 }

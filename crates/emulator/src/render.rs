@@ -740,6 +740,15 @@ impl SplitMix {
     }
 }
 
+/// The SHA-256 of `bytes`, in lowercase hex: the name an uploaded input image must have.
+pub(crate) fn content_hash(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -799,13 +808,4 @@ mod tests {
             .unwrap();
         assert_eq!(render(&request, &[]), render(&request, &[]));
     }
-}
-
-/// The SHA-256 of `bytes`, in lowercase hex: the name an uploaded input image must have.
-pub(crate) fn content_hash(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

@@ -16,6 +16,7 @@ mod claim;
 mod liveness;
 mod read;
 mod schema;
+mod uploads;
 mod url;
 
 use std::path::{Path, PathBuf};

@@ -44,6 +44,11 @@ const SCHEMA: &[&str] = &[
         setbacks BIGINT NOT NULL DEFAULT 0,
         retry_at BIGINT)",
     "CREATE INDEX IF NOT EXISTS gptimage_lines_claimable ON gptimage_lines (state, owner, item)",
+    // Input images the lines name as local files, by content: where each was hosted, until when.
+    "CREATE TABLE IF NOT EXISTS gptimage_uploads (
+        sha256 TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        expires_at BIGINT NOT NULL)",
 ];
 
 /// Columns added since the first schema: `(table, column, definition)`. An older state gains

@@ -1,0 +1,189 @@
+//! Input images a batch line names as local files, relative to the batch file: each distinct
+//! file (by content) is checked, hosted once, and its URL recorded in the state, so a later line
+//! or a later run reuses it rather than upload again.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gptimage::hosting::{ImageHost, LocalImage, VALIDITY_MARGIN};
+use serde_json::Value;
+
+use crate::Error;
+use crate::source::RawLine;
+use crate::store::Store;
+
+/// Where a batch's local input images go (`Options::image_host`).
+#[derive(Clone)]
+pub struct InputHost(pub Arc<dyn ImageHost>);
+
+impl std::fmt::Debug for InputHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InputHost")
+    }
+}
+
+/// A run's hosting of local input images: the host, and the URLs this run already has.
+pub(crate) struct Inputs {
+    host: Option<InputHost>,
+    /// By content hash: the URL this run hosted or found the file at, looked for once even
+    /// when several lines name the file at the same moment.
+    known: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<String>>>>,
+    /// How long a URL must stay valid: the client's wait timeout.
+    valid_for: Duration,
+}
+
+/// Whether an `images` entry names a file rather than a URL.
+fn is_file(entry: &str) -> bool {
+    !(entry.starts_with("http://") || entry.starts_with("https://"))
+}
+
+fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Inputs {
+    pub(crate) fn new(host: Option<InputHost>, valid_for: Duration) -> Self {
+        Self {
+            host,
+            known: Mutex::new(HashMap::new()),
+            valid_for,
+        }
+    }
+
+    /// `raw` with each local file among its `images` replaced by a URL the service can fetch.
+    /// `Ok(Err(reason))`: the line is invalid (a file missing, unreadable, not an image, too
+    /// large). `Err`: the run cannot host files (no host given, or the host refuses), and stops
+    /// before anything more is sent.
+    pub(crate) async fn resolve(
+        &self,
+        raw: RawLine,
+        folder: &Path,
+        store: &Store,
+    ) -> Result<Result<RawLine, String>, Error> {
+        let Ok(mut value) = serde_json::from_str::<Value>(&raw.text) else {
+            return Ok(Ok(raw)); // the parse says what is wrong
+        };
+        let Some(images) = value.get_mut("images").and_then(Value::as_array_mut) else {
+            return Ok(Ok(raw));
+        };
+        if !images.iter().any(|i| i.as_str().is_some_and(is_file)) {
+            return Ok(Ok(raw));
+        }
+        let Some(host) = &self.host else {
+            return Err(Error::ImageHost {
+                line: raw.number,
+                message: "it names local image files, and no image host was given: add \
+                          --image-host s3://bucket/prefix (or gs://, az://), or --emulator"
+                    .to_owned(),
+            });
+        };
+        for entry in images.iter_mut() {
+            let Some(name) = entry.as_str().filter(|e| is_file(e)) else {
+                continue;
+            };
+            let path = folder.join(name);
+            let image = tokio::task::spawn_blocking(move || LocalImage::read(path))
+                .await
+                .map_err(|e| Error::Panicked(e.to_string()))?;
+            let image = match image {
+                Ok(image) => image,
+                Err(error) => return Ok(Err(error.to_string())),
+            };
+            let url = self.url(&image, host, store, raw.number).await?;
+            *entry = Value::String(url);
+        }
+        Ok(Ok(RawLine {
+            text: value.to_string(),
+            ..raw
+        }))
+    }
+
+    /// The URL of `image`: one this run has, one the state recorded that is still valid for a
+    /// whole wait, or a fresh one from the host (recorded).
+    async fn url(
+        &self,
+        image: &LocalImage,
+        host: &InputHost,
+        store: &Store,
+        line: u64,
+    ) -> Result<String, Error> {
+        let sha = image.sha256().to_owned();
+        let cell = self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(sha.clone())
+            .or_default()
+            .clone();
+        let url = cell
+            .get_or_try_init(|| async {
+                let needed_until = now_s() + self.valid_for.as_secs() as i64;
+                if let Some(url) = store.hosted_input(&sha, needed_until).await? {
+                    return Ok(url);
+                }
+                let hosted =
+                    host.0
+                        .host(image, self.valid_for)
+                        .await
+                        .map_err(|e| Error::ImageHost {
+                            line,
+                            message: e.to_string(),
+                        })?;
+                let url = hosted.expose().to_owned();
+                let expires = needed_until + VALIDITY_MARGIN.as_secs() as i64;
+                store.record_hosted_input(&sha, &url, expires).await?;
+                Ok::<_, Error>(url)
+            })
+            .await?;
+        Ok(url.clone())
+    }
+}
+
+/// For a dry run: lines with their local files checked (readable, an image, within the limit)
+/// and stood in for by URLs, uploading nothing. Each file is read once.
+#[derive(Default)]
+pub(crate) struct StandIns {
+    checked: HashMap<std::path::PathBuf, Result<String, String>>,
+}
+
+impl StandIns {
+    /// `line` as a run would send it, its local files replaced by stand-in URLs; `Err`: why a
+    /// file is refused.
+    pub(crate) fn apply(&mut self, line: &RawLine, folder: &Path) -> Result<RawLine, String> {
+        let Ok(mut value) = serde_json::from_str::<Value>(&line.text) else {
+            return Ok(line.clone());
+        };
+        let Some(images) = value.get_mut("images").and_then(Value::as_array_mut) else {
+            return Ok(line.clone());
+        };
+        let mut changed = false;
+        for entry in images.iter_mut() {
+            let Some(name) = entry.as_str().filter(|e| is_file(e)) else {
+                continue;
+            };
+            let path = folder.join(name);
+            let key = self
+                .checked
+                .entry(path.clone())
+                .or_insert_with(|| {
+                    LocalImage::read(&path)
+                        .map(|image| image.key())
+                        .map_err(|e| e.to_string())
+                })
+                .clone()?;
+            *entry = Value::String(format!("https://upload.invalid/{key}"));
+            changed = true;
+        }
+        if !changed {
+            return Ok(line.clone());
+        }
+        Ok(RawLine {
+            text: value.to_string(),
+            ..line.clone()
+        })
+    }
+}
