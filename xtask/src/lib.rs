@@ -351,9 +351,16 @@ pub fn check_facade_only_reexports(root: &Path) -> Vec<String> {
 /// Packages that a blocking-only build of the facade must not contain.
 pub const ASYNC_CRATES: &[&str] = &["tokio", "reqwest", "hyper", "mio", "axum"];
 
-/// Packages that the facade's default build must not contain: server frameworks come only with
-/// the feature that asks for them (`axum`).
-pub const DEFAULT_FORBIDDEN: &[&str] = &["axum", "sqlx", "sqlx-core", "libsqlite3-sys"];
+/// Packages that the facade's default build must not contain: server frameworks and cloud
+/// stores come only with the feature that asks for them (`axum`, `listener`, `object-store`).
+pub const DEFAULT_FORBIDDEN: &[&str] = &[
+    "axum",
+    "sqlx",
+    "sqlx-core",
+    "libsqlite3-sys",
+    "object_store",
+    "quick-xml",
+];
 
 /// A blocking-only build of the facade (`--no-default-features --features blocking,rustls`)
 /// contains none of [`ASYNC_CRATES`], and with the webhook listener no reqwest or axum; its

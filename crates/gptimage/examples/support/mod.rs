@@ -12,6 +12,13 @@ use gptimage_emulator::{Config, Emulator};
 /// Keeps the emulator (if any) running while the client uses it.
 pub struct Guard(Option<Emulator>);
 
+impl Guard {
+    /// The emulator's upload host, for input images from local files offline.
+    pub fn uploads_url(&self) -> Option<String> {
+        self.0.as_ref().map(Emulator::uploads_url)
+    }
+}
+
 /// Whether the examples run against the local emulator.
 pub fn offline() -> bool {
     std::env::var_os(API_KEY_ENV).is_none()
