@@ -273,13 +273,14 @@ pub(crate) enum Input {
     File(LocalImage),
 }
 
-/// Reads the local files among `--image` (anything that is not an http(s) URL), so a file that
-/// is missing, unreadable, not an image or too large is refused before anything is sent.
+/// Reads the local files among `--image` (anything that is not a URL), so a file that is
+/// missing, unreadable, not an image or too large is refused before anything is sent. A URL of
+/// another scheme stays a URL, for the request's own rules to refuse by name.
 pub(crate) fn inputs(args: &Generate) -> Result<Vec<Input>, gptimage::Error> {
     args.images
         .iter()
         .map(|image| {
-            if image.starts_with("http://") || image.starts_with("https://") {
+            if image.contains("://") {
                 Ok(Input::Url(image.clone()))
             } else {
                 LocalImage::read(image).map(Input::File)
