@@ -100,7 +100,10 @@ fn invalid_requests_exit_2_and_send_nothing() {
             vec!["generate", "a", "--fidelity", "high"],
             "'input_fidelity' applies only to image-to-image",
         ),
-        (vec!["generate", "a", "--image", "ftp://x/cat.png"], "'images'[0]"),
+        (
+            vec!["generate", "a", "--image", "ftp://x/cat.png"],
+            "'images'[0]",
+        ),
         (
             vec!["generate", "a", "--image", "cat.png"],
             "the input image cat.png cannot be read",
