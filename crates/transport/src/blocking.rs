@@ -139,15 +139,9 @@ impl Client {
     /// # }
     /// ```
     pub fn watch(&self, task_id: &str) -> TaskWatch<'_> {
-        let mut hints = drive::hints(self.config(), task_id);
-        let machine = WaitMachine::new(self.config(), task_id, drive::seed(), skip as fn(&_));
-        let (machine, first) = match machine {
-            Ok(machine) if hints.is_some() => (Some(machine.watching().expecting_callback()), None),
-            Ok(machine) => (Some(machine.watching()), None),
-            Err(error) => {
-                hints = None;
-                (None, Some(error))
-            }
+        let (machine, hints, first) = match drive::watch_machine(self.config(), task_id) {
+            Ok((machine, hints)) => (Some(machine), hints, None),
+            Err(error) => (None, None, Some(error)),
         };
         TaskWatch {
             client: self,
@@ -258,15 +252,10 @@ impl Client {
         mut on_change: impl FnMut(&TaskInfo),
         stop: Option<&Stopper>,
     ) -> Option<Result<TaskInfo>> {
-        let mut hints = drive::hints(self.config(), task_id);
-        let machine = WaitMachine::new(self.config(), task_id, drive::seed(), skip as fn(&_));
-        let mut machine = match machine {
-            Ok(machine) => machine.watching(),
+        let (mut machine, mut hints) = match drive::watch_machine(self.config(), task_id) {
+            Ok(watch) => watch,
             Err(error) => return Some(Err(error)),
         };
-        if hints.is_some() {
-            machine = machine.expecting_callback();
-        }
         loop {
             let step = self.drive_until(&mut machine, &mut hints, stop)?;
             if let Ok(info) = &step {
@@ -378,14 +367,11 @@ type Queue = Box<dyn Iterator<Item = (usize, GenerateRequest)> + Send>;
 /// How often a pause that waits for webhook hints looks at a stop signal.
 const STOP_SLICE: Duration = Duration::from_millis(100);
 
-/// The on-update of a watch's machine: a watch reports its steps, not every status.
-fn skip(_: &TaskInfo) {}
-
 /// The iterator of [`Client::watch`]: a task's status changes.
 pub struct TaskWatch<'c> {
     client: &'c Client,
     task_id: String,
-    machine: Option<WaitMachine<'c, fn(&TaskInfo)>>,
+    machine: Option<drive::Watching<'c>>,
     hints: Option<Hints>,
     /// An error to report first (the task id could not be asked for).
     first: Option<Error>,

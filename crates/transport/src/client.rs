@@ -169,14 +169,10 @@ impl Client {
         let driving = async move {
             let push = |step| lock(&steps).push_back(step);
             let config = client.config();
-            let mut hints = drive::hints(config, &task_id);
-            let mut machine = match WaitMachine::new(config, &task_id, drive::seed(), |_: &_| {}) {
-                Ok(machine) => machine.watching(),
+            let (mut machine, mut hints) = match drive::watch_machine(config, &task_id) {
+                Ok(watch) => watch,
                 Err(error) => return push(Err(error)),
             };
-            if hints.is_some() {
-                machine = machine.expecting_callback();
-            }
             loop {
                 let step = client.drive_mut(&mut machine, &mut hints).await;
                 let last = progress::is_last(&step);
@@ -254,15 +250,10 @@ impl Client {
         mut on_change: impl FnMut(&TaskInfo) + Send,
         stop: Option<&Stopper>,
     ) -> Option<Result<TaskInfo>> {
-        let mut hints = drive::hints(self.config(), task_id);
-        let machine = WaitMachine::new(self.config(), task_id, drive::seed(), |_: &_| {});
-        let mut machine = match machine {
-            Ok(machine) => machine.watching(),
+        let (mut machine, mut hints) = match drive::watch_machine(self.config(), task_id) {
+            Ok(watch) => watch,
             Err(error) => return Some(Err(error)),
         };
-        if hints.is_some() {
-            machine = machine.expecting_callback();
-        }
         loop {
             let step = self.drive_mut(&mut machine, &mut hints);
             let step = match stop {

@@ -4,6 +4,7 @@
 use gptimage_types::{CreatedTask, GenerateRequest, TaskInfo};
 
 use crate::config::Config;
+use crate::core::WaitMachine;
 use crate::error::{ErrorKind, Result};
 use crate::webhook::{Hints, Watch};
 
@@ -43,6 +44,26 @@ pub(crate) fn waited(config: &Config, task_id: &str, result: &Result<TaskInfo>) 
     if let (Some(receiver), true) = (&config.webhooks, ended) {
         receiver.finish(task_id);
     }
+}
+
+/// The on-update of a watch's machine: a watch reports its steps, not every status.
+pub(crate) fn skip(_: &TaskInfo) {}
+
+/// A watch's machine: a wait that reports its steps.
+pub(crate) type Watching<'a> = WaitMachine<'a, fn(&TaskInfo)>;
+
+/// A watch of `task_id` (see `WaitMachine::watching`), on the fallback schedule when this
+/// client's receiver gave its submission a callback URL, and the hints it listens to.
+pub(crate) fn watch_machine<'a>(
+    config: &'a Config,
+    task_id: &str,
+) -> Result<(Watching<'a>, Option<Hints>)> {
+    let hints = hints(config, task_id);
+    let mut machine = WaitMachine::new(config, task_id, seed(), skip as fn(&_))?.watching();
+    if hints.is_some() {
+        machine = machine.expecting_callback();
+    }
+    Ok((machine, hints))
 }
 
 /// After a watch's last step: a task that ended needs its callback URL no more.
