@@ -52,6 +52,9 @@ drive::client_shell!(AsyncTransport, ReqwestTransport, "Client");
 impl Client {
     /// Starts a task. Retried only when no task can have been created; when the outcome is
     /// unknown, the error says so ([`ErrorKind::OutcomeUnknown`](crate::ErrorKind)).
+    ///
+    /// Dropping the future cancels the call; dropped once the request is on its way, it may
+    /// have reached the service, so a task may exist, and its id is lost with the answer.
     pub async fn submit(&self, request: &GenerateRequest) -> Result<CreatedTask> {
         let watch = drive::watch(self.config(), request)?;
         let callback = watch.as_ref().map(|w| w.url.as_str());
