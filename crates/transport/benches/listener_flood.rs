@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use gptimage_emulator::{Config, Emulator};
-use gptimage_transport::blocking;
+#[path = "../tests/support/genuine.rs"]
+mod genuine;
+
+use genuine::genuine_callback;
 use gptimage_transport::webhook::Receiver;
-use gptimage_types::{GenerateRequest, Quality};
 
 fn setting(name: &str, default: u64, max: u64) -> u64 {
     std::env::var(name)
@@ -173,31 +174,9 @@ fn main() {
     let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, limit);
     let rounds = setting("BENCH_ROUNDS", 3, 20);
     let seconds = setting("BENCH_SECONDS", 3, 60);
-    // A genuine callback URL: a task submitted through a client that uses the receiver, whose
-    // task runs long enough that the emulator's own delivery never comes during the bench.
-    let emulator =
-        Emulator::spawn(Config::instant().with_timings(Duration::ZERO, Duration::from_secs(3600)))
-            .expect("the emulator starts");
     let receiver = Receiver::new("http://127.0.0.1:9/hooks/").unwrap();
     let listener = receiver.listen("127.0.0.1:0").expect("the listener starts");
-    let client = blocking::Client::builder()
-        .api_key(emulator.api_key())
-        .base_url(emulator.base_url())
-        .webhooks(receiver)
-        .build()
-        .unwrap();
-    let request = GenerateRequest::text_to_image("a lighthouse")
-        .quality(Quality::Low)
-        .build()
-        .unwrap();
-    let task = client
-        .submit(&request)
-        .expect("the emulator takes the task");
-    let url = emulator
-        .task_request(&task.task_id)
-        .and_then(|r| r.callback_url().map(str::to_owned))
-        .expect("the task carries a callback URL");
-    let path = url.strip_prefix("http://127.0.0.1:9").unwrap().to_owned();
+    let (_emulator, path) = genuine_callback(receiver);
     let addr = listener.local_addr();
 
     let loads = [

@@ -4,17 +4,18 @@
 //! (moto's, started here on loopback; `.ci/run` installs it).
 #![cfg(feature = "object-store")]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+#[path = "support/moto.rs"]
+mod moto;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gptimage_emulator::{Config, Emulator};
 use gptimage_transport::hosting::{ImageHost, LocalImage, ObjectStoreHost, PutHost};
 use gptimage_transport::test_util::TINY_PNG;
 use gptimage_transport::{Client, ErrorKind};
 use gptimage_types::GenerateRequest;
+use moto::Moto;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -117,78 +118,6 @@ fn the_emulators_host_takes_a_file_once_and_the_emulator_edits_it() {
     );
 }
 
-/// moto's S3 server on a free loopback port, ended on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let port_text = port.to_string();
-        let args = ["-H", "127.0.0.1", "-p", &port_text];
-        // The script pip installs, or the module itself where the script is not on the PATH.
-        let child = Command::new("moto_server")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .or_else(|_| {
-                Command::new("python3")
-                    .args(["-m", "moto.server"])
-                    .args(args)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-            })
-            .expect("moto's server runs (pip install 'moto[server]'; .ci/run installs it)");
-        let moto = Self { child, port };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        moto
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// One plain request to the server; its status and body.
-    fn request(&self, method: &str, path: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-            self.port
-        );
-        stream.write_all(head.as_bytes()).unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        let status = answer[9..12].parse().unwrap();
-        let body = answer
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn s3_settings(moto: &Moto) -> Vec<(&'static str, String)> {
     vec![
         ("aws_access_key_id", "test-key".to_owned()),
@@ -212,7 +141,7 @@ fn s3_host(
 #[test]
 fn an_s3_bucket_hosts_a_file_once_behind_a_signed_url_the_emulator_fetches() {
     let moto = Moto::start();
-    assert_eq!(moto.request("PUT", "/inputs").0, 200, "the bucket is made");
+    moto.bucket("inputs");
     let rt = runtime();
     let emulator = Emulator::spawn(Config::instant()).unwrap();
     let client = client(&emulator);

@@ -9,37 +9,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use gptimage_emulator::{Config, Emulator};
-use gptimage_transport::blocking;
-use gptimage_transport::webhook::{ListenOptions, Listener, Receiver, ServerTls};
-use gptimage_types::{GenerateRequest, Quality};
+#[path = "support/genuine.rs"]
+mod genuine;
 
-/// A listener on `bind`, and the path of a genuine callback URL: a task submitted to the
-/// emulator through a client that uses the receiver (its tasks run for a minute, so no
-/// delivery of the emulator's own interferes).
+use genuine::genuine_callback;
+use gptimage_emulator::Emulator;
+use gptimage_transport::webhook::{ListenOptions, Listener, Receiver, ServerTls};
+
+/// A listener on `bind`, and the path of a genuine callback URL (see `genuine_callback`).
 fn setup(bind: &str, options: &ListenOptions) -> (Emulator, Listener, String) {
-    let config = Config::instant().with_timings(Duration::ZERO, Duration::from_secs(60));
-    let emulator = Emulator::spawn(config).unwrap();
     let receiver = Receiver::new("http://127.0.0.1:9/hooks/").unwrap();
     let listener = receiver.listen_with(bind, options).unwrap();
-    let client = blocking::Client::builder()
-        .api_key(emulator.api_key())
-        .base_url(emulator.base_url())
-        .webhooks(receiver)
-        .build()
-        .unwrap();
-    let request = GenerateRequest::text_to_image("a lighthouse")
-        .quality(Quality::Low)
-        .build()
-        .unwrap();
-    let task = client.submit(&request).unwrap();
-    let url = emulator
-        .task_request(&task.task_id)
-        .unwrap()
-        .callback_url()
-        .unwrap()
-        .to_owned();
-    let path = url.strip_prefix("http://127.0.0.1:9").unwrap().to_owned();
+    let (emulator, path) = genuine_callback(receiver);
     (emulator, listener, path)
 }
 

@@ -8,6 +8,9 @@ use std::process::{Command, Output, Stdio};
 use gptimage_emulator::Emulator;
 use serde_json::Value;
 
+#[path = "../../../transport/tests/support/moto.rs"]
+mod moto;
+
 pub fn gptimage() -> Command {
     let mut command = Command::new(assert_cmd::cargo::cargo_bin!("gptimage"));
     command
@@ -127,59 +130,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// moto's S3-compatible server on a free loopback port, with one bucket; ended on drop.
-pub struct S3 {
-    child: std::process::Child,
-    pub endpoint: String,
-}
+/// moto's S3-compatible server (the transport tests' harness) with one bucket.
+pub struct S3(moto::Moto);
 
 impl S3 {
     pub fn start(bucket: &str) -> Self {
-        use std::io::{Read, Write};
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let port_text = port.to_string();
-        let args = ["-H", "127.0.0.1", "-p", &port_text];
-        let child = Command::new("moto_server")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .or_else(|_| {
-                Command::new("python3")
-                    .args(["-m", "moto.server"])
-                    .args(args)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-            })
-            .expect("moto's server runs (pip install 'moto[server]'; .ci/run installs it)");
-        let s3 = Self {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let started = std::time::Instant::now();
-        let mut stream = loop {
-            if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-                break stream;
-            }
-            assert!(started.elapsed().as_secs() < 30, "moto did not start");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        };
-        let make = format!(
-            "PUT /{bucket} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        );
-        stream.write_all(make.as_bytes()).unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        assert!(
-            answer.starts_with("HTTP/1.1 200"),
-            "the bucket is made: {answer}"
-        );
-        s3
+        let moto = moto::Moto::start();
+        moto.bucket(bucket);
+        Self(moto)
     }
 
     /// The command, with credentials for this server in its environment.
@@ -188,14 +146,7 @@ impl S3 {
             .env("AWS_ACCESS_KEY_ID", "test-key")
             .env("AWS_SECRET_ACCESS_KEY", "test-secret")
             .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT", &self.endpoint)
+            .env("AWS_ENDPOINT", self.0.endpoint())
             .env("AWS_ALLOW_HTTP", "true")
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

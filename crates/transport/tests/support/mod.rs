@@ -200,22 +200,10 @@ impl Driver for Async {
         concurrency: usize,
         stop_after: Option<usize>,
     ) -> Vec<ManyEvent> {
-        self.block(async {
-            let mut many = self.client.generate_many(requests, concurrency);
-            let stopper = many.stopper();
-            let mut events = Vec::new();
-            let mut submitted = 0;
-            while let Some(event) = many.next().await {
-                if matches!(event, ManyEvent::Submitted { .. }) {
-                    submitted += 1;
-                    if stop_after == Some(submitted) {
-                        stopper.stop();
-                    }
-                }
-                events.push(event);
-            }
-            events
-        })
+        // `generate_many` spawns on the runtime; each `next` drives it again.
+        let mut many = self.block(async { self.client.generate_many(requests, concurrency) });
+        let stopper = many.stopper();
+        collect_many(|| self.block(many.next()), stopper, stop_after)
     }
     fn with_options(&self, options: &CallOptions) -> Result<Self, Error> {
         Ok(Self {
