@@ -108,17 +108,7 @@ fn bad_files_and_missing_hosts_are_usage_errors_and_nothing_is_sent() {
             .env_remove("AWS_ACCESS_KEY_ID")
             .args(["generate", "never sent"])
             .args(&args));
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            stderr(&output)
-        );
-        assert!(
-            stderr(&output).contains(why),
-            "{args:?}: {}",
-            stderr(&output)
-        );
+        exits_saying(&output, 2, why);
     }
     let output = run(against(&emulator)
         .env_remove("AWS_ACCESS_KEY_ID")
@@ -131,12 +121,7 @@ fn bad_files_and_missing_hosts_are_usage_errors_and_nothing_is_sent() {
             "--image",
         ])
         .arg(&photo));
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("no credentials"),
-        "{}",
-        stderr(&output)
-    );
+    exits_saying(&output, 2, "no credentials");
     let after = emulator.counters();
     assert_eq!(
         after.generate_requests, before.generate_requests,
@@ -188,12 +173,7 @@ fn a_bucket_hosts_a_local_file_behind_a_signed_url_never_printed_whole() {
             "--image",
         ])
         .arg(&photo));
-    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("no-such-bucket"),
-        "{}",
-        stderr(&output)
-    );
+    exits_saying(&output, 2, "no-such-bucket");
     assert_eq!(emulator.counters().generate_requests, before);
 }
 
@@ -234,8 +214,7 @@ fn batch_lines_name_local_files_each_uploaded_once_across_runs() {
         &out,
         &["--dry-run", "--image-host", &host],
     ));
-    assert_eq!(output.status.code(), Some(2), "a line names a missing file");
-    assert!(stderr(&output).contains("gone.png"), "{}", stderr(&output));
+    exits_saying(&output, 2, "gone.png");
     assert_eq!(emulator.counters().upload_requests, before.upload_requests);
     // A first run within a budget of one task: one file uploaded.
     let output = run(&mut batch(
@@ -288,12 +267,7 @@ fn a_batch_naming_local_files_without_a_host_stops_before_sending() {
     let before = emulator.counters().generate_requests;
     let out = dir.path().join("out");
     let output = run(&mut batch(&emulator, &file, &out, &[]));
-    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("--image-host"),
-        "{}",
-        stderr(&output)
-    );
+    exits_saying(&output, 2, "--image-host");
     assert_eq!(
         emulator.counters().generate_requests,
         before,

@@ -54,6 +54,13 @@ pub fn json(output: &Output) -> Value {
     serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
+/// Asserts the command exited with `code` and its stderr says `what`.
+pub fn exits_saying(output: &Output, code: i32, what: &str) {
+    let said = stderr(output);
+    assert_eq!(output.status.code(), Some(code), "{said}");
+    assert!(said.contains(what), "expected {what:?} in: {said}");
+}
+
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
