@@ -403,26 +403,18 @@ impl Job {
             // Local input files: hosted (or found hosted) before anything is paid.
             let folder = self.source.path().parent().unwrap_or(Path::new("."));
             let hint = raw.prompt_hint();
-            let raw = match self.inputs.resolve(raw, folder, store).await {
-                Ok(Ok(raw)) => raw,
-                Ok(Err(reason)) => {
-                    record.prompt = hint;
-                    store
-                        .invalid(worker, item, number, &record.prompt, &reason)
-                        .await?;
-                    record.state = LineState::Invalid;
-                    record.error = Some(("invalid_request".into(), reason));
-                    return Ok(Some(record));
-                }
+            let parsed = match self.inputs.resolve(raw, folder, store).await {
+                Ok(resolved) => resolved.and_then(|raw| raw.parse()),
                 Err(error) => {
                     store.release(worker, item, None).await?;
                     return Err(error);
                 }
             };
-            let parsed = match raw.parse() {
+            let parsed = match parsed {
                 Ok(parsed) => parsed,
+                // Not JSON, against a rule of the API, or a local file that cannot be used.
                 Err(reason) => {
-                    record.prompt = raw.prompt_hint();
+                    record.prompt = hint;
                     store
                         .invalid(worker, item, number, &record.prompt, &reason)
                         .await?;
