@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gptimage::hosting::{ImageHost, LocalImage, VALIDITY_MARGIN};
+use gptimage::hosting::{ImageHost, LocalImage, VALIDITY_MARGIN, names_a_file};
 use serde_json::Value;
 
 use crate::Error;
@@ -32,12 +32,6 @@ pub(crate) struct Inputs {
     known: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<String>>>>,
     /// How long a URL must stay valid: the client's wait timeout.
     valid_for: Duration,
-}
-
-/// Whether an `images` entry names a file rather than a URL (a URL of a scheme the API refuses
-/// stays a URL, for the line's own rules to refuse by name).
-fn is_file(entry: &str) -> bool {
-    !entry.contains("://")
 }
 
 fn now_s() -> i64 {
@@ -71,7 +65,7 @@ impl Inputs {
         let Some(images) = value.get_mut("images").and_then(Value::as_array_mut) else {
             return Ok(Ok(raw));
         };
-        if !images.iter().any(|i| i.as_str().is_some_and(is_file)) {
+        if !images.iter().any(|i| i.as_str().is_some_and(names_a_file)) {
             return Ok(Ok(raw));
         }
         let Some(host) = &self.host else {
@@ -83,7 +77,7 @@ impl Inputs {
             });
         };
         for entry in images.iter_mut() {
-            let Some(name) = entry.as_str().filter(|e| is_file(e)) else {
+            let Some(name) = entry.as_str().filter(|e| names_a_file(e)) else {
                 continue;
             };
             let path = folder.join(name);
@@ -163,7 +157,7 @@ impl StandIns {
         };
         let mut changed = false;
         for entry in images.iter_mut() {
-            let Some(name) = entry.as_str().filter(|e| is_file(e)) else {
+            let Some(name) = entry.as_str().filter(|e| names_a_file(e)) else {
                 continue;
             };
             let path = folder.join(name);

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use gptimage::hosting::{ImageHost, LocalImage, ObjectStoreHost, PutHost};
+use gptimage::hosting::{ImageHost, LocalImage, ObjectStoreHost, PutHost, names_a_file};
 use gptimage::{
     Client, Error, GenerateRequest, InputFidelity, PollSchedule, Quality, Size, TaskInfo,
     ValidationError,
@@ -280,10 +280,10 @@ pub(crate) fn inputs(args: &Generate) -> Result<Vec<Input>, gptimage::Error> {
     args.images
         .iter()
         .map(|image| {
-            if image.contains("://") {
-                Ok(Input::Url(image.clone()))
-            } else {
+            if names_a_file(image) {
                 LocalImage::read(image).map(Input::File)
+            } else {
+                Ok(Input::Url(image.clone()))
             }
         })
         .collect()

@@ -50,6 +50,21 @@ pub const MAX_IMAGE_BYTES: u64 = 20 * 1024 * 1024;
 /// after the wait began.
 pub const VALIDITY_MARGIN: Duration = Duration::from_secs(15 * 60);
 
+/// Whether an input image entry (a command-line argument, a batch line's `images` item) names a
+/// local file rather than a URL: it has no `scheme://`. A URL of a scheme the API refuses stays
+/// a URL, for the request's own rules to refuse by name.
+///
+/// ```
+/// use gptimage_transport::hosting::names_a_file;
+///
+/// assert!(names_a_file("photos/day.png"));
+/// assert!(!names_a_file("https://example.com/day.png"));
+/// assert!(!names_a_file("ftp://example.com/day.png"));
+/// ```
+pub fn names_a_file(entry: &str) -> bool {
+    !entry.contains("://")
+}
+
 /// The formats an input image may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
