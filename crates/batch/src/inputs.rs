@@ -3,7 +3,7 @@
 //! or a later run reuses it rather than upload again.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,9 +27,13 @@ impl std::fmt::Debug for InputHost {
 /// A run's hosting of local input images: the host, and the URLs this run already has.
 pub(crate) struct Inputs {
     host: Option<InputHost>,
-    /// By content hash: the URL this run hosted or found the file at, looked for once even
-    /// when several lines name the file at the same moment.
-    known: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<String>>>>,
+    /// By content hash: the URL this run hosted or found the file at, and until when it is
+    /// valid (seconds since 1970). Each behind its own lock, so a file is looked for once even
+    /// when several lines name it at the same moment.
+    known: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Hosted>>>>>,
+    /// By path: the content hash of a file as it was read (with its size and modification
+    /// time), so that lines naming an unchanged file do not read it again.
+    files: Mutex<HashMap<PathBuf, (Stamp, String)>>,
     /// How long a URL must stay valid: the client's wait timeout.
     valid_for: Duration,
 }
@@ -45,6 +49,7 @@ impl Inputs {
         Self {
             host,
             known: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
             valid_for,
         }
     }
@@ -81,15 +86,35 @@ impl Inputs {
                 continue;
             };
             let path = folder.join(name);
-            let image = tokio::task::spawn_blocking(move || LocalImage::read(path))
-                .await
-                .map_err(|e| Error::Panicked(e.to_string()))?;
-            let image = match image {
-                Ok(image) => image,
-                Err(error) => return Ok(Err(error.to_string())),
+            // An unchanged file's hash is known; a new or changed one is read (and checked).
+            let stamp = stamp(&path);
+            let seen = stamp.and_then(|stamp| {
+                let files = lock(&self.files);
+                files
+                    .get(&path)
+                    .filter(|(seen, _)| *seen == stamp)
+                    .map(|(_, sha)| sha.clone())
+            });
+            let (sha, mut image) = match seen {
+                Some(sha) => (sha, None),
+                None => match read(&path).await? {
+                    Ok(image) => {
+                        if let Some(stamp) = stamp {
+                            let sha = image.sha256().to_owned();
+                            lock(&self.files).insert(path.clone(), (stamp, sha));
+                        }
+                        (image.sha256().to_owned(), Some(image))
+                    }
+                    Err(reason) => return Ok(Err(reason)),
+                },
             };
-            let url = self.url(&image, host, store, raw.number).await?;
-            *entry = Value::String(url);
+            match self
+                .url(&sha, &mut image, &path, host, store, raw.number)
+                .await?
+            {
+                Ok(url) => *entry = Value::String(url),
+                Err(reason) => return Ok(Err(reason)),
+            }
         }
         Ok(Ok(RawLine {
             text: value.to_string(),
@@ -97,45 +122,76 @@ impl Inputs {
         }))
     }
 
-    /// The URL of `image`: one this run has, one the state recorded that is still valid for a
-    /// whole wait, or a fresh one from the host (recorded).
+    /// The URL of the file of content `sha` at `path` (`image`, if it was read already): one
+    /// this run has, or one the state recorded, still valid for a whole wait; else a fresh one
+    /// from the host, recorded. `Ok(Err(reason))`: the file had to be read, and could not be.
     async fn url(
         &self,
-        image: &LocalImage,
+        sha: &str,
+        image: &mut Option<LocalImage>,
+        path: &Path,
         host: &InputHost,
         store: &Store,
         line: u64,
-    ) -> Result<String, Error> {
-        let sha = image.sha256().to_owned();
-        let cell = self
-            .known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(sha.clone())
-            .or_default()
-            .clone();
-        let url = cell
-            .get_or_try_init(|| async {
-                let needed_until = now_s() + self.valid_for.as_secs() as i64;
-                if let Some(url) = store.hosted_input(&sha, needed_until).await? {
-                    return Ok(url);
-                }
-                let hosted =
-                    host.0
-                        .host(image, self.valid_for)
-                        .await
-                        .map_err(|e| Error::ImageHost {
-                            line,
-                            message: e.to_string(),
-                        })?;
-                let url = hosted.expose().to_owned();
-                let expires = needed_until + VALIDITY_MARGIN.as_secs() as i64;
-                store.record_hosted_input(&sha, &url, expires).await?;
-                Ok::<_, Error>(url)
-            })
-            .await?;
-        Ok(url.clone())
+    ) -> Result<Result<String, String>, Error> {
+        let cell = lock(&self.known).entry(sha.to_owned()).or_default().clone();
+        let mut known = cell.lock().await;
+        let needed_until = now_s() + self.valid_for.as_secs() as i64;
+        if let Some((url, expires)) = known.as_ref()
+            && *expires > needed_until
+        {
+            return Ok(Ok(url.clone()));
+        }
+        if let Some((url, expires)) = store.hosted_input(sha, needed_until).await? {
+            *known = Some((url.clone(), expires));
+            return Ok(Ok(url));
+        }
+        let image = match image {
+            Some(image) => image,
+            None => match read(path).await? {
+                Ok(read) => image.insert(read),
+                Err(reason) => return Ok(Err(reason)),
+            },
+        };
+        let hosted = host
+            .0
+            .host(image, self.valid_for)
+            .await
+            .map_err(|e| Error::ImageHost {
+                line,
+                message: e.to_string(),
+            })?;
+        let url = hosted.expose().to_owned();
+        let expires = needed_until + VALIDITY_MARGIN.as_secs() as i64;
+        store.record_hosted_input(sha, &url, expires).await?;
+        *known = Some((url.clone(), expires));
+        Ok(Ok(url))
     }
+}
+
+/// A URL a file is at, and until when it is valid (seconds since 1970).
+type Hosted = (String, i64);
+
+/// What tells a file unchanged since it was read: its size and modification time.
+type Stamp = (u64, SystemTime);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+/// Reads and checks an input file off the runtime's threads; `Ok(Err(reason))` if it cannot be
+/// used.
+async fn read(path: &Path) -> Result<Result<LocalImage, String>, Error> {
+    let path = path.to_path_buf();
+    let image = tokio::task::spawn_blocking(move || LocalImage::read(path))
+        .await
+        .map_err(|e| Error::Panicked(e.to_string()))?;
+    Ok(image.map_err(|e| e.to_string()))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// For a dry run: lines with their local files checked (readable, an image, within the limit)

@@ -8,19 +8,24 @@ use super::Store;
 use crate::error::Error;
 
 impl Store {
-    /// The URL the file of content `sha256` was hosted at, if it is valid until after `until`
-    /// (seconds since 1970).
-    pub async fn hosted_input(&self, sha256: &str, until: i64) -> Result<Option<String>, Error> {
-        let row =
-            sqlx::query("SELECT url FROM gptimage_uploads WHERE sha256 = $1 AND expires_at > $2")
-                .bind(sha256.to_owned())
-                .bind(until)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.error(e))?;
-        row.map(|r| r.try_get::<String, _>("url"))
+    /// The URL the file of content `sha256` was hosted at, and until when it is valid (seconds
+    /// since 1970), if that is after `until`.
+    pub async fn hosted_input(
+        &self,
+        sha256: &str,
+        until: i64,
+    ) -> Result<Option<(String, i64)>, Error> {
+        let row = sqlx::query(
+            "SELECT url, expires_at FROM gptimage_uploads WHERE sha256 = $1 AND expires_at > $2",
+        )
+        .bind(sha256.to_owned())
+        .bind(until)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        row.map(|r| Ok((r.try_get("url")?, r.try_get("expires_at")?)))
             .transpose()
-            .map_err(|e| self.error(e))
+            .map_err(|e: sqlx::Error| self.error(e))
     }
 
     /// Records that the file of content `sha256` is at `url` until `expires_at` (seconds since
