@@ -474,6 +474,18 @@ impl From<ValidationError> for Error {
     }
 }
 
+/// A wait the service asked for, as people say it: `30 s`, `5 min`, `3 h`, `2 days`.
+fn for_people(wait: Duration) -> String {
+    let seconds = wait.as_secs();
+    match seconds {
+        0..120 => format!("{seconds} s"),
+        120..7_200 => format!("{} min", seconds / 60),
+        7_200..172_800 => format!("{} h", seconds / 3_600),
+        172_800..3_153_600_000 => format!("{} days", seconds / 86_400),
+        _ => "more than a century".to_owned(),
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let task = self.inner.task_id.as_deref().unwrap_or("?");
@@ -502,7 +514,7 @@ impl fmt::Display for Error {
                         "no such task for this key; task ids are per key and expire".to_owned()
                     }
                     ApiCode::RateLimited => match retry_after {
-                        Some(d) => format!("rate limited; wait {} s and try again", d.as_secs()),
+                        Some(d) => format!("rate limited; wait {} and try again", for_people(*d)),
                         None => "rate limited; wait and try again".to_owned(),
                     },
                     ApiCode::ServerError(_) => "the service failed; try again later".to_owned(),

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use gptimage_types::{CreatedTask, GenerateRequest, TaskInfo, TaskStatus};
 
-use super::Image;
 use super::answer::{self, Came, Fetched, Judged, judge};
 use super::pace::Pacer;
 use super::request::{Call, Op};
 use super::schedule::{Jitter, backoff};
+use super::{Image, later};
 use crate::config::{Config, PollSchedule};
 use crate::error::{Error, Result, TransportError};
 use crate::transport::{HttpRequest, HttpResponse, SendOptions};
@@ -187,7 +187,9 @@ impl<T> Machine for CallMachine<'_, T> {
                 CallState::Ready if !self.booked && self.pacer.is_some() => {
                     // A submission goes in its turn, asking the pacer until it is given one,
                     // never later than its patience allows.
-                    let patience = *self.patience.get_or_insert(now + self.config.wait_timeout);
+                    let patience = *self
+                        .patience
+                        .get_or_insert_with(|| later(now, self.config.wait_timeout));
                     let turn = self.pacer().map_or(Ok(()), |mut p| p.reserve(now));
                     match turn {
                         Ok(()) => self.booked = true,
@@ -256,8 +258,12 @@ impl<T> Machine for CallMachine<'_, T> {
                 retry_after,
                 rate_limited: true,
             } if self.pacer.is_some() => {
+                // What the pacer holds every submission for is bounded by the policy, whatever
+                // the service asked: a Retry-After of a day (or of 10^19 s) ends this call, and
+                // holds the others for the policy's longest at most.
+                let hold = retry_after.map(|asked| asked.min(policy.max_retry_after));
                 if let Some(mut pacer) = self.pacer() {
-                    pacer.refused(now, retry_after);
+                    pacer.refused(now, hold);
                     #[cfg(feature = "tracing")]
                     tracing::warn!(
                         target: "gptimage",
@@ -301,7 +307,7 @@ impl<T> Machine for CallMachine<'_, T> {
                     "retrying"
                 );
                 self.last_error = Some(error);
-                let wake = now + delay;
+                let wake = later(now, delay);
                 self.state = CallState::Sleeping(self.deadline.map_or(wake, |d| wake.min(d)));
             }
         }
@@ -392,6 +398,13 @@ impl<'a, F: FnMut(&TaskInfo)> WaitMachine<'a, F> {
         self.finish(Err(error));
     }
 
+    /// When to poll next, after a status read at `now`: the schedule's next turn, but see
+    /// [`last_chance`].
+    fn next_poll(&self, now: Instant, deadline: Instant) -> Instant {
+        let wanted = later(now, self.schedule.delay(self.polls));
+        last_chance(Some(now), now, deadline, wanted, self.config)
+    }
+
     /// After a status was read: done, failed, or another poll (never one past the deadline).
     fn after(&mut self, now: Instant, deadline: Instant, info: TaskInfo) {
         (self.on_update)(&info);
@@ -412,7 +425,7 @@ impl<'a, F: FnMut(&TaskInfo)> WaitMachine<'a, F> {
                 return;
             }
             *last = Some(info.status.clone());
-            let next = (now + self.schedule.delay(self.polls)).min(deadline);
+            let next = self.next_poll(now, deadline);
             self.polls += 1;
             self.state = if changed {
                 WaitState::Changed(Some(info), next)
@@ -429,9 +442,9 @@ impl<'a, F: FnMut(&TaskInfo)> WaitMachine<'a, F> {
             }
             // Pending, running, or a status this client does not know: keep waiting.
             _ => {
-                let next = now + self.schedule.delay(self.polls);
+                let next = self.next_poll(now, deadline);
                 self.polls += 1;
-                self.state = WaitState::Sleeping(next.min(deadline));
+                self.state = WaitState::Sleeping(next);
             }
         }
     }
@@ -444,10 +457,12 @@ impl<F: FnMut(&TaskInfo)> Machine for WaitMachine<'_, F> {
         let deadline = match self.deadline {
             Some(deadline) => deadline,
             None => {
-                let deadline = now + self.config.wait_timeout;
+                // A wait timeout too long for the clock (`Duration::MAX`) is no deadline.
+                let deadline = later(now, self.config.wait_timeout);
                 self.deadline = Some(deadline);
                 if let Some(after) = self.first_after {
-                    self.state = WaitState::Sleeping((now + after).min(deadline));
+                    let first = last_chance(None, now, deadline, later(now, after), self.config);
+                    self.state = WaitState::Sleeping(first);
                 }
                 deadline
             }
@@ -518,6 +533,36 @@ impl<F: FnMut(&TaskInfo)> Machine for WaitMachine<'_, F> {
     #[cfg(feature = "tracing")]
     fn span(&self) -> tracing::Span {
         tracing::debug_span!("gptimage.wait", task_id = %self.task_id)
+    }
+}
+
+/// How long before its deadline a wait asks for the status one last time, at most: the time a
+/// status request is given then (or the request timeout, or a quarter of the wait, if shorter).
+pub(crate) const LAST_ASK: Duration = Duration::from_secs(1);
+
+/// The poll at `wanted`, unless it would come too close to the deadline (less than half of
+/// the margin, [`LAST_ASK`] or less, before it) or after it: then a poll at the wait's last
+/// moment to ask (`deadline` less the margin, and not before `now`), so that a wait whose deadline falls before its next
+/// turn (a short deadline, or one shorter than the slow fallback schedule of a wait expecting a
+/// callback) still asks before it gives up. A status read (`read_at`) within that last moment
+/// already was the last ask: the wait then pauses until its deadline.
+fn last_chance(
+    read_at: Option<Instant>,
+    now: Instant,
+    deadline: Instant,
+    wanted: Instant,
+    config: &Config,
+) -> Instant {
+    let margin = LAST_ASK
+        .min(config.request_timeout)
+        .min(config.wait_timeout / 4);
+    let last = deadline.checked_sub(margin).unwrap_or(now).max(now);
+    if later(wanted, margin / 2) <= deadline {
+        wanted
+    } else if read_at.is_none_or(|read| read < last) {
+        last
+    } else {
+        deadline
     }
 }
 

@@ -15,6 +15,26 @@ pub(crate) mod schedule;
 
 pub(crate) use machine::{CallMachine, DownloadMachine, Machine, Next, WaitMachine};
 
+use std::time::{Duration, Instant};
+
+/// The farthest a deadline or a pause is set: about 30 years, which every platform's `Instant`
+/// can hold. A longer duration (a user's `Duration::MAX`, a server's `Retry-After` of 10^19 s)
+/// means "never" for every purpose this crate has.
+const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `now + duration`, never panicking: a duration longer than [`FAR`] is `FAR` (halved until
+/// the clock can hold it, on a platform whose `Instant` cannot).
+pub(crate) fn later(now: Instant, duration: Duration) -> Instant {
+    let mut duration = duration.min(FAR);
+    loop {
+        match now.checked_add(duration) {
+            Some(at) => return at,
+            None if duration.is_zero() => return now,
+            None => duration /= 2,
+        }
+    }
+}
+
 /// A downloaded result image.
 ///
 /// ```

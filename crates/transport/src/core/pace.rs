@@ -10,10 +10,18 @@
 //! then by steps that double while such 429s keep coming, up to 20%, so the pacer learns a
 //! limit set too high within a few rounds); each accepted submission adds a tenth of the ceiling back
 //! (additive increase), up to the ceiling, or, with none configured, until the pacer stops
-//! pacing at all.
+//! pacing at all. A learned ceiling is not for ever: every [`CEILING_HOLDS_AFTER`] submissions
+//! accepted at it, it rises a step back toward the configured rate, so a limit that was lowered
+//! for a while (or a burst of 429s from a service in trouble) costs a while, not the rest of the
+//! client's life.
+//!
+//! What a server says is bounded before it gets here: a `Retry-After` is clamped to the retry
+//! policy's longest by the caller, and every instant is computed with [`later`], so no answer
+//! can make the pacer panic or hold submissions longer than the policy allows.
 
 use std::time::{Duration, Instant};
 
+use super::later;
 use crate::config::Rate;
 
 /// The slowest pace a pushed-back client falls to: one submission a minute.
@@ -56,7 +64,10 @@ pub struct Pacing {
 /// The pacer's state.
 #[derive(Debug)]
 pub(crate) struct Pacer {
-    /// The configured interval: the fastest the pacer goes.
+    /// The configured interval, which a learned ceiling recovers toward.
+    configured: Option<Duration>,
+    /// The fastest the pacer goes now: the configured interval, or a slower one learned from
+    /// 429s at it.
     ceiling: Option<Duration>,
     /// The interval now (`None`: unpaced).
     interval: Option<Duration>,
@@ -77,6 +88,7 @@ impl Pacer {
     pub(crate) fn new(rate: Option<Rate>) -> Self {
         let ceiling = rate.map(|r| r.interval());
         Self {
+            configured: ceiling,
             ceiling,
             interval: ceiling,
             next: None,
@@ -93,13 +105,14 @@ impl Pacer {
         match self.next {
             Some(next) if next > now => Err(next),
             _ => {
-                self.next = Some(now + self.interval.unwrap_or_default());
+                self.next = Some(later(now, self.interval.unwrap_or_default()));
                 Ok(())
             }
         }
     }
 
-    /// A submission was answered 429 at `now`: every later one waits.
+    /// A submission was answered 429 at `now`: every later one waits. The caller clamps
+    /// `retry_after` to what its policy honours.
     pub(crate) fn refused(&mut self, now: Instant, retry_after: Option<Duration>) {
         self.pushbacks += 1;
         let hold = match retry_after {
@@ -109,7 +122,7 @@ impl Pacer {
             // that rate was too fast for this service: the ceiling itself comes down a step.
             None => {
                 let recent = match (self.decreased, self.interval) {
-                    (Some(at), Some(interval)) => now < at + interval,
+                    (Some(at), Some(interval)) => now < later(at, interval),
                     _ => false,
                 };
                 if !recent {
@@ -130,7 +143,7 @@ impl Pacer {
                 self.interval.unwrap_or(FIRST_INTERVAL)
             }
         };
-        let until = now + hold;
+        let until = later(now, hold);
         self.next = Some(self.next.map_or(until, |next| next.max(until)));
     }
 
@@ -144,10 +157,18 @@ impl Pacer {
             .ceiling
             .map_or(0.1, |c| 0.1 / c.as_secs_f64().max(1e-6));
         let faster = rate + step;
-        if self.ceiling == Some(interval) {
+        if let Some(ceiling) = self.ceiling
+            && ceiling == interval
+        {
             self.at_ceiling += 1;
             if self.at_ceiling >= CEILING_HOLDS_AFTER {
+                // The ceiling holds: the next 429 at it steps it by 5% again, and it probes a
+                // step back toward the configured rate.
                 self.ceiling_step = CEILING_STEP;
+                self.at_ceiling = 0;
+                if let Some(configured) = self.configured {
+                    self.ceiling = Some(ceiling.div_f64(1.0 + CEILING_STEP).max(configured));
+                }
             }
         }
         self.interval = match self.ceiling {
@@ -230,18 +251,68 @@ mod tests {
             pacer.refused(at(start, 10.0 * round as f64), None);
             ceiling /= 1.0 + step;
         }
-        for _ in 0..(20 + CEILING_HOLDS_AFTER) {
+        for _ in 0..20 {
             pacer.accepted();
         }
         let rate = pacer.pacing().per_second.unwrap();
         assert!((rate - ceiling).abs() < 1e-6, "{rate} vs {ceiling}");
-        // The ceiling held for a while: the next refusal steps it by 5% again.
+        // The ceiling held for a while: it probes a step (5%) back toward the configured
+        // rate, and the next refusal there steps it by 5% again, not by the last step.
+        for _ in 0..CEILING_HOLDS_AFTER {
+            pacer.accepted();
+        }
+        let rate = pacer.pacing().per_second.unwrap();
+        assert!((rate - ceiling * 1.05).abs() < 1e-6, "{rate}");
         pacer.refused(at(start, 100.0), None);
         for _ in 0..20 {
             pacer.accepted();
         }
         let rate = pacer.pacing().per_second.unwrap();
-        assert!((rate - ceiling / 1.05).abs() < 1e-6, "{rate}");
+        assert!((rate - ceiling).abs() < 1e-6, "{rate}");
+    }
+
+    #[test]
+    fn a_learned_ceiling_recovers_the_configured_rate_once_429s_stop() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(Some(Rate::new(10, Duration::from_secs(1))));
+        for round in 0..6 {
+            for _ in 0..20 {
+                pacer.accepted();
+            }
+            pacer.refused(at(start, 10.0 * f64::from(round)), None);
+        }
+        for _ in 0..20 {
+            pacer.accepted();
+        }
+        let learned = pacer.pacing().per_second.unwrap();
+        assert!(learned < 5.0, "a limit was learned: {learned}");
+        // No 429 for a while: back at the configured rate, and never past it.
+        for _ in 0..3000 {
+            pacer.accepted();
+        }
+        let rate = pacer.pacing().per_second.unwrap();
+        assert!((rate - 10.0).abs() < 1e-6, "{rate}");
+    }
+
+    #[test]
+    fn no_retry_after_can_make_the_pacer_panic() {
+        let start = Instant::now();
+        for asked in [
+            Duration::MAX,
+            Duration::from_secs(10_000_000_000_000_000_000),
+            Duration::from_secs(u64::MAX / 2),
+        ] {
+            let mut pacer = Pacer::new(Some(Rate::new(1, Duration::from_secs(1))));
+            pacer.refused(start, Some(asked));
+            let held = pacer.reserve(start).unwrap_err();
+            assert!(
+                held > at(start, 365.0 * 24.0 * 3600.0),
+                "held until far away"
+            );
+            // And the pacer still works after it.
+            pacer.refused(start, None);
+            assert!(pacer.reserve(held).is_ok());
+        }
     }
 
     #[test]

@@ -768,7 +768,131 @@ fn a_watch_keeps_one_deadline_across_its_steps() {
         answer(200, &status_body("IN_PROGRESS"), &[]),
     );
     ends(&mut wait, at(start, 1.2)).unwrap();
-    assert_eq!(sleeps(&mut wait, at(start, 1.2)), at(start, 2.0));
+    // The next turn (2.2) is past the deadline: one last ask before it, then the end.
+    assert_eq!(sleeps(&mut wait, at(start, 1.2)), at(start, 1.5));
+    sends(&mut wait, at(start, 1.5));
+    wait.handle(
+        at(start, 1.6),
+        answer(200, &status_body("IN_PROGRESS"), &[]),
+    );
+    assert_eq!(sleeps(&mut wait, at(start, 1.6)), at(start, 2.0));
     let error = ends(&mut wait, at(start, 2.0)).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::DeadlinePassed);
+}
+
+#[test]
+fn a_retry_after_of_a_day_or_of_10_19_seconds_ends_the_submission_and_holds_the_others_at_most_the_cap()
+ {
+    // Honours Retry-After up to 120 s; a submission may wait its turn up to 10 minutes.
+    let config = builder()
+        .wait_timeout(Duration::from_secs(600))
+        .config()
+        .unwrap();
+    let request = GenerateRequest::text_to_image("a cat").build().unwrap();
+    let start = Instant::now();
+    for asked in ["86400", "10000000000000000000", "18446744073709551615"] {
+        let pacer = std::sync::Mutex::new(super::pace::Pacer::new(None));
+        let mut call = CallMachine::submit(&config, &request, None, &pacer, 1);
+        sends(&mut call, start);
+        call.handle(start, answer(429, b"", &[("retry-after", asked)]));
+        let error = ends(&mut call, start).unwrap_err();
+        assert_eq!(error.code(), Some(429), "{asked}");
+        assert!(error.retry_after().is_some(), "{asked}: {error}");
+        // The next submission of the client is held for the cap, not for what was asked.
+        let mut next = CallMachine::submit(&config, &request, None, &pacer, 2);
+        let held = sleeps(&mut next, start);
+        assert_eq!(held, at(start, 120.0), "{asked}");
+        sends(&mut next, held);
+    }
+}
+
+#[test]
+fn a_retry_after_date_in_2999_is_capped_too() {
+    let config = config();
+    let start = Instant::now();
+    let mut call = CallMachine::status(&config, "t1", 1).unwrap();
+    sends(&mut call, start);
+    let headers = [
+        ("retry-after", "Tue, 01 Jan 2999 00:00:00 GMT"),
+        ("date", "Sat, 05 Dec 2026 09:00:00 GMT"),
+    ];
+    call.handle(start, answer(429, b"", &headers));
+    let error = ends(&mut call, start).unwrap_err();
+    assert!(error.retry_after().unwrap() > Duration::from_secs(365 * 24 * 3600));
+}
+
+#[test]
+fn a_wait_timeout_of_duration_max_is_no_deadline() {
+    let config = builder()
+        .wait_timeout(Duration::MAX)
+        .poll(PollSchedule::fixed(Duration::from_secs(5)))
+        .config()
+        .unwrap();
+    let start = Instant::now();
+    let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {}).unwrap();
+    let (_, timeout) = sends(&mut wait, start);
+    assert_eq!(timeout, config.request_timeout);
+    wait.handle(start, answer(200, &status_body("IN_PROGRESS"), &[]));
+    assert_eq!(sleeps(&mut wait, start), at(start, 5.0));
+    // A day later, still waiting.
+    let later = at(start, 86_400.0);
+    sends(&mut wait, later);
+    wait.handle(later, answer(200, &status_body("SUCCESS"), &[]));
+    assert!(ends(&mut wait, later).is_ok());
+}
+
+#[test]
+fn a_deadline_shorter_than_the_fallback_interval_still_asks_before_it_gives_up() {
+    // Webhooks expected: the first poll waits the 20 s fallback, but the deadline is 3 s.
+    let config = builder()
+        .wait_timeout(Duration::from_secs(3))
+        .config()
+        .unwrap();
+    let start = Instant::now();
+    let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {})
+        .unwrap()
+        .expecting_callback();
+    assert_eq!(
+        sleeps(&mut wait, start),
+        at(start, 2.25),
+        "one last ask, a quarter of the wait before the deadline"
+    );
+    let (_, timeout) = sends(&mut wait, at(start, 2.25));
+    assert_eq!(timeout, Duration::from_secs_f64(0.75));
+    wait.handle(at(start, 2.3), answer(200, &status_body("SUCCESS"), &[]));
+    assert!(ends(&mut wait, at(start, 2.3)).is_ok());
+
+    // Still running at the last ask: the wait gives up at its deadline, without asking again.
+    let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {})
+        .unwrap()
+        .expecting_callback();
+    sleeps(&mut wait, start);
+    sends(&mut wait, at(start, 2.25));
+    wait.handle(
+        at(start, 2.3),
+        answer(200, &status_body("IN_PROGRESS"), &[]),
+    );
+    assert_eq!(sleeps(&mut wait, at(start, 2.3)), at(start, 3.0));
+    let error = ends(&mut wait, at(start, 3.0)).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::DeadlinePassed);
+
+    // A short deadline with fast polls polls to its end.
+    let config = wait_config(0.3, 0.02);
+    let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {}).unwrap();
+    let mut now = start;
+    let mut polls = 0;
+    loop {
+        match wait.poll(now) {
+            Next::Send(..) => {
+                polls += 1;
+                wait.handle(now, answer(200, &status_body("IN_PROGRESS"), &[]));
+            }
+            Next::SleepUntil(until) => now = until,
+            Next::Done(result) => {
+                assert_eq!(result.unwrap_err().kind(), ErrorKind::DeadlinePassed);
+                break;
+            }
+        }
+    }
+    assert!(polls >= 10, "{polls} polls in 0.3 s at 20 ms");
 }
