@@ -23,6 +23,15 @@
 //! # }
 //! ```
 //!
+//! # What a delivery costs
+//!
+//! Every request is judged on its head alone (method, path, declared length): a request for
+//! anything but a token this receiver issued is refused (`404`, `405`, `413`) before a byte of
+//! its body is read, and the built-in listener then closes its connection. A genuine callback's
+//! body is counted and dropped piece by piece, never gathered: the receiver never needs it.
+//! Nothing a peer sends can make [`Receiver::handle`] or [`Receiver::refusal`] panic (the
+//! fuzz targets in `fuzz/` and the tests hold them to it).
+//!
 //! # Several replicas
 //!
 //! The receiver keeps its tokens in memory: a callback is accepted only by the process that
@@ -67,7 +76,8 @@ pub struct Receiver {
 struct Shared {
     /// The public base URL, ending in `/`.
     base: String,
-    /// Its path, which every callback's path starts with.
+    /// The path every callback's path starts with where `handle` receives it, ending in `/`:
+    /// the public URL's, unless a proxy or a nesting router strips a prefix.
     path: String,
     registry: Mutex<Registry>,
     changed: Condvar,
@@ -108,6 +118,57 @@ impl Receiver {
     /// A receiver whose callback URLs start with `public_base_url`: an absolute `http(s)` URL
     /// the service can reach, which routes to wherever [`handle`](Self::handle) is mounted.
     pub fn new(public_base_url: &str) -> Result<Self> {
+        let url = Self::public_url(public_base_url)?;
+        Ok(Self::from_parts(url.path().to_owned(), url.into()))
+    }
+
+    /// A receiver whose callback URLs start with `public_base_url`, and which receives them at
+    /// `local_path`: behind a proxy that strips a prefix of the path, or as a router nested
+    /// under a prefix (axum's `nest`), the path [`handle`](Self::handle) sees is not the one the
+    /// service called. Without this, every callback there would be a silent `404`.
+    ///
+    /// ```
+    /// use gptimage_transport::webhook::Receiver;
+    ///
+    /// // The proxy forwards https://example.com/gptimage/hooks/… to this program as /hooks/….
+    /// let receiver = Receiver::with_local_path("https://example.com/gptimage/hooks/", "/hooks/")?;
+    /// assert_eq!(receiver.base_url(), "https://example.com/gptimage/hooks/");
+    /// assert_eq!(receiver.local_path(), "/hooks/");
+    /// assert!(Receiver::with_local_path("https://example.com/", "hooks").is_err());
+    /// # Ok::<(), gptimage_transport::Error>(())
+    /// ```
+    pub fn with_local_path(public_base_url: &str, local_path: &str) -> Result<Self> {
+        let url = Self::public_url(public_base_url)?;
+        let valid = local_path.starts_with('/')
+            && local_path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#'));
+        if !valid {
+            return Err(Error::config(format!(
+                "the webhook local path {local_path:?} is not an absolute path: it must start \
+                 with `/` and hold no spaces, `?` or `#`"
+            )));
+        }
+        let mut path = local_path.to_owned();
+        if !path.ends_with('/') {
+            path.push('/');
+        }
+        Ok(Self::from_parts(path, url.into()))
+    }
+
+    fn from_parts(path: String, base: String) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                path,
+                base,
+                registry: Mutex::new(Registry::default()),
+                changed: Condvar::new(),
+            }),
+        }
+    }
+
+    /// The public base URL, checked, without query or fragment, ending in `/`.
+    fn public_url(public_base_url: &str) -> Result<Url> {
         let mut url = Url::parse(public_base_url)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
@@ -122,19 +183,18 @@ impl Receiver {
             let path = format!("{}/", url.path());
             url.set_path(&path);
         }
-        Ok(Self {
-            shared: Arc::new(Shared {
-                path: url.path().to_owned(),
-                base: url.into(),
-                registry: Mutex::new(Registry::default()),
-                changed: Condvar::new(),
-            }),
-        })
+        Ok(url)
     }
 
     /// The public base URL, ending in `/`.
     pub fn base_url(&self) -> &str {
         &self.shared.base
+    }
+
+    /// The path at which callbacks are received, ending in `/`: the public base URL's, or the
+    /// one given to [`with_local_path`](Self::with_local_path).
+    pub fn local_path(&self) -> &str {
+        &self.shared.path
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -146,12 +206,13 @@ impl Receiver {
 
     /// Issues a callback URL with a fresh token.
     pub(crate) fn issue(&self) -> Result<Watch> {
-        let mut random = [0u8; SELECTOR_HEX / 2 + VERIFIER_HEX / 2];
-        getrandom::fill(&mut random)
+        let mut selector = [0u8; SELECTOR_HEX / 2];
+        let mut verifier = [0u8; VERIFIER_HEX / 2];
+        getrandom::fill(&mut selector)
+            .and_then(|()| getrandom::fill(&mut verifier))
             .map_err(|e| Error::config(format!("no randomness for a callback token: {e}")))?;
-        let (selector, verifier) = random.split_at(SELECTOR_HEX / 2);
-        let selector = hex(selector);
-        let url = format!("{}{selector}{}", self.shared.base, hex(verifier));
+        let selector = hex(&selector);
+        let url = format!("{}{selector}{}", self.shared.base, hex(&verifier));
         let mut registry = self.registry();
         if registry.order.len() >= MAX_WATCHED
             && let Some(oldest) = registry.order.pop_front()
@@ -163,7 +224,7 @@ impl Receiver {
         registry.by_selector.insert(
             selector.clone(),
             Entry {
-                verifier: verifier.try_into().expect("the verifier is 16 bytes"),
+                verifier,
                 task_id: None,
                 hints: 0,
                 wakers: Vec::new(),
@@ -211,22 +272,29 @@ impl Receiver {
         }
     }
 
-    /// The hints for `task_id`, if its submission carried one of this receiver's URLs.
+    /// The hints for `task_id`, if its submission carried one of this receiver's URLs. Every
+    /// delivery since the URL was issued counts, those that came before this wait began
+    /// included: a callback that arrives between a submission and its wait (a program that
+    /// stores the task id first, as it should) ends the wait's first pause at once.
     pub(crate) fn hints(&self, task_id: &str) -> Option<Hints> {
         let registry = self.registry();
         let selector = registry.by_task.get(task_id)?.clone();
-        let seen = registry.by_selector.get(&selector)?.hints;
+        registry.by_selector.get(&selector)?;
         Some(Hints {
             receiver: self.clone(),
             selector,
-            seen,
+            seen: 0,
         })
     }
 
-    /// Handles one delivery, from any HTTP server: `POST {base path}{token}` with a body of at
+    /// Handles one delivery, from any HTTP server: `POST {local path}{token}` with a body of at
     /// most [`MAX_CALLBACK_BYTES`]. A token this receiver issued is answered `200` at once and
     /// wakes the wait for its task; anything else is answered `404`, `405` or `413` and changes
     /// nothing. The body is never read: a callback is a hint, never a result.
+    ///
+    /// A server that can answer before it reads a body should ask [`refusal`](Self::refusal)
+    /// first, and read the body only of a request it does not refuse (as the built-in listener
+    /// and [`axum_router`](Self::axum_router) do).
     ///
     /// ```
     /// use gptimage_transport::webhook::Receiver;
@@ -238,50 +306,182 @@ impl Receiver {
     /// assert_eq!(receiver.handle(forged).status(), 404);
     /// ```
     pub fn handle(&self, request: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
-        if request.method() != Method::POST {
-            let mut response = answer(StatusCode::METHOD_NOT_ALLOWED, "only POST is accepted");
-            response
-                .headers_mut()
-                .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-            return response;
-        }
+        let token = match self.judge(&request) {
+            Ok(token) => token,
+            Err(refused) => return refused.response(),
+        };
         if request.body().len() > MAX_CALLBACK_BYTES {
-            return answer(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large");
+            return Refused::TooLarge.noted().response();
         }
-        let token = request
-            .uri()
-            .path()
-            .strip_prefix(&self.shared.path)
-            .filter(|t| t.len() == SELECTOR_HEX + VERIFIER_HEX);
-        let accepted = token.is_some_and(|token| self.hint(token));
-        if accepted {
-            answer(StatusCode::OK, "accepted")
-        } else {
-            answer(StatusCode::NOT_FOUND, "no such callback")
-        }
+        self.deliver(token)
     }
 
-    /// Counts a delivery for `token` if this receiver issued it; wakes its waiters.
-    fn hint(&self, token: &str) -> bool {
-        let (selector, verifier) = token.split_at(SELECTOR_HEX);
-        let Some(verifier) = unhex(verifier) else {
-            return false;
-        };
-        let mut registry = self.registry();
-        let Some(entry) = registry.by_selector.get_mut(selector) else {
-            return false;
-        };
-        if !constant_time_eq(&entry.verifier, &verifier) {
-            return false;
+    /// The answer that refuses `request` on its head alone, or `None` for a genuine callback,
+    /// whose body (at most [`MAX_CALLBACK_BYTES`]) should then be read, and the request given to
+    /// [`handle`](Self::handle). A refused request's body need not be read at all: answer, and
+    /// close the connection (the answer says `Connection: close`). It changes nothing, and
+    /// costs a map lookup.
+    ///
+    /// ```
+    /// use gptimage_transport::webhook::Receiver;
+    ///
+    /// let receiver = Receiver::new("https://hooks.example.com/gptimage/").unwrap();
+    /// let head = http::Request::get("/gptimage/anything").body(()).unwrap();
+    /// let refused = receiver.refusal(&head).expect("a GET is refused");
+    /// assert_eq!(refused.status(), 405);
+    /// assert_eq!(refused.headers()["connection"], "close");
+    /// ```
+    pub fn refusal<B>(&self, request: &http::Request<B>) -> Option<http::Response<Vec<u8>>> {
+        self.judge(request).err().map(Refused::response)
+    }
+
+    /// The token of a genuine callback, judged on the request's head; or why it is refused.
+    /// Nothing here can panic, whatever the path holds.
+    pub(crate) fn judge<B>(
+        &self,
+        request: &http::Request<B>,
+    ) -> std::result::Result<Token, Refused> {
+        if request.method() != Method::POST {
+            return Err(Refused::Method.noted());
         }
+        let declared = request
+            .headers()
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()))
+            .try_fold(0u64, |most, n| n.map(|n| most.max(n)));
+        match declared {
+            Some(n) if n > MAX_CALLBACK_BYTES as u64 => return Err(Refused::TooLarge.noted()),
+            None => return Err(Refused::Malformed.noted()),
+            Some(_) => {}
+        }
+        request
+            .uri()
+            .path()
+            .strip_prefix(self.shared.path.as_str())
+            .and_then(Token::parse)
+            .filter(|token| self.issued(token))
+            .ok_or_else(|| Refused::Unknown.noted())
+    }
+
+    /// Whether this receiver issued `token` (and has not forgotten it).
+    fn issued(&self, token: &Token) -> bool {
+        let registry = self.registry();
+        registry
+            .by_selector
+            .get(token.selector.as_str())
+            .is_some_and(|entry| constant_time_eq(&entry.verifier, &token.verifier))
+    }
+
+    /// Counts a genuine delivery for `token` and wakes its waiters; the `200` to answer it with.
+    pub(crate) fn deliver(&self, token: Token) -> http::Response<Vec<u8>> {
+        let mut registry = self.registry();
+        let Some(entry) = registry.by_selector.get_mut(token.selector.as_str()) else {
+            // Forgotten between the head and now (the receiver's capacity): as if never issued.
+            return Refused::Unknown.response();
+        };
         entry.hints += 1;
         for waker in entry.wakers.drain(..) {
             waker.wake();
         }
         drop(registry);
         self.shared.changed.notify_all();
-        true
+        answer(StatusCode::OK, "accepted")
     }
+}
+
+/// A callback token, parsed: a selector (hex) to find its entry, and the secret verifier.
+pub(crate) struct Token {
+    selector: String,
+    verifier: [u8; VERIFIER_HEX / 2],
+}
+
+impl Token {
+    /// The token `text` spells, if it has the shape of one: 48 ASCII hex digits. Checked as
+    /// ASCII before it is split, so no character boundary can be missed.
+    fn parse(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != SELECTOR_HEX + VERIFIER_HEX || !bytes.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        let (selector, verifier) = bytes.split_at(SELECTOR_HEX);
+        Some(Self {
+            selector: String::from_utf8_lossy(selector).to_ascii_lowercase(),
+            verifier: unhex(verifier)?,
+        })
+    }
+}
+
+/// Why a delivery is refused; each is answered with its status and `Connection: close`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Not a POST: 405.
+    Method,
+    /// A body (declared or sent) over [`MAX_CALLBACK_BYTES`]: 413.
+    TooLarge,
+    /// A malformed length or body: 400.
+    Malformed,
+    /// No token this receiver issued: 404.
+    Unknown,
+    /// The body did not arrive within the read timeout: 408 (the built-in listener's).
+    #[cfg_attr(not(feature = "listener"), allow(dead_code))]
+    Slow,
+}
+
+impl Refused {
+    /// Notes the refusal (a debug event with the reason; never the path, which may hold a
+    /// genuine token sent with the wrong method).
+    fn noted(self) -> Self {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(target: "gptimage", reason = ?self, "webhook delivery refused");
+        self
+    }
+
+    /// The answer.
+    pub(crate) fn response(self) -> http::Response<Vec<u8>> {
+        let (status, what) = match self {
+            Self::Method => (StatusCode::METHOD_NOT_ALLOWED, "only POST is accepted"),
+            Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"),
+            Self::Malformed => (StatusCode::BAD_REQUEST, "the request is malformed"),
+            Self::Unknown => (StatusCode::NOT_FOUND, "no such callback"),
+            Self::Slow => (StatusCode::REQUEST_TIMEOUT, "the body took too long"),
+        };
+        let mut response = answer(status, what);
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        if self == Self::Method {
+            headers.insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+/// Reads a genuine callback's body to its end, counting its bytes and dropping each piece as
+/// it comes (never gathering them); `Err` if it is larger than [`MAX_CALLBACK_BYTES`] or
+/// malformed.
+#[cfg(any(feature = "listener", feature = "axum"))]
+pub(crate) async fn drain<B>(body: B) -> std::result::Result<(), Refused>
+where
+    B: http_body::Body,
+{
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(Refused::Malformed.noted());
+        };
+        if let Some(data) = frame.data_ref() {
+            seen = seen.saturating_add(bytes::Buf::remaining(data));
+            if seen > MAX_CALLBACK_BYTES {
+                return Err(Refused::TooLarge.noted());
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(feature = "axum")]
@@ -306,10 +506,15 @@ impl Receiver {
         let serve = move |request: axum::extract::Request| {
             let receiver = receiver.clone();
             async move {
+                // Judged on its head: a refused request's body is never read.
                 let (parts, body) = request.into_parts();
-                let answer = match axum::body::to_bytes(body, MAX_CALLBACK_BYTES).await {
-                    Ok(bytes) => receiver.handle(http::Request::from_parts(parts, bytes.to_vec())),
-                    Err(_) => answer(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"),
+                let head = http::Request::from_parts(parts, ());
+                let answer = match receiver.judge(&head) {
+                    Err(refused) => refused.response(),
+                    Ok(token) => match drain(body).await {
+                        Ok(()) => receiver.deliver(token),
+                        Err(refused) => refused.response(),
+                    },
                 };
                 answer.map(axum::body::Body::from)
             }
@@ -406,13 +611,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<[u8; VERIFIER_HEX / 2]> {
+fn unhex(text: &[u8]) -> Option<[u8; VERIFIER_HEX / 2]> {
     let mut out = [0u8; VERIFIER_HEX / 2];
     if text.len() != VERIFIER_HEX {
         return None;
     }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    let digit = |b: u8| char::from(b).to_digit(16);
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
     }
     Some(out)
 }

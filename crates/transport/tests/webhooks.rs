@@ -23,6 +23,8 @@ both_clients!(
     a_callbacks_body_is_never_believed,
     a_lost_callback_is_covered_by_polling,
     duplicate_callbacks_give_one_result,
+    a_callback_that_comes_before_the_wait_ends_its_first_pause,
+    a_deadline_shorter_than_the_fallback_still_asks_for_the_status,
 );
 
 fn request(prompt: &str) -> GenerateRequest {
@@ -226,4 +228,59 @@ fn duplicate_callbacks_give_one_result<D: Driver>() {
         "{} status requests",
         counters.status_requests
     );
+}
+
+/// A client with the default schedule (so, with webhooks, the 20 s fallback) and a wait
+/// deadline of `deadline`, against an emulator whose tasks run for `running`.
+fn setup_default_poll<D: Driver>(
+    running: Duration,
+    deadline: Duration,
+    faults: &[Fault],
+) -> (Emulator, Listener, D) {
+    let mut config = Config::instant().with_timings(Duration::ZERO, running);
+    for fault in faults {
+        config = config.with_fault(fault.clone());
+    }
+    let emulator = Emulator::spawn(config).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let receiver = Receiver::new(&format!("http://127.0.0.1:{port}/hooks/")).unwrap();
+    let listener = receiver.listen(("127.0.0.1", port)).unwrap();
+    let mut settings = Settings::new(emulator.base_url(), emulator.api_key());
+    settings.default_poll = true;
+    settings.wait_timeout = deadline;
+    settings.webhooks = Some(receiver);
+    (emulator, listener, D::connect(&settings).unwrap())
+}
+
+fn a_callback_that_comes_before_the_wait_ends_its_first_pause<D: Driver>() {
+    // As the docs advise: submit, store the id, then wait. The callback comes in between.
+    let (emulator, _listener, client) =
+        setup_default_poll::<D>(Duration::from_millis(100), Duration::from_secs(60), &[]);
+    let created = client.submit(&request("early bird")).unwrap();
+    eventually(|| emulator.counters().webhooks_delivered == 1);
+    let started = Instant::now();
+    let task = client.wait(&created.task_id).unwrap();
+    let took = started.elapsed();
+    assert_eq!(task.status, TaskStatus::Success);
+    assert!(
+        took < Duration::from_secs(2),
+        "a 20 s fallback, done in {took:?}"
+    );
+}
+
+fn a_deadline_shorter_than_the_fallback_still_asks_for_the_status<D: Driver>() {
+    // The callback is lost; the task ends after 0.5 s; the wait may last 2 s, the fallback
+    // poll would come after 20 s.
+    let lost = Fault::new(FaultKind::DropConnection).on(Endpoint::Webhook);
+    let (emulator, _listener, client) =
+        setup_default_poll::<D>(Duration::from_millis(500), Duration::from_secs(2), &[lost]);
+    let started = Instant::now();
+    let task = client.generate(&request("short deadline")).unwrap();
+    assert_eq!(task.status, TaskStatus::Success);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(emulator.counters().status_requests >= 1);
 }

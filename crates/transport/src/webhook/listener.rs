@@ -1,51 +1,71 @@
 //! The built-in webhook listener (feature `listener`): hyper 1's HTTP/1.1 server, plain or over
 //! rustls, on a one-thread tokio runtime of its own, in front of [`Receiver::handle`].
 //!
-//! It is built to face the internet. Each connection is a task, not a thread, and every phase of
-//! it is bounded: the TLS handshake and each request head must arrive within the read timeout
-//! (which also ends idle keep-alive connections), the head is at most 16 KiB, the body at most
-//! [`MAX_CALLBACK_BYTES`] and read within the read timeout. When the connection table is full,
-//! a new connection evicts the one that has waited longest for its current request, so a crowd
-//! of slow clients (slow loris) cannot keep a genuine callback out: a sender that sends its
-//! request at once is always served. A flood of forged callbacks costs a map lookup each.
+//! It is built to face the internet: nothing a peer sends can take it, or the program around
+//! it, down.
+//!
+//! - **It decides before it reads.** Each request is judged on its head (method, path, token,
+//!   declared length) by [`Receiver::refusal`]: anything but a live token is answered and its
+//!   connection closed without a byte of its body read. A genuine callback's body is counted and
+//!   dropped piece by piece.
+//! - **Every phase is bounded**: the TLS handshake, each request's head (or, kept alive, the wait
+//!   for the next one) and body must arrive within the read timeout, each answer must be taken
+//!   by the client within the write timeout, a head is at most 16 KiB and a body
+//!   [`MAX_CALLBACK_BYTES`](super::MAX_CALLBACK_BYTES). At most a bounded number of TLS handshakes run at once.
+//! - **Every peer is accounted**: the connection table is sized from the process's descriptor
+//!   limit (keeping a reserve for the rest of the process), one address (an IPv6 /64) holds at
+//!   most a share of it, and a full table (or a process out of descriptors) closes the
+//!   connection that has waited longest for its current request, from the peer holding the
+//!   most, but never one younger than a grace period or one whose request is being answered: a
+//!   fast opener cannot push out a genuine sender in its first round trips.
+//! - **Memory follows what a peer sent**: a connection still sending its first head holds that
+//!   head in a buffer of its own (not hyper's), so a slow-loris connection costs about 3 KiB;
+//!   only a request for a live token reaches hyper's buffers (about 20 KiB).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
-use super::{MAX_CALLBACK_BYTES, Receiver, answer};
+use super::{Receiver, Refused, drain};
 use crate::error::{Error, Result};
 
 /// The largest request head (request line and headers) accepted; larger ones get `431`.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How long a stopping listener lets its connections finish the request they are answering.
 const STOP_GRACE: Duration = Duration::from_secs(2);
-/// Bytes of a first request read before hyper takes the connection, when its head has not
-/// ended by then.
-const GATE_BYTES: usize = 2048;
 /// Connections the kernel may queue before they are accepted.
 const BACKLOG: u32 = 1024;
-/// How long the accept loop rests when accepting fails (out of file descriptors, say), so a full
-/// table never spins.
+/// How long the accept loop rests when accepting fails for a reason other than the peer's (out
+/// of descriptors with nothing to close, say), so it never spins.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+/// The connections held at once unless told otherwise (and if the descriptors allow).
+const DEFAULT_CONNECTIONS: usize = 1024;
+/// How long a new connection (or one just answered) is safe from eviction, at most: a genuine
+/// sender's TLS handshake and first request take a few round trips.
+const GRACE: Duration = Duration::from_secs(1);
+/// How often a connection waiting for its turn to shake hands looks again.
+const HANDSHAKE_LOOK: Duration = Duration::from_millis(100);
+/// Descriptors kept for the rest of the process, at least (and a quarter of the limit).
+const RESERVE_MIN: u64 = 128;
 
 /// How [`Receiver::listen_with`] serves: TLS or not, and its limits.
 ///
@@ -65,21 +85,26 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 pub struct ListenOptions {
     tls: Option<ServerTls>,
     max_connections: usize,
+    max_per_peer: Option<usize>,
     read_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl Default for ListenOptions {
     fn default() -> Self {
         Self {
             tls: None,
-            max_connections: 1024,
+            max_connections: DEFAULT_CONNECTIONS,
+            max_per_peer: None,
             read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
 
 impl ListenOptions {
-    /// Plain HTTP, at most 1024 connections at once, 10 s to send a request.
+    /// Plain HTTP, at most 1024 connections at once (fewer if the process's descriptors are
+    /// fewer), 10 s to send a request and 10 s to take its answer.
     pub fn new() -> Self {
         Self::default()
     }
@@ -90,12 +115,36 @@ impl ListenOptions {
         self
     }
 
-    /// Connections held at once (at least 1; 1024 by default). When all are taken, a new
-    /// connection closes the one that has waited longest for its current request (and so does
-    /// a process out of file descriptors). A connection still sending its first request's
-    /// head costs about 3 KiB; one past it, about 20 KiB.
+    /// Connections held at once (at least 1; 1024 by default).
+    ///
+    /// The table never takes the descriptors the rest of the process needs: on Unix, the
+    /// listener raises the process's soft limit of open files toward its hard limit as far as
+    /// this many connections need, and then holds at most the limit less a reserve (a quarter
+    /// of it, at least 128) for status requests, downloads, files and databases.
+    /// [`Listener::max_connections`] says what it settled on.
+    ///
+    /// When the table is full, a new connection closes the one that has waited longest for
+    /// its current request, taken from the peer holding the most connections, but never one
+    /// opened or answered within the last second (or half the read timeout) nor one whose
+    /// request is being answered; if every connection is that young, the new one is closed
+    /// instead. A process out of file descriptors does the same.
+    ///
+    /// What a connection costs: about 3 KiB while it sends its first request's head (plus the
+    /// head itself), about 20 KiB once a request for a live callback token has reached hyper,
+    /// and, with TLS, rustls's buffers while it shakes hands.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max.max(1);
+        self
+    }
+
+    /// Connections one peer may hold at once (an IPv4 address, or an IPv6 /64 network); a
+    /// quarter of the table by default (at least 16). A peer at its share that opens another
+    /// connection closes its own longest waiting one, never another peer's.
+    ///
+    /// Behind a proxy or load balancer, every connection comes from its address: raise this to
+    /// the table's size there.
+    pub fn max_connections_per_peer(mut self, max: usize) -> Self {
+        self.max_per_peer = Some(max.max(1));
         self
     }
 
@@ -104,6 +153,13 @@ impl ListenOptions {
     /// least 100 ms.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How long a client may take to accept each answer (a client that pipelines requests and
+    /// never reads is closed after it); 10 s by default, at least 100 ms.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout.max(Duration::from_millis(100));
         self
     }
 }
@@ -227,10 +283,11 @@ impl Receiver {
 /// The built-in listener of [`Receiver::listen`]: it serves until dropped.
 ///
 /// Dropping it stops accepting, lets each connection finish the request it is answering (for
-/// at most two seconds) and closes the rest, and returns once its thread has ended.
+/// at most two seconds) and closes the rest at once, and returns once its thread has ended.
 pub struct Listener {
     addr: SocketAddr,
     tls: bool,
+    max_connections: usize,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -240,6 +297,7 @@ impl std::fmt::Debug for Listener {
         f.debug_struct("Listener")
             .field("addr", &self.addr)
             .field("tls", &self.tls)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -253,6 +311,8 @@ impl Listener {
         // Everything tokio happens on the listener's own thread, so `listen` works the same
         // from a program with no runtime and from inside an async one.
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        let limits = Limits::new(&options);
+        let max_connections = limits.table;
         let (bound, bound_here) = std::sync::mpsc::sync_channel(1);
         let (stop, stopped) = watch::channel(false);
         let tls = options.tls.is_some();
@@ -275,7 +335,7 @@ impl Listener {
                     }
                 };
                 let _ = bound.send(listener.local_addr());
-                runtime.block_on(serve(listener, receiver, options, stopped));
+                runtime.block_on(serve(listener, receiver, options, limits, stopped));
             })?;
         let addr = match bound_here.recv() {
             Ok(Ok(addr)) => addr,
@@ -291,6 +351,7 @@ impl Listener {
         Ok(Self {
             addr,
             tls,
+            max_connections,
             stop,
             thread: Some(thread),
         })
@@ -304,6 +365,12 @@ impl Listener {
     /// Whether it serves HTTPS.
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+
+    /// The connections it holds at once at most: [`ListenOptions::max_connections`], or fewer
+    /// if the process's descriptors could not spare that many.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
     }
 }
 
@@ -342,76 +409,298 @@ async fn bind(addrs: &[SocketAddr]) -> std::io::Result<tokio::net::TcpListener> 
     }))
 }
 
+/// The limits one listener settled on.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Connections held at once.
+    table: usize,
+    /// Connections one peer may hold.
+    per_peer: usize,
+    /// TLS handshakes under way at once.
+    handshakes: usize,
+    /// How long a connection is safe from eviction after it was opened or answered.
+    grace: Duration,
+    read_timeout: Duration,
+    write_timeout: Duration,
+}
+
+impl Limits {
+    fn new(options: &ListenOptions) -> Self {
+        let table = spare_descriptors(options.max_connections).clamp(1, options.max_connections);
+        Self {
+            table,
+            per_peer: options
+                .max_per_peer
+                .unwrap_or((table / 4).max(16))
+                .clamp(1, table),
+            handshakes: (table / 4).clamp(1, 256),
+            grace: GRACE.min(options.read_timeout / 2),
+            read_timeout: options.read_timeout,
+            write_timeout: options.write_timeout,
+        }
+    }
+}
+
+/// How many connections the process's descriptors can spare, at most `wanted`: on Unix, the
+/// soft limit of open files is raised toward the hard one as far as `wanted` connections and
+/// the reserve need (never lowered), and the reserve (a quarter, at least [`RESERVE_MIN`]) is
+/// kept for the rest of the process.
+#[cfg(unix)]
+fn spare_descriptors(wanted: usize) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let wanted = wanted as u64;
+    let needed = wanted.saturating_mul(4) / 3 + RESERVE_MIN;
+    let mut limit = getrlimit(Resource::Nofile);
+    if let Some(soft) = limit.current
+        && soft < needed
+    {
+        let raised = limit.maximum.map_or(needed, |hard| hard.min(needed));
+        if raised > soft {
+            limit.current = Some(raised);
+            // Not allowed (a sandbox, say): the table makes do with the limit as it is.
+            let _ = setrlimit(Resource::Nofile, limit);
+        }
+    }
+    let Some(soft) = getrlimit(Resource::Nofile).current else {
+        return usize::try_from(wanted).unwrap_or(usize::MAX);
+    };
+    let spare = soft.saturating_sub(RESERVE_MIN.max(soft / 4));
+    usize::try_from(spare.min(wanted)).unwrap_or(usize::MAX)
+}
+
+#[cfg(not(unix))]
+fn spare_descriptors(wanted: usize) -> usize {
+    wanted
+}
+
 /// Whether accepting failed because this process (or the system) has no file descriptor left.
 fn is_out_of_files(error: &std::io::Error) -> bool {
     // EMFILE and ENFILE on Linux and the BSDs alike.
     matches!(error.raw_os_error(), Some(23 | 24))
 }
 
-/// The connections held, so that a full table can evict the one waiting longest.
+/// Whether accepting failed because of the peer (it went away before it was accepted): accept
+/// again at once, as `axum::serve` does.
+fn is_connection_error(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        error.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+/// Who a connection comes from, for its share of the table: an IPv4 address, or an IPv6 /64
+/// network (one host is given a whole /64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Peer {
+    V4([u8; 4]),
+    V6([u8; 8]),
+}
+
+impl Peer {
+    fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::V4(v4.octets()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::V4(v4.octets()),
+                None => {
+                    let mut network = [0u8; 8];
+                    network.copy_from_slice(&v6.octets()[..8]);
+                    Self::V6(network)
+                }
+            },
+        }
+    }
+}
+
+/// The connections held, so that a full table can evict one, and a peer's share be kept.
 struct Table {
-    slots: Mutex<HashMap<u64, Arc<Slot>>>,
-    /// Ids of connections, and the clock of `Slot::since`: one sequence for both.
-    clock: AtomicU64,
-    max: usize,
+    state: Mutex<TableState>,
+    /// Ids of connections.
+    ids: AtomicU64,
+    /// The instant [`Slot::since`] counts from.
+    epoch: Instant,
+    limits: Limits,
+}
+
+#[derive(Default)]
+struct TableState {
+    slots: HashMap<u64, Arc<Slot>>,
+    per_peer: HashMap<Peer, usize>,
+    /// Connections shaking hands (TLS), each with its [`Slot::handshaking`] set under this
+    /// lock.
+    handshakes: usize,
 }
 
 /// One connection's place in the table.
 struct Slot {
-    /// When (on the table's clock) it began waiting for its current request.
+    peer: Peer,
+    /// When (in nanoseconds from the table's epoch) it was opened, or began waiting for its
+    /// current request.
     since: AtomicU64,
+    /// A request of it is being answered: not to be evicted (a refused request is answered at
+    /// once; only a genuine callback's body takes time, within the read timeout).
+    busy: AtomicBool,
+    /// It is shaking hands (TLS).
+    handshaking: AtomicBool,
     /// Notified to close it.
     evict: Notify,
 }
 
+/// What makes a connection a better victim: more connections from its peer, then a longer wait.
+type Rank = (usize, u64);
+
 impl Table {
-    fn tick(&self) -> u64 {
-        self.clock.fetch_add(1, Ordering::Relaxed)
+    fn new(limits: Limits) -> Self {
+        Self {
+            state: Mutex::new(TableState::default()),
+            ids: AtomicU64::new(0),
+            epoch: Instant::now(),
+            limits,
+        }
     }
 
-    /// Takes a place for a new connection, evicting the longest waiting one if the table is
-    /// full; whether it evicted one.
-    fn admit(&self) -> (u64, Arc<Slot>, bool) {
-        let id = self.tick();
+    fn lock(&self) -> MutexGuard<'_, TableState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn clock(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Takes a place for a new connection from `peer`, evicting another if the table (or the
+    /// peer's share) is full; `None` if no connection may be evicted for it (the new
+    /// connection is then closed).
+    fn admit(&self, peer: Peer) -> Option<(u64, Arc<Slot>)> {
+        let now = self.clock();
+        let mut state = self.lock();
+        let held = state.per_peer.get(&peer).copied().unwrap_or(0);
+        if held >= self.limits.per_peer {
+            // A peer at its share makes room among its own connections only, and only among
+            // those past their grace.
+            let victim = self.victim(&state, now, usize::MAX, |slot| slot.peer == peer)?;
+            Self::evict(&mut state, victim);
+        } else if state.slots.len() >= self.limits.table {
+            let victim = self.victim(&state, now, held, |_| true)?;
+            Self::evict(&mut state, victim);
+        }
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot {
-            since: AtomicU64::new(id),
+            peer,
+            since: AtomicU64::new(now),
+            busy: AtomicBool::new(false),
+            handshaking: AtomicBool::new(false),
             evict: Notify::new(),
         });
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let mut evicted = false;
-        while slots.len() >= self.max && Self::evict_oldest(&mut slots) {
-            evicted = true;
-        }
-        slots.insert(id, Arc::clone(&slot));
-        (id, slot, evicted)
+        state.slots.insert(id, Arc::clone(&slot));
+        *state.per_peer.entry(peer).or_insert(0) += 1;
+        Some((id, slot))
     }
 
-    /// Closes the connection that has waited longest for its current request, to free its file
-    /// descriptor; whether there was one.
+    /// Closes one connection to free its descriptor (the process ran out); whether there was
+    /// one that may go.
     fn make_room(&self) -> bool {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        Self::evict_oldest(&mut slots)
-    }
-
-    fn evict_oldest(slots: &mut HashMap<u64, Arc<Slot>>) -> bool {
-        let oldest = slots
-            .iter()
-            .min_by_key(|(_, slot)| slot.since.load(Ordering::Relaxed))
-            .map(|(id, _)| *id);
-        match oldest.and_then(|id| slots.remove(&id)) {
+        let now = self.clock();
+        let mut state = self.lock();
+        match self.victim(&state, now, 1, |_| true) {
             Some(victim) => {
-                victim.evict.notify_one();
+                Self::evict(&mut state, victim);
                 true
             }
             None => false,
         }
     }
 
+    /// A turn for `slot` to shake hands: at once if fewer than the bound are under way, else by
+    /// closing one that may go for it (see [`victim`](Self::victim)), whose turn it takes;
+    /// whether it got one. Waiting turns are not queued: a crowd of slow handshakes ahead cannot
+    /// hold a genuine sender back.
+    fn begin_handshake(&self, slot: &Slot) -> bool {
+        let now = self.clock();
+        let mut state = self.lock();
+        if state.handshakes < self.limits.handshakes {
+            state.handshakes += 1;
+            slot.handshaking.store(true, Ordering::Relaxed);
+            return true;
+        }
+        let held = state.per_peer.get(&slot.peer).copied().unwrap_or(0);
+        let handshaking = |other: &Slot| other.handshaking.load(Ordering::Relaxed);
+        let Some(victim) = self.victim(&state, now, held, handshaking) else {
+            return false;
+        };
+        if let Some(victim) = Self::remove(&mut state, victim) {
+            victim.handshaking.store(false, Ordering::Relaxed);
+            victim.evict.notify_one();
+        }
+        slot.handshaking.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// `slot`'s handshake is over (or its connection ended during it).
+    fn end_handshake(&self, slot: &Slot) {
+        let mut state = self.lock();
+        if slot.handshaking.swap(false, Ordering::Relaxed) {
+            state.handshakes -= 1;
+        }
+    }
+
+    /// The best victim among the connections `which` allows, for a newcomer whose peer holds
+    /// `newcomer_holds` connections: never one whose request is being answered; one past its
+    /// grace, or a young one whose peer holds more than the newcomer's will (so a crowd cannot
+    /// keep a peer with few connections out by opening fast, and a fast opener cannot push out
+    /// a genuine sender in its first round trips: its own connections go first); from the peer
+    /// holding the most, waiting longest.
+    fn victim(
+        &self,
+        state: &TableState,
+        now: u64,
+        newcomer_holds: usize,
+        which: impl Fn(&Slot) -> bool,
+    ) -> Option<u64> {
+        let grace = u64::try_from(self.limits.grace.as_nanos()).unwrap_or(u64::MAX);
+        state
+            .slots
+            .iter()
+            .filter(|(_, slot)| which(slot) && !slot.busy.load(Ordering::Relaxed))
+            .filter_map(|(id, slot)| {
+                let waited = now.saturating_sub(slot.since.load(Ordering::Relaxed));
+                let held = state.per_peer.get(&slot.peer).copied().unwrap_or(0);
+                let heavier = held > newcomer_holds.saturating_add(1);
+                (waited >= grace || heavier).then_some((*id, (held, waited)))
+            })
+            .max_by_key(|&(_, rank): &(u64, Rank)| rank)
+            .map(|(id, _)| id)
+    }
+
+    fn evict(state: &mut TableState, id: u64) {
+        if let Some(victim) = Self::remove(state, id) {
+            victim.evict.notify_one();
+        }
+    }
+
+    fn remove(state: &mut TableState, id: u64) -> Option<Arc<Slot>> {
+        let slot = state.slots.remove(&id)?;
+        if let Some(held) = state.per_peer.get_mut(&slot.peer) {
+            *held -= 1;
+            if *held == 0 {
+                state.per_peer.remove(&slot.peer);
+            }
+        }
+        Some(slot)
+    }
+
+    /// A connection ended (if it was evicted, its place is already gone).
     fn leave(&self, id: u64) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        Self::remove(&mut self.lock(), id);
+    }
+
+    /// A request of the connection is being answered, or (`false`) was answered: from now it
+    /// waits for its next request.
+    fn set_busy(&self, slot: &Slot, busy: bool) {
+        if !busy {
+            slot.since.store(self.clock(), Ordering::Relaxed);
+        }
+        slot.busy.store(busy, Ordering::Relaxed);
     }
 }
 
@@ -420,17 +709,15 @@ async fn serve(
     listener: tokio::net::TcpListener,
     receiver: Receiver,
     options: ListenOptions,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let table = Arc::new(Table {
-        slots: Mutex::new(HashMap::new()),
-        clock: AtomicU64::new(0),
-        max: options.max_connections,
-    });
+    let table = Arc::new(Table::new(limits));
     let tls = options
         .tls
         .as_ref()
         .map(|tls| tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config)));
+    let graceful = GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -438,8 +725,9 @@ async fn serve(
             _ = stop.wait_for(|stop| *stop) => break,
         };
         while connections.try_join_next().is_some() {}
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, from) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) if is_connection_error(&e) => continue,
             // Out of file descriptors (the process's limit may be below the table's size):
             // close the connection waiting longest, and accept again once it is gone.
             Err(e) if is_out_of_files(&e) && table.make_room() => {
@@ -453,31 +741,35 @@ async fn serve(
                 }
             }
         };
+        // Every place is held by a connection too young to evict (or the peer's share by
+        // its own): this one is closed at once.
+        let Some((id, slot)) = table.admit(Peer::of(from.ip())) else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let (id, slot, evicted) = table.admit();
         let connection = Connection {
             receiver: receiver.clone(),
             table: Arc::clone(&table),
             slot,
             stop: stop.clone(),
-            read_timeout: options.read_timeout,
+            limits,
         };
-        let tls = tls.clone();
+        let (tls, watcher) = (tls.clone(), graceful.watcher());
         connections.spawn(async move {
-            connection.run(stream, tls).await;
+            connection.run(stream, tls, watcher).await;
             connection.table.leave(id);
         });
-        if evicted {
-            // Let the evicted connection's task end (and free its buffers) before the next
-            // accept, so memory stays bounded by the table however fast connections come.
-            tokio::task::yield_now().await;
-        }
+        // Let an evicted connection's task end (and free its buffers) before the next accept,
+        // so memory stays bounded by the table however fast connections come.
+        tokio::task::yield_now().await;
     }
     drop(listener);
-    // Each connection saw the same signal: it finishes its request, then closes.
-    let goodbye = async { while connections.join_next().await.is_some() {} };
-    let _ = tokio::time::timeout(STOP_GRACE + Duration::from_millis(500), goodbye).await;
+    // Connections before hyper saw the stop and end; hyper's finish the request they are
+    // answering (hyper-util's graceful shutdown), within the grace.
+    let _ = tokio::time::timeout(STOP_GRACE, graceful.shutdown()).await;
     connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }
 
 /// One accepted connection.
@@ -486,29 +778,47 @@ struct Connection {
     table: Arc<Table>,
     slot: Arc<Slot>,
     stop: watch::Receiver<bool>,
-    read_timeout: Duration,
+    limits: Limits,
 }
 
 impl Connection {
     /// Serves the connection: its TLS handshake if any, its first request's head into a small
     /// buffer of its own, and only then hyper, so that the many connections of a slow-loris
-    /// crowd cost a few hundred bytes each rather than hyper's buffers (about 20 KiB). Each
-    /// stage is boxed: the task of a connection still sending its head is small too.
-    async fn run(&self, stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
+    /// crowd cost little more than what each sent, rather than hyper's buffers. Each stage is
+    /// boxed: the task of a connection still sending its head is small too.
+    async fn run(
+        &self,
+        stream: TcpStream,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        watcher: Watcher,
+    ) {
+        let stream = WriteDeadline::new(stream, self.limits.write_timeout);
         let Some(acceptor) = tls else {
             let mut stream = stream;
             if let Some(head) = self.first_head(&mut stream).await {
-                Box::pin(self.http(Prefixed::new(head, stream))).await;
+                Box::pin(self.http(Prefixed::new(head, stream), watcher)).await;
             }
             return;
         };
         let handshake = async {
-            let mut stream = acceptor.accept(stream).await.ok()?;
-            let head = self.first_head(&mut stream).await?;
-            Some(Prefixed::new(head, stream))
+            self.handshake_turn().await;
+            // Its turn ends with the handshake, or with the connection (even aborted).
+            let _turn = Turn(self);
+            acceptor.accept(stream).await.ok()
         };
-        if let Some(stream) = self.bounded(Box::pin(handshake)).await.flatten() {
-            Box::pin(self.http(stream)).await;
+        let Some(mut stream) = self.bounded(Box::pin(handshake)).await.flatten() else {
+            return;
+        };
+        if let Some(head) = self.first_head(&mut stream).await {
+            Box::pin(self.http(Prefixed::new(head, stream), watcher)).await;
+        }
+    }
+
+    /// Waits for a turn to shake hands (see [`Table::begin_handshake`]), looking again every
+    /// [`HANDSHAKE_LOOK`]; the read timeout bounds the wait.
+    async fn handshake_turn(&self) {
+        while !self.table.begin_handshake(&self.slot) {
+            tokio::time::sleep(HANDSHAKE_LOOK).await;
         }
     }
 
@@ -517,15 +827,16 @@ impl Connection {
     async fn bounded<T>(&self, work: impl Future<Output = T>) -> Option<T> {
         let mut stop = self.stop.clone();
         tokio::select! {
-            done = tokio::time::timeout(self.read_timeout, work) => done.ok(),
+            done = tokio::time::timeout(self.limits.read_timeout, work) => done.ok(),
             () = self.slot.evict.notified() => None,
             _ = stop.wait_for(|stop| *stop) => None,
         }
     }
 
     /// The bytes of the first request up to the end of its head (and whatever came with them),
-    /// or the first [`GATE_BYTES`] of it; `None` if the client closed, failed or was too slow.
-    /// This only finds where the head ends; hyper parses it.
+    /// or the first [`MAX_HEAD_BYTES`] and a byte of it (hyper then answers `431`); `None` if
+    /// the client closed, failed or was too slow. The buffer grows only with what the client
+    /// sent. This only finds where the head ends; hyper parses it.
     async fn first_head<R: AsyncRead + Unpin>(&self, io: &mut R) -> Option<Vec<u8>> {
         let read = async {
             let mut head = Vec::new();
@@ -536,10 +847,10 @@ impl Connection {
                 if n == 0 {
                     return None;
                 }
-                let fresh = &head[before.saturating_sub(2)..];
+                let fresh = &head[before.saturating_sub(3)..];
                 let ended = fresh.windows(2).any(|w| w == b"\n\n")
                     || fresh.windows(3).any(|w| w == b"\n\r\n");
-                if ended || head.len() >= GATE_BYTES {
+                if ended || head.len() > MAX_HEAD_BYTES {
                     return Some(head);
                 }
             }
@@ -548,81 +859,59 @@ impl Connection {
     }
 
     /// Serves HTTP/1.1 requests on `io` until the client closes, a limit is passed, the
-    /// connection is evicted, or the listener stops.
-    async fn http<I>(&self, io: I)
+    /// connection is evicted, or the listener stops (gracefully: the request being answered is
+    /// finished).
+    async fn http<I>(&self, io: I, watcher: Watcher)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let service = service_fn(|request| respond(request, self));
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.read_timeout)
+            .header_read_timeout(self.limits.read_timeout)
             .max_buf_size(MAX_HEAD_BYTES)
             .max_header_size(MAX_HEAD_BYTES)
             .keep_alive(true)
             .serve_connection(TokioIo::new(io), service);
-        tokio::pin!(connection);
-        let mut stop = self.stop.clone();
-        let stopping = tokio::select! {
-            _ = connection.as_mut() => false,
-            () = self.slot.evict.notified() => false,
-            _ = stop.wait_for(|stop| *stop) => true,
-        };
-        if !stopping {
-            return;
+        let connection = watcher.watch(connection);
+        tokio::select! {
+            _ = connection => {}
+            () = self.slot.evict.notified() => {}
         }
-        connection.as_mut().graceful_shutdown();
-        let _ = tokio::time::timeout(STOP_GRACE, connection).await;
     }
 }
 
-/// Reads one request's body within the limits and answers it through the receiver.
+/// Answers one request: refused on its head (its body unread, its connection closed), or a
+/// genuine callback, whose body is counted and dropped within the read timeout.
 async fn respond(
     request: http::Request<Incoming>,
     connection: &Connection,
 ) -> std::result::Result<http::Response<Full<Bytes>>, Infallible> {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let response = if declared.is_some_and(|n| n > MAX_CALLBACK_BYTES as u64) {
-        closing(answer(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the body is too large",
-        ))
-    } else {
-        let (parts, body) = request.into_parts();
-        let read = Limited::new(body, MAX_CALLBACK_BYTES).collect();
-        match tokio::time::timeout(connection.read_timeout, read).await {
-            Ok(Ok(body)) => {
-                let request = http::Request::from_parts(parts, body.to_bytes().to_vec());
-                connection.receiver.handle(request)
+    let (table, slot) = (&connection.table, &connection.slot);
+    table.set_busy(slot, true);
+    let (parts, body) = request.into_parts();
+    let head = http::Request::from_parts(parts, ());
+    let response = match connection.receiver.judge(&head) {
+        Err(refused) => refused.response(),
+        Ok(token) => {
+            match tokio::time::timeout(connection.limits.read_timeout, drain(body)).await {
+                Ok(Ok(())) => connection.receiver.deliver(token),
+                Ok(Err(refused)) => refused.response(),
+                Err(_) => Refused::Slow.response(),
             }
-            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => closing(answer(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the body is too large",
-            )),
-            Ok(Err(_)) => closing(answer(StatusCode::BAD_REQUEST, "the body is malformed")),
-            Err(_) => closing(answer(
-                StatusCode::REQUEST_TIMEOUT,
-                "the body took too long",
-            )),
         }
     };
-    // Answered: the connection now waits for its next request, from now.
-    let now = connection.table.tick();
-    connection.slot.since.store(now, Ordering::Relaxed);
+    table.set_busy(slot, false);
     Ok(response.map(|body| Full::new(Bytes::from(body))))
 }
 
-/// The response, with the connection closed after it (its body was not read to the end).
-fn closing(mut response: http::Response<Vec<u8>>) -> http::Response<Vec<u8>> {
-    response.headers_mut().insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("close"),
-    );
-    response
+/// A connection's turn to shake hands, given back when dropped.
+struct Turn<'a>(&'a Connection);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.table.end_handshake(&self.0.slot);
+    }
 }
 
 /// A stream whose first bytes, already read, are read again: the first request's head, read by
@@ -691,5 +980,97 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream whose writes must make progress within a deadline: a write (or flush) that the
+/// peer keeps waiting longer than `timeout` fails with `TimedOut`, which ends the connection. A
+/// client that pipelines requests and never reads their answers is closed this way. The timer
+/// exists only while a write waits.
+struct WriteDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            waiting: None,
+        }
+    }
+
+    /// What a write that returned `result` means: progress ends the wait; a wait past the
+    /// deadline is an error.
+    fn progress<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if result.is_ready() {
+            self.waiting = None;
+            return result;
+        }
+        let timeout = self.timeout;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match waiting.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not take the answer within the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.progress(cx, result)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.progress(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.progress(cx, result)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.progress(cx, result)
     }
 }

@@ -24,6 +24,9 @@ pub struct Settings {
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
     pub poll: PollSchedule,
+    /// Leave the client's own poll schedule (and, with webhooks, its slow fallback) in place:
+    /// `poll` is not applied.
+    pub default_poll: bool,
     pub wait_timeout: Duration,
     pub max_download_bytes: u64,
     pub webhooks: Option<gptimage_transport::webhook::Receiver>,
@@ -39,6 +42,7 @@ impl Settings {
             retry: RetryPolicy::default()
                 .backoff(Duration::from_millis(20), Duration::from_millis(100)),
             poll: PollSchedule::fixed(Duration::from_millis(20)),
+            default_poll: false,
             wait_timeout: Duration::from_secs(20),
             max_download_bytes: 64 * 1024 * 1024,
             webhooks: None,
@@ -55,12 +59,16 @@ impl Settings {
             Some(rate) => builder.rate_limit(rate),
             None => builder,
         };
+        let builder = if self.default_poll {
+            builder
+        } else {
+            builder.poll(self.poll)
+        };
         builder
             .api_key(self.key.clone())
             .base_url(self.base_url.clone())
             .request_timeout(self.request_timeout)
             .retry(self.retry)
-            .poll(self.poll)
             .wait_timeout(self.wait_timeout)
             .max_download_bytes(self.max_download_bytes)
     }
