@@ -1,0 +1,8 @@
+//! cargo-fuzz target `api_answer`: see `crates/transport/tests/fuzzing/targets.rs`.
+
+#![no_main]
+
+#[path = "../../crates/transport/tests/fuzzing/targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::api_answer(data));
