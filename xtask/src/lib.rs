@@ -113,6 +113,59 @@ pub fn check_types_is_pure(root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The files that read what a peer or a server sends: the network boundary, where nothing may
+/// panic (ARCHITECTURE.md). Their fuzz targets are in `crates/transport/tests/fuzzing/`.
+pub const BOUNDARY_FILES: &[&str] = &[
+    "crates/transport/src/webhook.rs",
+    "crates/transport/src/webhook/listener.rs",
+    "crates/transport/src/core/answer.rs",
+    "crates/transport/src/core/schedule.rs",
+    "crates/transport/src/core/pace.rs",
+    "crates/transport/src/core/machine.rs",
+];
+
+/// What may panic, and so has no place at the network boundary outside its tests: an unwrap,
+/// an expectation, an explicit panic, and `Instant` arithmetic that overflows (the core's
+/// `later` saturates instead).
+pub const PANICKING_PATTERNS: &[&str] = &[
+    ".unwrap()",
+    ".expect(",
+    "panic!(",
+    "unreachable!(",
+    "unimplemented!(",
+    "todo!(",
+    "now + ",
+    "Instant::now() + ",
+];
+
+/// The network boundary's code (its tests and doc examples aside) uses none of
+/// [`PANICKING_PATTERNS`].
+pub fn check_boundary_cannot_panic(root: &Path) -> Vec<String> {
+    BOUNDARY_FILES
+        .iter()
+        .flat_map(|file| {
+            let text = fs::read_to_string(root.join(file)).unwrap_or_default();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            code.lines()
+                .enumerate()
+                .filter(|(_, line)| !line.trim_start().starts_with("//"))
+                .flat_map(|(n, line)| {
+                    PANICKING_PATTERNS
+                        .iter()
+                        .filter(|p| line.contains(*p))
+                        .map(|p| {
+                            format!(
+                                "{file}:{}: the network boundary must not panic, but uses `{p}`",
+                                n + 1
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// What a crate may and may not depend on (normal dependencies, transitively).
 pub struct DependencyRule {
     /// The package the rule is about.
@@ -742,6 +795,7 @@ pub fn check_optional_parts(root: &Path) -> Vec<String> {
 pub fn check_all(root: &Path) -> Vec<String> {
     let mut violations = check_file_headers(root);
     violations.extend(check_types_is_pure(root));
+    violations.extend(check_boundary_cannot_panic(root));
     violations.extend(check_facade_only_reexports(root));
     violations.extend(check_blocking_build(root));
     violations.extend(check_tls_builds(root));

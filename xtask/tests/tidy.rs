@@ -216,3 +216,28 @@ fn the_heavy_features_are_left_out_of_the_workspace_builds() {
         ]
     );
 }
+
+#[test]
+fn a_panic_at_the_network_boundary_is_reported() {
+    let dir = std::env::temp_dir().join(format!("xtask-boundary-{}", std::process::id()));
+    let root = dir.as_path();
+    for file in xtask::BOUNDARY_FILES {
+        let path = root.join(file);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, "//! A boundary.\nfn f() {}\n").unwrap();
+    }
+    let bad = root.join(xtask::BOUNDARY_FILES[0]);
+    fs::write(
+        &bad,
+        "//! A boundary.\n/// `x.unwrap()` in a doc is fine\nfn f(t: &str) -> u8 {\n    \
+         t.parse().unwrap()\n}\nfn g(now: Instant) -> Instant { now + D }\n\
+         #[cfg(test)]\nmod tests { fn h() { None::<u8>.unwrap(); } }\n",
+    )
+    .unwrap();
+    let violations = xtask::check_boundary_cannot_panic(root);
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(violations.len(), 2, "{violations:?}");
+    assert!(violations[0].contains(":4:") && violations[0].contains(".unwrap()"));
+    assert!(violations[1].contains(":6:") && violations[1].contains("now + "));
+    assert!(xtask::check_boundary_cannot_panic(&xtask::workspace_root()).is_empty());
+}
