@@ -196,6 +196,11 @@ pub(crate) struct Listen {
     /// or https://ADDR/ with --listen-cert.
     #[arg(long, value_name = "URL", requires = "listen")]
     pub(crate) public_url: Option<String>,
+    /// The path at which callbacks arrive at --listen, when a proxy in front strips a prefix
+    /// of --public-url's path (--public-url https://me.example.com/gptimage/hooks/
+    /// --listen-path /hooks/); by default --public-url's own path.
+    #[arg(long, value_name = "PATH", requires = "public_url")]
+    pub(crate) listen_path: Option<String>,
     /// Serve --listen over HTTPS with this PEM certificate chain (the server's certificate
     /// first); needs --listen-key.
     #[arg(long, value_name = "FILE", requires_all = ["listen", "listen_key"])]

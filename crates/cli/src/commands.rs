@@ -120,8 +120,11 @@ impl Context {
                     }
                     None => format!("{scheme}://{addr}/"),
                 };
-                let receiver = gptimage::webhook::Receiver::new(&public)
-                    .map_err(|e| (describe(&e, None), code::USAGE))?;
+                let receiver = match &listen.listen_path {
+                    Some(path) => gptimage::webhook::Receiver::with_local_path(&public, path),
+                    None => gptimage::webhook::Receiver::new(&public),
+                }
+                .map_err(|e| (describe(&e, None), code::USAGE))?;
                 let listener = receiver
                     .listen_with(addr, &options)
                     .map_err(|e| (format!("could not listen on {addr}: {e}"), code::USAGE))?;

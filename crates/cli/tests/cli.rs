@@ -425,3 +425,71 @@ fn listen_ends_the_wait_on_the_callback_and_refuses_a_callback_url() {
     );
     assert_eq!(emulator.counters().generate_requests, 0, "nothing was sent");
 }
+
+/// A proxy on `front` that forwards each connection to `back`, taking `strip` off the front of
+/// each request's path (as a reverse proxy mounted under a prefix does).
+fn path_stripping_proxy(front: std::net::TcpListener, back: std::net::SocketAddr, strip: &str) {
+    use std::io::{Read, Write};
+    let strip = strip.to_owned();
+    std::thread::spawn(move || {
+        for client in front.incoming().take(50).flatten() {
+            let strip = strip.clone();
+            std::thread::spawn(move || {
+                let mut client = client;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    if client.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).replacen(&format!(" {strip}"), " ", 1);
+                let Ok(mut server) = std::net::TcpStream::connect(back) else {
+                    return;
+                };
+                let _ = server.write_all(head.as_bytes());
+                let (mut client_reader, mut server_writer) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut client_reader, &mut server_writer));
+                let _ = std::io::copy(&mut server, &mut client);
+            });
+        }
+    });
+}
+
+#[test]
+fn listen_path_takes_callbacks_behind_a_path_stripping_proxy() {
+    let emulator =
+        Emulator::spawn(Config::instant().with_timings(Duration::ZERO, Duration::from_millis(500)))
+            .unwrap();
+    let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let public = format!("http://{}/gptimage/hooks/", front.local_addr().unwrap());
+    let listen = format!("127.0.0.1:{}", free_port());
+    path_stripping_proxy(front, listen.parse().unwrap(), "/gptimage");
+    let started = std::time::Instant::now();
+    let output = run(against(&emulator)
+        .args([
+            "generate",
+            "behind a proxy",
+            "--json",
+            "--poll-interval",
+            "20",
+        ])
+        .args(["--listen", &listen, "--public-url", &public])
+        .args(["--listen-path", "/hooks/"]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(json(&output)["status"], "SUCCESS");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "a 20 s poll, done in {took:?}"
+    );
+    assert_eq!(emulator.counters().webhooks_delivered, 1);
+    // A path that is not one is a usage error, before anything is sent.
+    let output = run(against(&emulator)
+        .args(["generate", "never sent", "--listen", &listen])
+        .args(["--public-url", &public, "--listen-path", "hooks"]));
+    exits_saying(&output, 2, "local path");
+    assert_eq!(emulator.counters().generate_requests, 1);
+}

@@ -16,8 +16,16 @@ pub fn gptimage() -> Command {
     command
         .env_remove("GPTIMAGE_API_KEY")
         .env_remove("GPTIMAGE_BASE_URL")
+        .current_dir(scratch())
         .stdin(Stdio::null());
     command
+}
+
+/// The folder the command runs in: cargo's scratch folder for integration tests (under
+/// `target/`), so that what a test leaves in the working folder (the images of a `generate`
+/// without `--out`) never lands in the source tree.
+fn scratch() -> &'static Path {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
 }
 
 /// The command, pointed at `emulator`.
