@@ -119,6 +119,7 @@ pub const BOUNDARY_FILES: &[&str] = &[
     "crates/transport/src/webhook.rs",
     "crates/transport/src/webhook/listener.rs",
     "crates/transport/src/core/answer.rs",
+    "crates/transport/src/core/request.rs",
     "crates/transport/src/core/schedule.rs",
     "crates/transport/src/core/pace.rs",
     "crates/transport/src/core/machine.rs",

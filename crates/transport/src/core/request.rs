@@ -42,15 +42,15 @@ impl Call {
         callback: Option<&str>,
     ) -> Self {
         let url = config.base.generate.clone();
-        let body = match callback.filter(|_| request.callback_url().is_none()) {
-            None => serde_json::to_vec(request),
-            Some(callback) => {
-                let mut value = serde_json::to_value(request).expect("a request always serializes");
-                value["callback_url"] = serde_json::Value::from(callback);
-                serde_json::to_vec(&value)
-            }
+        // A request always serializes; were it ever not to, the body would be one the API
+        // refuses (no task), never a panic.
+        let mut value = serde_json::to_value(request).unwrap_or_default();
+        if let Some(callback) = callback.filter(|_| request.callback_url().is_none())
+            && let Some(fields) = value.as_object_mut()
+        {
+            fields.insert("callback_url".to_owned(), serde_json::Value::from(callback));
         }
-        .expect("a request always serializes");
+        let body = serde_json::to_vec(&value).unwrap_or_default();
         Self {
             op: Op::Submit,
             method: Method::POST,
@@ -76,11 +76,13 @@ impl Call {
         })
     }
 
-    /// `GET` of a result image URL.
+    /// `GET` of a result image URL (the task's, or a redirect's `Location`: the server's
+    /// words, so anything an HTTP request line cannot carry is refused here, never later).
     pub(crate) fn download(url: &str) -> Result<Self> {
         let parsed = Url::parse(url)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .filter(|u| http::Uri::try_from(u.as_str()).is_ok())
             .ok_or_else(|| {
                 Error::download(
                     format!("the image URL {url:?} is not an absolute http(s) URL"),
@@ -107,12 +109,14 @@ impl Call {
     /// origin (which they always go to, as their URL is built from the base URL). The parsed URL
     /// rides along, so a transport whose stack wants one need not parse the URI again.
     pub(crate) fn to_http(&self, config: &Config) -> HttpRequest {
-        let mut request = http::Request::builder()
-            .method(self.method.clone())
-            .uri(self.url.as_str())
-            .extension(ParsedUrl(self.url.clone()))
-            .body(self.body.clone())
-            .expect("a parsed URL is a valid URI");
+        let mut request = http::Request::new(self.body.clone());
+        *request.method_mut() = self.method.clone();
+        // Every URL a call is made with was checked to be a URI (`download`, the base URL);
+        // were one not, the request would go nowhere (a relative URI no transport sends).
+        *request.uri_mut() = http::Uri::try_from(self.url.as_str()).unwrap_or_default();
+        request
+            .extensions_mut()
+            .insert(ParsedUrl(self.url.clone()));
         let headers = request.headers_mut();
         if let Some(agent) = &config.agent_header {
             headers.insert(header::USER_AGENT, agent.clone());
