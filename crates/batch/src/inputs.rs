@@ -136,7 +136,8 @@ impl Inputs {
     ) -> Result<Result<String, String>, Error> {
         let cell = lock(&self.known).entry(sha.to_owned()).or_default().clone();
         let mut known = cell.lock().await;
-        let needed_until = now_s() + self.valid_for.as_secs() as i64;
+        let needed_until =
+            now_s().saturating_add(self.valid_for.as_secs().min(i64::MAX as u64 / 2) as i64);
         if let Some((url, expires)) = known.as_ref()
             && *expires > needed_until
         {
@@ -162,7 +163,7 @@ impl Inputs {
                 message: e.to_string(),
             })?;
         let url = hosted.expose().to_owned();
-        let expires = needed_until + VALIDITY_MARGIN.as_secs() as i64;
+        let expires = needed_until.saturating_add(VALIDITY_MARGIN.as_secs() as i64);
         store.record_hosted_input(sha, &url, expires).await?;
         *known = Some((url.clone(), expires));
         Ok(Ok(url))

@@ -220,10 +220,14 @@ impl PollSchedule {
         Self::exponential(Duration::from_millis(100), Duration::from_secs(1), 1.5)
     }
 
-    /// The delay after poll number `polls` (from 0).
+    /// The delay after poll number `polls` (from 0). Any duration is accepted: one too long for
+    /// a clock (`Duration::MAX`: "never poll, the webhooks will tell") is as long as it can be,
+    /// and a wait's deadline still ends it.
     pub fn delay(&self, polls: u32) -> Duration {
         let grown = self.initial.as_secs_f64() * self.factor.powi(polls.min(64) as i32);
-        Duration::from_secs_f64(grown.min(self.max.as_secs_f64()))
+        Duration::try_from_secs_f64(grown)
+            .unwrap_or(Duration::MAX)
+            .min(self.max)
     }
 }
 

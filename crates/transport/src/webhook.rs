@@ -378,7 +378,7 @@ impl Receiver {
         let mut registry = self.registry();
         let Some(entry) = registry.by_selector.get_mut(token.selector.as_str()) else {
             // Forgotten between the head and now (the receiver's capacity): as if never issued.
-            return Refused::Unknown.response();
+            return Refused::Unknown.noted().response();
         };
         entry.hints += 1;
         for waker in entry.wakers.drain(..) {
@@ -431,7 +431,7 @@ pub(crate) enum Refused {
 impl Refused {
     /// Notes the refusal (a debug event with the reason; never the path, which may hold a
     /// genuine token sent with the wrong method).
-    fn noted(self) -> Self {
+    pub(crate) fn noted(self) -> Self {
         #[cfg(feature = "tracing")]
         tracing::debug!(target: "gptimage", reason = ?self, "webhook delivery refused");
         self
@@ -502,7 +502,6 @@ impl Receiver {
     /// ```
     pub fn axum_router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
         let receiver = self.clone();
-        let route = format!("{}{{token}}", self.shared.path);
         let serve = move |request: axum::extract::Request| {
             let receiver = receiver.clone();
             async move {
@@ -519,8 +518,24 @@ impl Receiver {
                 answer.map(axum::body::Body::from)
             }
         };
-        axum::Router::new().route(&route, axum::routing::any(serve))
+        axum::Router::new().route(&axum_route(&self.shared.path), axum::routing::any(serve))
     }
+}
+
+/// The axum route that reaches every callback under `path` (ending in `/`). axum refuses a
+/// segment that begins with `:` or `*` (its old capture syntax), which a URL path may hold: the
+/// route then captures everything from that segment on, and [`Receiver::judge`] checks the
+/// whole path as always.
+#[cfg(feature = "axum")]
+fn axum_route(path: &str) -> String {
+    let mut prefix = String::from("/");
+    for segment in path.trim_start_matches('/').split_inclusive('/') {
+        if segment.starts_with([':', '*']) || segment.starts_with('/') {
+            return format!("{prefix}{{*rest}}");
+        }
+        prefix.push_str(segment);
+    }
+    format!("{prefix}{{token}}")
 }
 
 /// New hints for one task, as a wait sees them.
@@ -697,6 +712,20 @@ mod tests {
         assert!(!shown.contains(&a.url[a.url.len() - 32..]), "{shown}");
         assert!(Receiver::new("ftp://x/").is_err());
         assert!(Receiver::new("/relative").is_err());
+    }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn axum_routes_never_name_a_segment_axum_refuses() {
+        assert_eq!(axum_route("/"), "/{token}");
+        assert_eq!(axum_route("/gptimage/hooks/"), "/gptimage/hooks/{token}");
+        assert_eq!(axum_route("/a/:hooks/"), "/a/{*rest}");
+        assert_eq!(axum_route("/*/x/"), "/{*rest}");
+        // The routers are made without a panic, and the receiver judges the whole path.
+        for base in ["https://x/:hooks/", "https://x/a/*b/", "https://x/a//b/"] {
+            let receiver = Receiver::new(base).unwrap();
+            let _router: axum::Router = receiver.axum_router();
+        }
     }
 
     #[cfg(feature = "axum")]

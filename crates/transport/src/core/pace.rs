@@ -10,10 +10,10 @@
 //! then by steps that double while such 429s keep coming, up to 20%, so the pacer learns a
 //! limit set too high within a few rounds); each accepted submission adds a tenth of the ceiling back
 //! (additive increase), up to the ceiling, or, with none configured, until the pacer stops
-//! pacing at all. A learned ceiling is not for ever: every [`CEILING_HOLDS_AFTER`] submissions
-//! accepted at it, it rises a step back toward the configured rate, so a limit that was lowered
-//! for a while (or a burst of 429s from a service in trouble) costs a while, not the rest of the
-//! client's life.
+//! pacing at all. A learned ceiling is not for ever: each submission accepted at it raises it
+//! by 1.5% back toward the configured rate, so a limit that was lowered for a while, or 429s that
+//! come whatever the rate (a service busy elsewhere), cost a while, never the rest of the
+//! client's life; and it is never slower than one submission a minute.
 //!
 //! What a server says is bounded before it gets here: a `Retry-After` is clamped to the retry
 //! policy's longest by the caller, and every instant is computed with [`later`], so no answer
@@ -40,7 +40,10 @@ const CEILING_STEP: f64 = 0.05;
 const CEILING_STEP_MAX: f64 = 0.2;
 /// Accepted submissions at the ceiling after which it is known to hold, and the step starts small
 /// again.
-const CEILING_HOLDS_AFTER: u32 = 50;
+const CEILING_HOLDS_AFTER: u32 = 4;
+/// How much each submission accepted at a learned ceiling raises it back toward the configured
+/// rate (1.5%: about 50 acceptances double it).
+const CEILING_RECOVERY: f64 = 0.015;
 
 /// How hard the service is pushing back, for progress displays.
 ///
@@ -129,7 +132,9 @@ impl Pacer {
                     if let (Some(ceiling), Some(interval)) = (self.ceiling, self.interval)
                         && interval <= ceiling.mul_f64(1.01)
                     {
-                        self.ceiling = Some(ceiling.mul_f64(1.0 + self.ceiling_step));
+                        // Never a ceiling slower than the slowest pace: the pacer always goes.
+                        let lowered = ceiling.mul_f64(1.0 + self.ceiling_step).min(SLOWEST);
+                        self.ceiling = Some(lowered);
                         self.ceiling_step = (self.ceiling_step * 2.0).min(CEILING_STEP_MAX);
                         self.at_ceiling = 0;
                     }
@@ -158,23 +163,25 @@ impl Pacer {
             .map_or(0.1, |c| 0.1 / c.as_secs_f64().max(1e-6));
         let faster = rate + step;
         if let Some(ceiling) = self.ceiling
-            && ceiling == interval
+            && interval <= ceiling.mul_f64(1.01)
         {
+            // Accepted at the ceiling: after a few in a row it is known to hold, and the next
+            // 429 there steps it by 5% again; and each probes the ceiling a little back toward
+            // the configured rate, so that 429s that come whatever the rate (a service busy
+            // elsewhere) cannot ratchet the pace down for good.
             self.at_ceiling += 1;
             if self.at_ceiling >= CEILING_HOLDS_AFTER {
-                // The ceiling holds: the next 429 at it steps it by 5% again, and it probes a
-                // step back toward the configured rate.
                 self.ceiling_step = CEILING_STEP;
-                self.at_ceiling = 0;
-                if let Some(configured) = self.configured {
-                    self.ceiling = Some(ceiling.div_f64(1.0 + CEILING_STEP).max(configured));
-                }
+            }
+            if let Some(configured) = self.configured {
+                self.ceiling = Some(ceiling.div_f64(1.0 + CEILING_RECOVERY).max(configured));
             }
         }
+        let faster = Duration::try_from_secs_f64(1.0 / faster).unwrap_or(SLOWEST);
         self.interval = match self.ceiling {
-            Some(ceiling) => Some(Duration::from_secs_f64(1.0 / faster).max(ceiling)),
-            None if faster > UNPACED_ABOVE => None,
-            None => Some(Duration::from_secs_f64(1.0 / faster)),
+            Some(ceiling) => Some(faster.max(ceiling).min(SLOWEST)),
+            None if faster < Duration::from_secs_f64(1.0 / UNPACED_ABOVE) => None,
+            None => Some(faster.min(SLOWEST)),
         };
     }
 
@@ -226,70 +233,96 @@ mod tests {
             Err(at(start, 0.75)),
             "everyone waits an interval"
         );
-        for _ in 0..20 {
+        // Back up to the learned ceiling (5% under the configured rate) in a few acceptances,
+        // and from there, as they keep coming, to the configured rate.
+        for _ in 0..5 {
             pacer.accepted();
         }
         let rate = pacer.pacing().per_second.unwrap();
         assert!(
-            (rate - 2.0 / 1.05).abs() < 1e-9,
-            "back to the learned ceiling: {rate}"
+            rate > 2.0 / 1.06 && rate < 2.0,
+            "at the learned ceiling: {rate}"
         );
+        for _ in 0..10 {
+            pacer.accepted();
+        }
+        assert!((pacer.pacing().per_second.unwrap() - 2.0).abs() < 1e-9);
         assert_eq!(pacer.pacing().pushbacks, 1);
     }
 
-    #[test]
-    fn the_ceiling_comes_down_in_growing_steps_until_it_holds() {
-        let start = Instant::now();
-        let mut pacer = Pacer::new(Some(Rate::new(40, Duration::from_secs(1))));
-        let mut ceiling = 40.0;
-        // Each round: back up to the ceiling, then refused there.
-        for (round, step) in [0.05, 0.1, 0.2, 0.2].into_iter().enumerate() {
-            for _ in 0..20 {
+    /// Submissions one after another at the pacer's pace, from `now`, each answered as
+    /// `answer(n, at)` says (`true`: a bare 429); the time after the last.
+    fn drive(
+        pacer: &mut Pacer,
+        mut now: Instant,
+        count: u32,
+        mut refused: impl FnMut(u32, Instant) -> bool,
+    ) -> Instant {
+        for n in 0..count {
+            if let Err(turn) = pacer.reserve(now) {
+                now = turn;
+                pacer.reserve(now).unwrap();
+            }
+            if refused(n, now) {
+                pacer.refused(now, None);
+            } else {
                 pacer.accepted();
             }
-            assert!((pacer.pacing().per_second.unwrap() - ceiling).abs() < 1e-6);
-            pacer.refused(at(start, 10.0 * round as f64), None);
-            ceiling /= 1.0 + step;
         }
-        for _ in 0..20 {
-            pacer.accepted();
-        }
+        now
+    }
+
+    #[test]
+    fn the_ceiling_learns_a_limit_below_the_configured_rate() {
+        // The service takes at most one submission a second; the rate configured is 4 a second.
+        let start = Instant::now();
+        let mut pacer = Pacer::new(Some(Rate::new(4, Duration::from_secs(1))));
+        let mut last_taken = None::<Instant>;
+        let mut refusals = Vec::new();
+        let now = drive(&mut pacer, start, 600, |_, at| {
+            let refused = last_taken.is_some_and(|t| at < t + Duration::from_secs(1));
+            if !refused {
+                last_taken = Some(at);
+            }
+            refusals.push(refused);
+            refused
+        });
         let rate = pacer.pacing().per_second.unwrap();
-        assert!((rate - ceiling).abs() < 1e-6, "{rate} vs {ceiling}");
-        // The ceiling held for a while: it probes a step (5%) back toward the configured
-        // rate, and the next refusal there steps it by 5% again, not by the last step.
-        for _ in 0..CEILING_HOLDS_AFTER {
-            pacer.accepted();
-        }
-        let rate = pacer.pacing().per_second.unwrap();
-        assert!((rate - ceiling * 1.05).abs() < 1e-6, "{rate}");
-        pacer.refused(at(start, 100.0), None);
-        for _ in 0..20 {
-            pacer.accepted();
-        }
-        let rate = pacer.pacing().per_second.unwrap();
-        assert!((rate - ceiling).abs() < 1e-6, "{rate}");
+        let late = refusals[400..].iter().filter(|r| **r).count();
+        assert!(rate > 0.6 && rate < 2.0, "near the true limit: {rate}");
+        assert!(late < 100, "{late} of the last 200 refused");
+        assert!(now > start + Duration::from_secs(300), "it took its time");
+    }
+
+    #[test]
+    fn rate_independent_429s_never_ratchet_the_pace_down_for_good() {
+        // One submission in ten refused, whatever the rate (the service is busy elsewhere).
+        let start = Instant::now();
+        let mut pacer = Pacer::new(Some(Rate::new(2, Duration::from_secs(1))));
+        let now = drive(&mut pacer, start, 500, |n, _| n % 10 == 9);
+        let during = pacer.pacing().per_second.unwrap();
+        assert!(during >= 1.0, "within half the configured rate: {during}");
+        drive(&mut pacer, now, 200, |_, _| false);
+        let after = pacer.pacing().per_second.unwrap();
+        assert!((after - 2.0).abs() < 1e-9, "{after}");
+        // Even a service that refuses half of everything leaves it going at least once a
+        // minute.
+        let mut pacer = Pacer::new(Some(Rate::new(2, Duration::from_secs(1))));
+        drive(&mut pacer, start, 2000, |n, _| n % 2 == 0);
+        let slowest = pacer.pacing().per_second.unwrap();
+        assert!(slowest >= 1.0 / 60.0 - 1e-9, "{slowest}");
     }
 
     #[test]
     fn a_learned_ceiling_recovers_the_configured_rate_once_429s_stop() {
         let start = Instant::now();
         let mut pacer = Pacer::new(Some(Rate::new(10, Duration::from_secs(1))));
-        for round in 0..6 {
-            for _ in 0..20 {
-                pacer.accepted();
-            }
-            pacer.refused(at(start, 10.0 * f64::from(round)), None);
-        }
-        for _ in 0..20 {
-            pacer.accepted();
-        }
+        // Refused at each turn for a while: the ceiling comes down in growing steps.
+        let now = drive(&mut pacer, start, 40, |n, _| n % 2 == 0);
         let learned = pacer.pacing().per_second.unwrap();
         assert!(learned < 5.0, "a limit was learned: {learned}");
         // No 429 for a while: back at the configured rate, and never past it.
-        for _ in 0..3000 {
-            pacer.accepted();
-        }
+        drive(&mut pacer, now, 3000, |_, _| false);
         let rate = pacer.pacing().per_second.unwrap();
         assert!((rate - 10.0).abs() < 1e-6, "{rate}");
     }

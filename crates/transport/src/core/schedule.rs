@@ -13,7 +13,9 @@ use crate::config::RetryPolicy;
 pub(crate) fn backoff(policy: &RetryPolicy, retries_done: u32, jitter: f64) -> Duration {
     let base = policy.initial_backoff.as_secs_f64() * 2f64.powi(retries_done.min(32) as i32);
     let capped = base.min(policy.max_backoff.as_secs_f64());
-    Duration::from_secs_f64(capped * (0.5 + 0.5 * jitter.clamp(0.0, 1.0)))
+    // A policy's durations may be anything, `Duration::MAX` included: never a panic.
+    Duration::try_from_secs_f64(capped * (0.5 + 0.5 * jitter.clamp(0.0, 1.0)))
+        .unwrap_or(policy.max_backoff)
 }
 
 /// A small deterministic generator of jitter in `[0, 1)` (xorshift64*), seeded by the driver.

@@ -236,7 +236,7 @@ impl ImageHost for ObjectStoreHost {
             }
             Err(e) => return Err(failed("looked up at", e)),
         }
-        let valid = (valid_for + VALIDITY_MARGIN).min(MAX_VALIDITY);
+        let valid = valid_for.saturating_add(VALIDITY_MARGIN).min(MAX_VALIDITY);
         let url = self
             .signer()
             .signed_url(http::Method::GET, &path, valid)

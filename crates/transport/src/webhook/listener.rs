@@ -14,10 +14,12 @@
 //!   [`MAX_CALLBACK_BYTES`](super::MAX_CALLBACK_BYTES). At most a bounded number of TLS handshakes run at once.
 //! - **Every peer is accounted**: the connection table is sized from the process's descriptor
 //!   limit (keeping a reserve for the rest of the process), one address (an IPv6 /64) holds at
-//!   most a share of it, and a full table (or a process out of descriptors) closes the
-//!   connection that has waited longest for its current request, from the peer holding the
-//!   most, but never one younger than a grace period or one whose request is being answered: a
-//!   fast opener cannot push out a genuine sender in its first round trips.
+//!   most a share of it, and a full table (or a process out of descriptors) closes a connection
+//!   past its grace (from the peer holding the most, waiting longest), or else a young one of a
+//!   peer holding more than the newcomer's, never one whose request is being answered: a fast
+//!   opener cannot push out a genuine sender in its first round trips. The grace is short (a
+//!   quarter of a second) for a connection still in its first flight, which a genuine sender
+//!   ends within a round trip or two, so a crowd of slow connections is soon evictable.
 //! - **Memory follows what a peer sent**: a connection still sending its first head holds that
 //!   head in a buffer of its own (not hyper's), so a slow-loris connection costs about 3 KiB;
 //!   only a request for a live token reaches hyper's buffers (about 20 KiB).
@@ -62,8 +64,14 @@ const DEFAULT_CONNECTIONS: usize = 1024;
 /// How long a new connection (or one just answered) is safe from eviction, at most: a genuine
 /// sender's TLS handshake and first request take a few round trips.
 const GRACE: Duration = Duration::from_secs(1);
-/// How often a connection waiting for its turn to shake hands looks again.
-const HANDSHAKE_LOOK: Duration = Duration::from_millis(100);
+/// The grace of a connection still in its first flight (its TLS handshake, or its first
+/// request's head): longer than a genuine sender takes over it (a round trip or two), shorter
+/// than a slow one does. A crowd of slow connections from many addresses, each light, is thus
+/// evictable soon enough that a genuine newcomer finds room.
+const HANDSHAKE_GRACE: Duration = Duration::from_millis(250);
+/// The longest read or write timeout: longer ones are this (hyper adds the read timeout to an
+/// instant, which a `Duration::MAX` would overflow).
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Descriptors kept for the rest of the process, at least (and a quarter of the limit).
 const RESERVE_MIN: u64 = 128;
 
@@ -123,11 +131,13 @@ impl ListenOptions {
     /// of it, at least 128) for status requests, downloads, files and databases.
     /// [`Listener::max_connections`] says what it settled on.
     ///
-    /// When the table is full, a new connection closes the one that has waited longest for
-    /// its current request, taken from the peer holding the most connections, but never one
-    /// opened or answered within the last second (or half the read timeout) nor one whose
-    /// request is being answered; if every connection is that young, the new one is closed
-    /// instead. A process out of file descriptors does the same.
+    /// When the table is full, a new connection closes one past its grace (taken from the peer
+    /// holding the most connections, the one that has waited longest for its current request),
+    /// or if none is, a young one of a peer holding more connections than the newcomer's; never
+    /// one whose request is being answered. The grace is a second (or half the read timeout)
+    /// from when a connection was opened or last answered, and a quarter of a second while it
+    /// has not yet sent a whole first head (or finished its TLS handshake). If nothing may be
+    /// closed, the new connection is. A process out of file descriptors does the same.
     ///
     /// What a connection costs: about 3 KiB while it sends its first request's head (plus the
     /// head itself), about 20 KiB once a request for a live callback token has reached hyper,
@@ -150,16 +160,16 @@ impl ListenOptions {
 
     /// How long a connection may take over its TLS handshake, over each request's head (or, kept
     /// alive, wait for its next request), and over each request's body; 10 s by default, at
-    /// least 100 ms.
+    /// least 100 ms and at most an hour.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        self.read_timeout = timeout.max(Duration::from_millis(100));
+        self.read_timeout = timeout.clamp(Duration::from_millis(100), MAX_TIMEOUT);
         self
     }
 
     /// How long a client may take to accept each answer (a client that pipelines requests and
-    /// never reads is closed after it); 10 s by default, at least 100 ms.
+    /// never reads is closed after it); 10 s by default, at least 100 ms and at most an hour.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.write_timeout = timeout.max(Duration::from_millis(100));
+        self.write_timeout = timeout.clamp(Duration::from_millis(100), MAX_TIMEOUT);
         self
     }
 }
@@ -443,13 +453,19 @@ impl Limits {
 
 /// How many connections the process's descriptors can spare, at most `wanted`: on Unix, the
 /// soft limit of open files is raised toward the hard one as far as `wanted` connections and
-/// the reserve need (never lowered), and the reserve (a quarter, at least [`RESERVE_MIN`]) is
-/// kept for the rest of the process.
+/// the reserve need (never lowered), and the reserve (a quarter, at least [`RESERVE_MIN`]) and
+/// what is open already are kept for the rest of the process. Several listeners in one process
+/// each count what is open when they start.
 #[cfg(unix)]
 fn spare_descriptors(wanted: usize) -> usize {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let wanted = wanted as u64;
-    let needed = wanted.saturating_mul(4) / 3 + RESERVE_MIN;
+    // What the process has open already is not spare (Linux tells; elsewhere the reserve
+    // stands for it).
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64);
+    let needed = (wanted.saturating_mul(4) / 3)
+        .saturating_add(RESERVE_MIN)
+        .saturating_add(open);
     let mut limit = getrlimit(Resource::Nofile);
     if let Some(soft) = limit.current
         && soft < needed
@@ -464,7 +480,7 @@ fn spare_descriptors(wanted: usize) -> usize {
     let Some(soft) = getrlimit(Resource::Nofile).current else {
         return usize::try_from(wanted).unwrap_or(usize::MAX);
     };
-    let spare = soft.saturating_sub(RESERVE_MIN.max(soft / 4));
+    let spare = soft.saturating_sub(RESERVE_MIN.max(soft / 4).saturating_add(open));
     usize::try_from(spare.min(wanted)).unwrap_or(usize::MAX)
 }
 
@@ -516,6 +532,8 @@ impl Peer {
 /// The connections held, so that a full table can evict one, and a peer's share be kept.
 struct Table {
     state: Mutex<TableState>,
+    /// Notified when a handshake's turn is given back.
+    turn_freed: Notify,
     /// Ids of connections.
     ids: AtomicU64,
     /// The instant [`Slot::since`] counts from.
@@ -543,17 +561,23 @@ struct Slot {
     busy: AtomicBool,
     /// It is shaking hands (TLS).
     handshaking: AtomicBool,
+    /// Its first request's head has arrived whole (and, with TLS, its handshake is done): it
+    /// made the progress a genuine sender makes in its first round trips. Until then its grace
+    /// is the short [`HANDSHAKE_GRACE`].
+    started: AtomicBool,
     /// Notified to close it.
     evict: Notify,
 }
 
-/// What makes a connection a better victim: more connections from its peer, then a longer wait.
-type Rank = (usize, u64);
+/// What makes a connection a better victim: past its grace, then more connections from its
+/// peer, then a longer wait.
+type Rank = (bool, usize, u64);
 
 impl Table {
     fn new(limits: Limits) -> Self {
         Self {
             state: Mutex::new(TableState::default()),
+            turn_freed: Notify::new(),
             ids: AtomicU64::new(0),
             epoch: Instant::now(),
             limits,
@@ -590,6 +614,7 @@ impl Table {
             since: AtomicU64::new(now),
             busy: AtomicBool::new(false),
             handshaking: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             evict: Notify::new(),
         });
         state.slots.insert(id, Arc::clone(&slot));
@@ -618,11 +643,19 @@ impl Table {
     fn begin_handshake(&self, slot: &Slot) -> bool {
         let now = self.clock();
         let mut state = self.lock();
+        // A turn taken starts the connection's grace afresh: the time it waited for the turn
+        // does not count against its handshake.
+        let granted = |slot: &Slot| {
+            slot.handshaking.store(true, Ordering::Relaxed);
+            slot.since.store(now, Ordering::Relaxed);
+            true
+        };
         if state.handshakes < self.limits.handshakes {
             state.handshakes += 1;
-            slot.handshaking.store(true, Ordering::Relaxed);
-            return true;
+            return granted(slot);
         }
+        // A turn held longer than a genuine handshake takes goes first: a crowd of slow
+        // handshakes from many addresses cannot keep the turns from a quick one.
         let held = state.per_peer.get(&slot.peer).copied().unwrap_or(0);
         let handshaking = |other: &Slot| other.handshaking.load(Ordering::Relaxed);
         let Some(victim) = self.victim(&state, now, held, handshaking) else {
@@ -632,24 +665,26 @@ impl Table {
             victim.handshaking.store(false, Ordering::Relaxed);
             victim.evict.notify_one();
         }
-        slot.handshaking.store(true, Ordering::Relaxed);
-        true
+        granted(slot)
     }
 
-    /// `slot`'s handshake is over (or its connection ended during it).
+    /// `slot`'s handshake is over (or its connection ended during it): a connection waiting
+    /// for a turn may take it.
     fn end_handshake(&self, slot: &Slot) {
         let mut state = self.lock();
         if slot.handshaking.swap(false, Ordering::Relaxed) {
             state.handshakes -= 1;
+            drop(state);
+            self.turn_freed.notify_one();
         }
     }
 
     /// The best victim among the connections `which` allows, for a newcomer whose peer holds
-    /// `newcomer_holds` connections: never one whose request is being answered; one past its
-    /// grace, or a young one whose peer holds more than the newcomer's will (so a crowd cannot
-    /// keep a peer with few connections out by opening fast, and a fast opener cannot push out
-    /// a genuine sender in its first round trips: its own connections go first); from the peer
-    /// holding the most, waiting longest.
+    /// `newcomer_holds` connections: never one whose request is being answered. First one past
+    /// its grace, from the peer holding the most, waiting longest; only when none is, a young
+    /// one whose peer holds more than the newcomer's will (so a crowd cannot keep a peer with
+    /// few connections out by opening fast, and a fast opener cannot push out a genuine sender
+    /// in its first round trips: its own connections go first).
     fn victim(
         &self,
         state: &TableState,
@@ -657,7 +692,21 @@ impl Table {
         newcomer_holds: usize,
         which: impl Fn(&Slot) -> bool,
     ) -> Option<u64> {
-        let grace = u64::try_from(self.limits.grace.as_nanos()).unwrap_or(u64::MAX);
+        self.victim_within(state, now, newcomer_holds, self.limits.grace, which)
+    }
+
+    /// [`victim`](Self::victim), with `grace` as the grace of a connection past its first
+    /// flight (one still in it has [`HANDSHAKE_GRACE`] at most).
+    fn victim_within(
+        &self,
+        state: &TableState,
+        now: u64,
+        newcomer_holds: usize,
+        grace: Duration,
+        which: impl Fn(&Slot) -> bool,
+    ) -> Option<u64> {
+        let nanos = |grace: Duration| u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
+        let (grace, first_flight) = (nanos(grace), nanos(grace.min(HANDSHAKE_GRACE)));
         state
             .slots
             .iter()
@@ -665,8 +714,16 @@ impl Table {
             .filter_map(|(id, slot)| {
                 let waited = now.saturating_sub(slot.since.load(Ordering::Relaxed));
                 let held = state.per_peer.get(&slot.peer).copied().unwrap_or(0);
+                // A connection that has not yet sent its first request's head (or finished its
+                // handshake) in a genuine sender's round trips is a slow one.
+                let grace = if slot.started.load(Ordering::Relaxed) {
+                    grace
+                } else {
+                    first_flight
+                };
+                let past_grace = waited >= grace;
                 let heavier = held > newcomer_holds.saturating_add(1);
-                (waited >= grace || heavier).then_some((*id, (held, waited)))
+                (past_grace || heavier).then_some((*id, (past_grace, held, waited)))
             })
             .max_by_key(|&(_, rank): &(u64, Rank)| rank)
             .map(|(id, _)| id)
@@ -796,6 +853,7 @@ impl Connection {
         let Some(acceptor) = tls else {
             let mut stream = stream;
             if let Some(head) = self.first_head(&mut stream).await {
+                self.slot.started.store(true, Ordering::Relaxed);
                 Box::pin(self.http(Prefixed::new(head, stream), watcher)).await;
             }
             return;
@@ -810,15 +868,20 @@ impl Connection {
             return;
         };
         if let Some(head) = self.first_head(&mut stream).await {
+            self.slot.started.store(true, Ordering::Relaxed);
             Box::pin(self.http(Prefixed::new(head, stream), watcher)).await;
         }
     }
 
-    /// Waits for a turn to shake hands (see [`Table::begin_handshake`]), looking again every
-    /// [`HANDSHAKE_LOOK`]; the read timeout bounds the wait.
+    /// Waits for a turn to shake hands (see [`Table::begin_handshake`]), looking again when a
+    /// turn is given back, or after [`HANDSHAKE_GRACE`] (when a turn may have been held long
+    /// enough to be ended for it); the read timeout bounds the wait.
     async fn handshake_turn(&self) {
         while !self.table.begin_handshake(&self.slot) {
-            tokio::time::sleep(HANDSHAKE_LOOK).await;
+            tokio::select! {
+                () = self.table.turn_freed.notified() => {}
+                () = tokio::time::sleep(HANDSHAKE_GRACE) => {}
+            }
         }
     }
 
@@ -847,7 +910,15 @@ impl Connection {
                 if n == 0 {
                     return None;
                 }
-                let fresh = &head[before.saturating_sub(3)..];
+                // Empty lines before the request line are skipped (as hyper skips them): the
+                // head ends with the first empty line after it.
+                let Some(start) = head.iter().position(|b| !matches!(b, b'\r' | b'\n')) else {
+                    if head.len() > MAX_HEAD_BYTES {
+                        return Some(head);
+                    }
+                    continue;
+                };
+                let fresh = &head[before.saturating_sub(3).max(start)..];
                 let ended = fresh.windows(2).any(|w| w == b"\n\n")
                     || fresh.windows(3).any(|w| w == b"\n\r\n");
                 if ended || head.len() > MAX_HEAD_BYTES {
@@ -897,7 +968,7 @@ async fn respond(
             match tokio::time::timeout(connection.limits.read_timeout, drain(body)).await {
                 Ok(Ok(())) => connection.receiver.deliver(token),
                 Ok(Err(refused)) => refused.response(),
-                Err(_) => Refused::Slow.response(),
+                Err(_) => Refused::Slow.noted().response(),
             }
         }
     };

@@ -146,10 +146,70 @@ pub fn webhook_request(data: &[u8]) {
     );
 }
 
+/// The answer the shared client of [`api_answer`] gets next (its transport reads it here).
+static ANSWER: std::sync::Mutex<Option<Answer>> = std::sync::Mutex::new(None);
+
+/// An answer: status, headers, body.
+type Answer = (u16, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>);
+
+/// One client for every input, paced (a configured rate), so the pacer's learning carries from
+/// input to input as it does from answer to answer; its transport answers what the current
+/// input says.
+fn paced_client() -> &'static Client {
+    static CLIENT: OnceLock<Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let config = Client::builder()
+            .api_key("sk-fuzz")
+            .base_url("http://127.0.0.1:9/api")
+            .rate_limit(gptimage_transport::Rate::new(1000, Duration::from_secs(1)))
+            .retry(
+                RetryPolicy::default()
+                    .max_retries(1)
+                    .max_rate_limited(1)
+                    .backoff(Duration::from_millis(1), Duration::from_millis(1))
+                    .max_retry_after(Duration::from_millis(1)),
+            )
+            .poll(PollSchedule::fixed(Duration::from_millis(1)))
+            .wait_timeout(Duration::from_millis(5))
+            .config()
+            .unwrap();
+        Client::with_transport(config, |_: HttpRequest, _: SendOptions| {
+            let answer = ANSWER.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let (status, headers, body) = answer.unwrap_or((200, Vec::new(), Vec::new()));
+            respond(status, &headers, body)
+        })
+    })
+}
+
+/// An answer as the transport gives it: an invalid status is what a broken server would send,
+/// and the transport's error then.
+fn respond(
+    status: u16,
+    headers: &[(Vec<u8>, Vec<u8>)],
+    body: Vec<u8>,
+) -> Result<HttpResponse, TransportError> {
+    let mut response = http::Response::builder().status(status);
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            response = response.header(name, value);
+        }
+    }
+    response.body(body).map_err(|_| {
+        TransportError::new(
+            gptimage_transport::transport::TransportErrorKind::Other,
+            gptimage_transport::transport::RequestSent::Maybe,
+            "an invalid status",
+        )
+    })
+}
+
 /// A client's every read of the API's answers (status, headers such as `Retry-After`, `Date`,
 /// `Location` and `Content-Type`, body) through each call a client makes: status, submission
-/// (with its pacer), wait and download. A client with no real time to spend: every pause is
-/// bounded to milliseconds.
+/// (with its pacer, whose learning carries across inputs), wait and download. A client with no
+/// real time to spend: every pause is bounded to milliseconds.
 pub fn api_answer(data: &[u8]) {
     let mut input = Input(data);
     let status = u16::from_le_bytes([input.byte(), input.byte()]);
@@ -170,40 +230,8 @@ pub fn api_answer(data: &[u8]) {
         headers.push((name, input.part().to_vec()));
     }
     let body = input.rest().to_vec();
-    let answer = move || -> Result<HttpResponse, TransportError> {
-        let mut response = http::Response::builder().status(status);
-        for (name, value) in &headers {
-            if let (Ok(name), Ok(value)) = (
-                http::HeaderName::from_bytes(name),
-                http::HeaderValue::from_bytes(value),
-            ) {
-                response = response.header(name, value);
-            }
-        }
-        // An invalid status is what a broken server would send: the transport's error then.
-        response.body(body.clone()).map_err(|_| {
-            TransportError::new(
-                gptimage_transport::transport::TransportErrorKind::Other,
-                gptimage_transport::transport::RequestSent::Maybe,
-                "an invalid status",
-            )
-        })
-    };
-    let config = Client::builder()
-        .api_key("sk-fuzz")
-        .base_url("http://127.0.0.1:9/api")
-        .retry(
-            RetryPolicy::default()
-                .max_retries(1)
-                .max_rate_limited(1)
-                .backoff(Duration::from_millis(1), Duration::from_millis(1))
-                .max_retry_after(Duration::from_millis(1)),
-        )
-        .poll(PollSchedule::fixed(Duration::from_millis(1)))
-        .wait_timeout(Duration::from_millis(5))
-        .config()
-        .unwrap();
-    let client = Client::with_transport(config, move |_: HttpRequest, _: SendOptions| answer());
+    *ANSWER.lock().unwrap_or_else(|e| e.into_inner()) = Some((status, headers, body));
+    let client = paced_client();
     let _ = client.status("t1");
     let _ = client.submit(&GenerateRequest::text_to_image("a fox").build().unwrap());
     let _ = client.wait("t1");
@@ -229,10 +257,26 @@ pub fn status_document(data: &[u8]) {
 }
 
 /// The built-in listener over any byte stream, sent in pieces (a 0xFE byte splits the input
-/// into writes): it answers or closes, and goes on serving. A panic on its thread aborts under
-/// cargo-fuzz, and fails the bounded run (which counts them).
+/// into writes): it answers or closes, and goes on serving. `/hooks/TOKEN` in the input stands
+/// for the genuine callback path (whose token is random in each process), so genuine requests,
+/// their bodies and keep-alive are fuzzed too. A panic on its thread aborts under cargo-fuzz,
+/// and fails the bounded run (which counts them).
 pub fn listener_stream(data: &[u8]) {
     let addr = listener();
+    let genuine = receiver().1.as_bytes();
+    let placeholder = b"/hooks/TOKEN";
+    let mut bytes = Vec::with_capacity(data.len() + 64);
+    let mut rest = data;
+    while let Some(at) = rest
+        .windows(placeholder.len())
+        .position(|w| w == placeholder)
+    {
+        bytes.extend_from_slice(&rest[..at]);
+        bytes.extend_from_slice(genuine);
+        rest = &rest[at + placeholder.len()..];
+    }
+    bytes.extend_from_slice(rest);
+    let data = bytes.as_slice();
     let Ok(mut stream) = TcpStream::connect(addr) else {
         return;
     };
