@@ -90,7 +90,7 @@ pub use gptimage_transport::{
 };
 
 #[cfg(feature = "async")]
-pub use gptimage_transport::{Client, ManyTasks, TaskWatch};
+pub use gptimage_transport::{Client, ManyTasks, TaskWatch, Turn};
 
 /// The blocking client (feature `blocking`).
 #[cfg(feature = "blocking")]

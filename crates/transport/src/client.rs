@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use gptimage_types::{CreatedTask, GenerateRequest, TaskInfo};
 
 use crate::config::{ClientBuilder, Config, FromConfig, sealed};
-use crate::core::{CallMachine, DownloadMachine, Image, Machine, Next, WaitMachine};
+use crate::core::{CallMachine, DownloadMachine, Image, Machine, Next, TurnMachine, WaitMachine};
 use crate::error::{Error, Result};
 use crate::progress::{self, ManyEvent, Progress, Stopper};
 use crate::reqwest_transport::ReqwestTransport;
@@ -60,6 +60,61 @@ impl Client {
         let callback = watch.as_ref().map(|w| w.url.as_str());
         let pacer = &self.inner.pacer;
         let submit = CallMachine::submit(self.config(), request, callback, pacer, drive::seed());
+        let result = self.drive(submit, None).await;
+        drive::settle(self.config(), watch, &result);
+        result
+    }
+
+    /// Takes a turn of this client's pacer for one submission, waiting for it if the client is
+    /// paced (a configured rate, or 429s seen), at most the wait timeout; a [`NotSent`] error if
+    /// none came. With [`submit_fenced`](Self::submit_fenced), it lets a caller record a
+    /// submission durably *after* its turn came and *before* it is sent, so that nothing stands
+    /// between the record and the request but the caller's own commit.
+    ///
+    /// [`NotSent`]: crate::ErrorKind::NotSent
+    pub async fn pacer_turn(&self) -> Result<Turn> {
+        let turn = TurnMachine::new(self.config(), &self.inner.pacer);
+        self.drive(turn, None).await.map(|()| Turn { _taken: () })
+    }
+
+    /// Submits `request` in a `turn` of the pacer already taken, sending no attempt after
+    /// `send_by`: for a caller who recorded the submission (a database row saying "about to
+    /// send") and must know that nothing leaves once its record may have been taken over (by
+    /// another worker, after a lock or lease it held expired). An attempt that could not start
+    /// by `send_by`, or a retry that would start after it, ends the call [`NotSent`]; a 429 ends
+    /// it too, with the service's answer (no task was made either way; the caller decides when
+    /// to send again). Each attempt's bytes leave within the request timeout of its start, so
+    /// nothing is sent after `send_by` plus the request timeout.
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, Instant};
+    /// # async fn record_as_sending() -> Result<(), std::io::Error> { Ok(()) }
+    ///
+    /// # async fn run(client: gptimage_transport::Client, request: gptimage_types::GenerateRequest) -> Result<(), Box<dyn std::error::Error>> {
+    /// let turn = client.pacer_turn().await?;
+    /// let recording = Instant::now();
+    /// record_as_sending().await?; // the durable record; nothing is sent if it fails
+    /// let created = client
+    ///     .submit_fenced(&request, turn, recording + Duration::from_secs(2))
+    ///     .await?;
+    /// # let _ = created;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// [`NotSent`]: crate::ErrorKind::NotSent
+    pub async fn submit_fenced(
+        &self,
+        request: &GenerateRequest,
+        turn: Turn,
+        send_by: Instant,
+    ) -> Result<CreatedTask> {
+        let Turn { _taken: () } = turn;
+        let watch = drive::watch(self.config(), request)?;
+        let callback = watch.as_ref().map(|w| w.url.as_str());
+        let pacer = &self.inner.pacer;
+        let submit = CallMachine::submit(self.config(), request, callback, pacer, drive::seed())
+            .fenced(send_by);
         let result = self.drive(submit, None).await;
         drive::settle(self.config(), watch, &result);
         result
@@ -362,6 +417,14 @@ impl Client {
         let run = tracing::Instrument::instrument(run, span);
         run.await
     }
+}
+
+/// A turn of a client's pacer, taken by [`Client::pacer_turn`] for one
+/// [`submit_fenced`](Client::submit_fenced).
+#[derive(Debug)]
+#[must_use = "a turn is for one submission: give it to submit_fenced"]
+pub struct Turn {
+    _taken: (),
 }
 
 /// The stream of [`Client::watch`]: a task's status changes. A [`Stream`](futures_core::Stream),

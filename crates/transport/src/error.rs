@@ -44,6 +44,10 @@ pub enum ErrorKind {
     InvalidResponse,
     /// A result image could not be downloaded or saved.
     Download,
+    /// The request was never sent: the client's pacer found it no turn within the wait
+    /// timeout, its send window closed, or it was stopped first. No task was made and nothing
+    /// was charged: it is always safe to submit again.
+    NotSent,
 }
 
 impl ErrorKind {
@@ -67,6 +71,7 @@ impl ErrorKind {
             ErrorKind::DeadlinePassed => "deadline",
             ErrorKind::InvalidResponse => "invalid_response",
             ErrorKind::Download => "download",
+            ErrorKind::NotSent => "not_sent",
         }
     }
 }
@@ -231,6 +236,11 @@ enum Repr {
         /// Whether saving to the local disk failed (not fetching).
         write: bool,
     },
+    NotSent {
+        why: String,
+        /// The last answer before it gave up (a 429), if any.
+        after: Option<Box<Error>>,
+    },
 }
 
 /// Why a request is invalid: a documented rule, or another check (a task id's form).
@@ -287,6 +297,14 @@ impl Error {
 
     pub(crate) fn task_failed(task_id: &str, message: Option<String>) -> Self {
         Self::new(Repr::TaskFailed { message }).with_task_id(task_id)
+    }
+
+    /// A request never sent (no task made), and why; `after`, the answer that led to it.
+    pub(crate) fn not_sent(why: impl Into<String>, after: Option<Error>) -> Self {
+        Self::new(Repr::NotSent {
+            why: why.into(),
+            after: after.map(Box::new),
+        })
     }
 
     pub(crate) fn deadline(task_id: &str, waited: Duration) -> Self {
@@ -354,6 +372,7 @@ impl Error {
             Repr::DeadlinePassed { .. } => ErrorKind::DeadlinePassed,
             Repr::InvalidResponse { .. } => ErrorKind::InvalidResponse,
             Repr::Download { .. } => ErrorKind::Download,
+            Repr::NotSent { .. } => ErrorKind::NotSent,
         }
     }
 
@@ -419,6 +438,9 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match &self.inner.repr {
             Repr::Api { retry_after, .. } => *retry_after,
+            Repr::NotSent {
+                after: Some(after), ..
+            } => after.retry_after(),
             _ => None,
         }
     }
@@ -546,6 +568,10 @@ impl fmt::Display for Error {
                 ..
             } => write!(f, "{what} (HTTP {status})"),
             Repr::InvalidResponse { what, .. } => f.write_str(what),
+            Repr::NotSent { why, .. } => write!(
+                f,
+                "not sent: {why}; no task was made, so submitting again is safe"
+            ),
         }
     }
 }
@@ -578,6 +604,9 @@ impl StdError for Error {
                 source: Some(source),
                 ..
             } => Some(&**source),
+            Repr::NotSent {
+                after: Some(after), ..
+            } => Some(&**after),
             _ => None,
         }
     }

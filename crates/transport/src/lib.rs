@@ -103,7 +103,7 @@ pub mod blocking;
 #[cfg(feature = "async")]
 pub use client::Client;
 #[cfg(feature = "async")]
-pub use client::{ManyTasks, TaskWatch};
+pub use client::{ManyTasks, TaskWatch, Turn};
 pub use config::{
     API_KEY_ENV, BASE_URL_ENV, CallOptions, ClientBuilder, Config, DEFAULT_BASE_URL, FromConfig,
     PollSchedule, Rate, RetryPolicy,

@@ -55,6 +55,13 @@ pub(crate) fn stack(config: &Config) -> Result<reqwest::ClientBuilder> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(config.connect_timeout())
         .no_proxy();
+    // Data the peer has not acknowledged within the request timeout is given up, with the
+    // connection: a submission written before a partition can never arrive after the time its
+    // caller was promised (`Client::submit_fenced`), however long the partition lasts.
+    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+    {
+        builder = builder.tcp_user_timeout(config.request_timeout());
+    }
     #[cfg(feature = "_rustls")]
     {
         builder =

@@ -77,6 +77,8 @@ pub(crate) struct CallMachine<'a, T> {
     booked: bool,
     rate_limited: u32,
     patience: Option<Instant>,
+    /// A fenced submission: no attempt starts after this instant.
+    send_by: Option<Instant>,
 }
 
 enum CallState<T> {
@@ -131,6 +133,7 @@ impl<'a, T> CallMachine<'a, T> {
             booked: false,
             rate_limited: 0,
             patience: None,
+            send_by: None,
         }
     }
 
@@ -155,26 +158,28 @@ impl<'a, T> CallMachine<'a, T> {
     }
 
     /// Ends the call at its deadline (or, for a submission, its patience), with the last
-    /// failure seen, or an error saying why it never went.
-    fn cut(&mut self) {
+    /// failure seen, or an error saying why it never went. A submission cut off before it is
+    /// sent again was never sent since its last answer, which made no task: `NotSent`.
+    fn cut(&mut self, why: &str) {
         self.cut_off = true;
-        let error = self
-            .last_error
-            .take()
-            .unwrap_or_else(|| match self.call.op {
-                Op::Submit => Error::api(
-                    429,
-                    None,
-                    Some(
-                        "not sent: the client's pacing (after the service's 429s) found no turn \
-                     within the wait timeout"
-                            .to_owned(),
-                    ),
-                    None,
-                ),
-                _ => Error::deadline(self.call.task_id.as_deref().unwrap_or(""), Duration::ZERO),
-            });
+        let last = self.last_error.take();
+        let error = match self.call.op {
+            Op::Submit => Error::not_sent(why, last),
+            _ => last.unwrap_or_else(|| {
+                Error::deadline(self.call.task_id.as_deref().unwrap_or(""), Duration::ZERO)
+            }),
+        };
         self.finish(Err(error));
+    }
+
+    /// A submission whose pacer turn was already taken (see [`TurnMachine`]), and which may
+    /// send no attempt after `send_by`: an attempt that would start later ends the call
+    /// `NotSent`. A 429 ends it too (no task was made; the pacer slows every submission), so
+    /// that a caller who recorded the submission before it decides when to send it again.
+    pub(crate) fn fenced(mut self, send_by: Instant) -> Self {
+        self.booked = true;
+        self.send_by = Some(send_by);
+        self
     }
 }
 
@@ -193,17 +198,28 @@ impl<T> Machine for CallMachine<'_, T> {
                     let turn = self.pacer().map_or(Ok(()), |mut p| p.reserve(now));
                     match turn {
                         Ok(()) => self.booked = true,
-                        Err(later) if later > patience => self.cut(),
+                        Err(later)
+                            if later > patience || self.send_by.is_some_and(|by| later > by) =>
+                        {
+                            self.cut(
+                                "the client's pacing (after the service's 429s) found it no turn \
+                             in time",
+                            )
+                        }
                         Err(later) => self.state = CallState::Sleeping(later),
                     }
                 }
                 CallState::Ready => {
+                    if self.send_by.is_some_and(|by| now > by) {
+                        self.cut("its send window closed before an attempt could start");
+                        continue;
+                    }
                     self.booked = false;
                     let mut timeout = self.config.request_timeout;
                     if let Some(deadline) = self.deadline {
                         let left = deadline.saturating_duration_since(now);
                         if left.is_zero() {
-                            self.cut();
+                            self.cut("its deadline came");
                             continue;
                         }
                         timeout = timeout.min(left);
@@ -274,7 +290,10 @@ impl<T> Machine for CallMachine<'_, T> {
                     );
                 }
                 let too_long = retry_after.is_some_and(|a| a > policy.max_retry_after);
-                if self.rate_limited >= policy.max_rate_limited || too_long {
+                if self.rate_limited >= policy.max_rate_limited
+                    || too_long
+                    || self.send_by.is_some()
+                {
                     self.finish(Err(error));
                     return;
                 }
@@ -308,10 +327,61 @@ impl<T> Machine for CallMachine<'_, T> {
                 );
                 self.last_error = Some(error);
                 let wake = later(now, delay);
+                // A fenced submission's retry that could not start within its window is not
+                // waited for: it ends now, never sent since an answer that made no task.
+                if self.send_by.is_some_and(|by| wake > by) {
+                    self.cut("its send window would close before the retry");
+                    return;
+                }
                 self.state = CallState::Sleeping(self.deadline.map_or(wake, |d| wake.min(d)));
             }
         }
     }
+}
+
+/// A turn of the client's pacer for one submission, taken before the submission is recorded
+/// and sent (see [`CallMachine::fenced`]): it sleeps until the pacer gives one, or ends
+/// `NotSent` if none comes within the wait timeout. It sends nothing.
+pub(crate) struct TurnMachine<'a> {
+    pacer: &'a Mutex<Pacer>,
+    wait_timeout: Duration,
+    patience: Option<Instant>,
+}
+
+impl<'a> TurnMachine<'a> {
+    pub(crate) fn new(config: &Config, pacer: &'a Mutex<Pacer>) -> Self {
+        Self {
+            pacer,
+            wait_timeout: config.wait_timeout,
+            patience: None,
+        }
+    }
+}
+
+impl Machine for TurnMachine<'_> {
+    type Output = ();
+
+    fn poll(&mut self, now: Instant) -> Next<()> {
+        let patience = *self
+            .patience
+            .get_or_insert_with(|| later(now, self.wait_timeout));
+        let turn = self
+            .pacer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reserve(now);
+        match turn {
+            Ok(()) => Next::Done(Ok(())),
+            Err(at) if at > patience => Next::Done(Err(Error::not_sent(
+                "the client's pacing (after the service's 429s) found it no turn within the \
+                 wait timeout",
+                None,
+            ))),
+            Err(at) => Next::SleepUntil(at),
+        }
+    }
+
+    fn handle(&mut self, _: Instant, _: std::result::Result<HttpResponse, TransportError>) {}
 }
 
 /// A wait: status polls on the configured schedule until the task ends or the deadline comes.

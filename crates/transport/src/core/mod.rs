@@ -13,7 +13,7 @@ pub(crate) mod pace;
 pub(crate) mod request;
 pub(crate) mod schedule;
 
-pub(crate) use machine::{CallMachine, DownloadMachine, Machine, Next, WaitMachine};
+pub(crate) use machine::{CallMachine, DownloadMachine, Machine, Next, TurnMachine, WaitMachine};
 
 use std::time::{Duration, Instant};
 

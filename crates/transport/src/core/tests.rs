@@ -896,3 +896,103 @@ fn a_deadline_shorter_than_the_fallback_interval_still_asks_before_it_gives_up()
     }
     assert!(polls >= 10, "{polls} polls in 0.3 s at 20 ms");
 }
+
+#[test]
+fn a_fenced_submission_sends_nothing_after_its_window() {
+    let config = config(); // 2 retries, backoff from 0.5 s
+    let request = GenerateRequest::text_to_image("a cat").build().unwrap();
+    let start = Instant::now();
+    let pacer = std::sync::Mutex::new(super::pace::Pacer::new(None));
+    // Within the window: sent at once (its turn was taken), and a refused connection retried
+    // while the retry can still start in time.
+    let mut call = CallMachine::submit(&config, &request, None, &pacer, 1).fenced(at(start, 0.6));
+    sends(&mut call, start);
+    call.handle(start, broken(TransportErrorKind::Connect, RequestSent::No));
+    let retry = sleeps(&mut call, start);
+    assert!(
+        retry <= at(start, 0.5),
+        "the first backoff is at most 0.5 s"
+    );
+    sends(&mut call, retry);
+    call.handle(retry, broken(TransportErrorKind::Connect, RequestSent::No));
+    // The next retry (0.5 s to 1 s later) would start after the window: never sent again, and
+    // never sent at all.
+    let error = ends(&mut call, retry).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NotSent, "{error}");
+    assert!(error.to_string().contains("no task was made"), "{error}");
+
+    // A first attempt that could not start in time is not made.
+    let mut late = CallMachine::submit(&config, &request, None, &pacer, 2).fenced(at(start, 2.0));
+    assert_eq!(
+        ends(&mut late, at(start, 2.5)).unwrap_err().kind(),
+        ErrorKind::NotSent
+    );
+
+    // A 429 ends it with the service's answer: the caller decides when to send again.
+    let mut refused =
+        CallMachine::submit(&config, &request, None, &pacer, 3).fenced(at(start, 60.0));
+    sends(&mut refused, start);
+    refused.handle(start, answer(429, b"", &[("retry-after", "1")]));
+    let error = ends(&mut refused, start).unwrap_err();
+    assert_eq!(error.code(), Some(429));
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(1)));
+}
+
+#[test]
+fn a_pacer_turn_is_waited_for_within_the_wait_timeout_and_never_sends() {
+    let config = config(); // a 60 s wait timeout
+    let start = Instant::now();
+    let pacer = std::sync::Mutex::new(super::pace::Pacer::new(None));
+    let mut turn = super::machine::TurnMachine::new(&config, &pacer);
+    assert!(matches!(turn.poll(start), Next::Done(Ok(()))));
+    pacer
+        .lock()
+        .unwrap()
+        .refused(start, Some(Duration::from_secs(10)));
+    let mut turn = super::machine::TurnMachine::new(&config, &pacer);
+    assert_eq!(sleeps(&mut turn, start), at(start, 10.0));
+    assert!(matches!(turn.poll(at(start, 10.0)), Next::Done(Ok(()))));
+    pacer
+        .lock()
+        .unwrap()
+        .refused(start, Some(Duration::from_secs(100)));
+    let mut turn = super::machine::TurnMachine::new(&config, &pacer);
+    let error = ends(&mut turn, start).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NotSent);
+}
+
+#[test]
+fn a_redirect_to_what_no_request_line_can_carry_is_an_error_not_a_panic() {
+    // Found by the fuzz target `api_answer`: the url crate accepts this, http's URI does not.
+    let config = config();
+    let start = Instant::now();
+    let mut download = DownloadMachine::new(&config, "https://cdn.example/a.png", 1).unwrap();
+    sends(&mut download, start);
+    let location = "http://127.0.0.1start_a1,\"mt_a1,\"mesae.hperng.png";
+    download.handle(start, answer(302, b"", &[("location", location)]));
+    let error = ends(&mut download, start).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Download, "{error}");
+}
+
+#[test]
+fn schedules_and_policies_of_any_length_never_panic() {
+    let start = Instant::now();
+    for huge in [Duration::MAX, Duration::from_secs(u64::MAX / 3)] {
+        let schedule = PollSchedule::fixed(huge);
+        assert!(schedule.delay(0) <= huge && schedule.delay(0) >= huge / 2);
+        assert!(PollSchedule::exponential(huge, huge, 10.0).delay(9) <= huge);
+        let policy = RetryPolicy::default().backoff(huge, huge);
+        assert!(backoff(&policy, 3, 0.5) <= huge);
+        // A wait that never polls again but for its deadline: it asks once, then before the end.
+        let config = builder()
+            .poll(schedule)
+            .wait_timeout(Duration::from_secs(5))
+            .config()
+            .unwrap();
+        let mut wait = WaitMachine::new(&config, "t1", 1, |_: &TaskInfo| {}).unwrap();
+        sends(&mut wait, start);
+        wait.handle(start, answer(200, &status_body("IN_PROGRESS"), &[]));
+        let next = sleeps(&mut wait, start);
+        assert!(next <= at(start, 5.0), "{next:?}");
+    }
+}
