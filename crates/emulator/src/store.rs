@@ -37,6 +37,9 @@ pub struct Counters {
     pub tasks_created: u64,
     /// Tasks created, per key name.
     pub tasks_created_by_key: BTreeMap<String, u64>,
+    /// Tasks created, per prompt: a test that gives each item its own prompt counts what was
+    /// paid for each, not only in total.
+    pub tasks_created_by_prompt: BTreeMap<String, u64>,
     /// Tasks that ended `SUCCESS`.
     pub tasks_succeeded: u64,
     /// Tasks that ended `FAILED`.
@@ -275,6 +278,7 @@ impl Store {
                 break id;
             }
         };
+        let prompt = request.prompt().to_owned();
         inner.tasks.insert(
             id.clone(),
             Task {
@@ -289,6 +293,7 @@ impl Store {
         let c = &mut inner.counters;
         c.tasks_created += 1;
         *c.tasks_created_by_key.entry(owner.clone()).or_default() += 1;
+        *c.tasks_created_by_prompt.entry(prompt).or_default() += 1;
         c.credits_charged += CREDITS_PER_TASK;
         *c.credits_charged_by_key.entry(owner).or_default() += CREDITS_PER_TASK;
         Self::evict(inner, &self.config, now);
