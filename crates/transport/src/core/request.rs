@@ -114,9 +114,7 @@ impl Call {
         // Every URL a call is made with was checked to be a URI (`download`, the base URL);
         // were one not, the request would go nowhere (a relative URI no transport sends).
         *request.uri_mut() = http::Uri::try_from(self.url.as_str()).unwrap_or_default();
-        request
-            .extensions_mut()
-            .insert(ParsedUrl(self.url.clone()));
+        request.extensions_mut().insert(ParsedUrl(self.url.clone()));
         let headers = request.headers_mut();
         if let Some(agent) = &config.agent_header {
             headers.insert(header::USER_AGENT, agent.clone());
