@@ -87,6 +87,15 @@ pub enum Error {
         /// Where the state is.
         url: StateUrl,
     },
+    /// The PostgreSQL server of the state replicates in a way that can lose committed records
+    /// (asynchronous standbys only), or is a standby itself.
+    #[error("the batch state {url} is not durable enough for paid submissions: {message}")]
+    Replication {
+        /// Where the state is.
+        url: StateUrl,
+        /// Why, and what to do.
+        message: String,
+    },
     /// The SQLite state is on a network file system, whose locks SQLite cannot rely on: two
     /// workers could both hold one line.
     #[error(
@@ -117,10 +126,26 @@ pub enum Error {
     },
     /// A `--resubmit-unknown` token that is not one.
     #[error(
-        "{0:?} is not an unknown-outcome token: tokens look like 12.1 (line 12, its first \
-         submission), as `gptimage batch-status` prints them"
+        "{0:?} is not an unknown-outcome token: tokens look like a1b2c3.12.1 (the state \
+         a1b2c3, line 12, its first submission), as `gptimage batch-status` prints them \
+         (tokens without the state's identity, such as 12.1, are no longer accepted)"
     )]
     BadToken(String),
+    /// A `--resubmit-unknown` token of another state: kept from a state since recreated (a new
+    /// `--out`, another database), it names a line nobody checked in this one.
+    #[error(
+        "the token {token} belongs to another batch state, not to {url} (whose tokens begin \
+         {state}.): nothing was resent; run `gptimage batch-status` for this state's tokens, \
+         and check each outcome before naming it"
+    )]
+    ForeignToken {
+        /// The token given.
+        token: String,
+        /// The state it was given for.
+        url: StateUrl,
+        /// The state's identity, as its tokens begin.
+        state: String,
+    },
     /// The service refused the account (a bad key, no credits): the worker let go of every
     /// line it held and claimed no more, rather than try each line of the file in turn.
     #[error(
@@ -159,6 +184,7 @@ impl Error {
                 | Error::NoState { .. }
                 | Error::LostWorker { .. }
                 | Error::Pooled { .. }
+                | Error::Replication { .. }
                 | Error::NetworkFileSystem { .. }
         )
     }

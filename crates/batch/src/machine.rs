@@ -6,19 +6,22 @@
 //! cannot happen even when two workers race.
 //!
 //! ```text
-//!            claim                  commit, then POST            answer: a task id
+//!            claim              pacer turn, commit, POST         answer: a task id
 //!  (unread) ───────▶ pending ──────────────────────▶ submitting ─────────────────▶ submitted
-//!                    │  ▲  ▲                          │      │                      │   │
-//!          invalid ◀─┘  │  └── refused ◀──────────────┘      │ no answer, or the    │   └─▶ done
-//!                       │      (no task was made;            │ worker died          │
-//!                       │       pending again at the         ▼                      └─────▶ failed
-//!                       │       next worker's start)       unknown
+//!                    │  ▲  ▲ ▲                        │ │    │                      │   │
+//!          invalid ◀─┘  │  │ └── 429, or not sent ────┘ │    │ no answer, or the    │   └─▶ done
+//!                       │  │     (proven: no task)      │    │ worker died (after   │
+//!                       │  └── refused ◀──────────────--┘    │ its lock-delay)      └─────▶ failed
+//!                       │      (no task was made; pending    ▼
+//!                       │       at a later run, spaced)    unknown
 //!                       └──────────────────────────────────┘ only by the user (--resubmit-unknown)
 //! ```
 //!
-//! A `submitting` line never returns to `pending` on its own: its POST may have reached the
-//! service, and the API has no idempotency key, so only the user, having checked the account, can
-//! send it again.
+//! A `submitting` line returns to `pending` only on an answer that proves no task was made:
+//! the service's 429, or the client's own word that the POST never left (its send window
+//! closed before an attempt could start). Otherwise its POST may have reached the service, and
+//! the API has no idempotency key, so only the user, having checked the account, can send it
+//! again.
 
 use std::fmt;
 use std::str::FromStr;
@@ -124,6 +127,8 @@ impl LineState {
         match (actor, self, to) {
             (Actor::Worker, Pending, Submitting | Invalid) => true,
             (Actor::Worker, Submitting, Submitted | Refused | Unknown) => true,
+            // Only on an answer that proves no task was made (a 429, or never sent).
+            (Actor::Worker, Submitting, Pending) => true,
             // A worker that was presumed dead but learned its task id still records it.
             (Actor::Worker, Unknown, Submitted) => true,
             (Actor::Worker, Submitted, Done | Failed) => true,
@@ -173,8 +178,12 @@ mod tests {
     fn nothing_that_may_have_paid_becomes_pending_but_by_the_user() {
         for from in LineState::ALL.into_iter().filter(|s| s.may_have_paid()) {
             for actor in [Actor::Worker, Actor::Reaper, Actor::Start] {
-                assert!(
-                    !from.may_become(LineState::Pending, actor),
+                // The sending worker's own arrow back, taken only on a proof that no task was
+                // made (`Store::unsent`): nobody else's, and from no other state.
+                let unsent = from == LineState::Submitting && actor == Actor::Worker;
+                assert_eq!(
+                    from.may_become(LineState::Pending, actor),
+                    unsent,
                     "{from} -> pending by {actor:?}"
                 );
             }

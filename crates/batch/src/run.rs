@@ -17,7 +17,8 @@ use crate::inputs::{InputHost, Inputs};
 use crate::machine::LineState;
 use crate::source::{Source, stem};
 use crate::store::{
-    Claim, LineRecord, OutcomeToken, Progress, Retry, StateUrl, Store, Submitting, Worker,
+    Claim, LineRecord, OutcomeToken, Progress, Retry, SEND_WINDOW, StateUrl, Store, Submitting,
+    Worker, lock_delay,
 };
 
 /// How often a worker looks for dead workers, and for lines others let go, while it has
@@ -28,8 +29,10 @@ const REAP_EVERY: Duration = Duration::from_secs(2);
 /// The longest a line's retries back off to.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// How long a worker that must stop gives the submissions on the wire to get their answers
-/// recorded before it abandons what is left (a state it cannot reach records nothing anyway).
-const GRACE: Duration = Duration::from_secs(15);
+/// recorded, beyond the longest a submission may take once recorded (`S`: the send window and
+/// the request timeout), before it abandons what is left (a state it cannot reach records
+/// nothing anyway; a line abandoned while `submitting` becomes `unknown` after its lock-delay).
+const GRACE: Duration = Duration::from_secs(2);
 /// The longest the worker's own rounds (claims, reaping, leaving) wait for the state: longer
 /// than PostgreSQL takes to end a stuck transaction (30 s), so a live state always answers
 /// within it; a state that does not is out of reach, and the worker stops.
@@ -116,11 +119,20 @@ impl Batch {
     /// Reads `file` (once, to identify it) and opens its state at `state`, refusing a state that
     /// belongs to another file.
     pub async fn open(file: impl AsRef<Path>, state: &StateUrl) -> Result<Self, Error> {
+        Self::open_with(file, state, &crate::OpenOptions::default()).await
+    }
+
+    /// Like [`open`](Self::open), opening the state as `options` say.
+    pub async fn open_with(
+        file: impl AsRef<Path>,
+        state: &StateUrl,
+        options: &crate::OpenOptions,
+    ) -> Result<Self, Error> {
         let file = file.as_ref().to_path_buf();
         let source = tokio::task::spawn_blocking(move || Source::open(file))
             .await
             .map_err(|e| Error::Panicked(e.to_string()))??;
-        let store = Store::open(state).await?;
+        let store = Store::open_with(state, options).await?;
         store.bind(&source).await?;
         Ok(Self {
             source: Arc::new(source),
@@ -222,7 +234,12 @@ impl Batch {
             *stopping = true;
             let _ = cancel.send(true);
         };
-        // Once stopping for a failure, what is still under way has GRACE to end.
+        // Once stopping (for a failure or by the user's word), what is still under way has at
+        // most the longest a recorded submission can take, and GRACE, to end: the drain is
+        // bounded, and the worker keeps confirming its liveness meanwhile.
+        let drain = SEND_WINDOW
+            .saturating_add(client.config().request_timeout())
+            .saturating_add(GRACE);
         let mut abandon_at = None::<tokio::time::Instant>;
         tokio::pin!(stop);
         loop {
@@ -251,8 +268,9 @@ impl Batch {
                 let cancelled = cancelled.clone();
                 jobs.spawn(async move { job.run(claim, cancelled).await });
             }
-            if failure.is_some() && abandon_at.is_none() {
-                abandon_at = Some(tokio::time::Instant::now() + GRACE);
+            if stopping && abandon_at.is_none() {
+                let now = tokio::time::Instant::now();
+                abandon_at = Some(now.checked_add(drain).unwrap_or(now));
             }
             if jobs.is_empty() {
                 if stopping || over_budget.load(Ordering::SeqCst) {
@@ -260,7 +278,7 @@ impl Batch {
                 }
                 // Lines waiting out a setback come back when it ends; lines others hold may
                 // come back if they die. Otherwise nothing is left this worker can progress.
-                let next = self.within(store.next_retry()).await?;
+                let next = self.within(store.next_retry(worker)).await?;
                 let others_busy = self.within(store.others_busy(worker)).await?;
                 let pause = match (next, others_busy) {
                     (None, false) => break,
@@ -299,7 +317,9 @@ impl Batch {
                     stopping = true;
                     let _ = cancel.send(true);
                 }
-                _ = reap.tick(), if !stopping => {
+                // Liveness is confirmed while draining too: a worker that loses it then stops
+                // its waits at once and sends nothing more.
+                _ = reap.tick(), if failure.is_none() => {
                     if let Err(error) = self.check_in(worker).await {
                         halt(error, &mut failure, &mut stopping);
                     }
@@ -390,6 +410,8 @@ impl Job {
             error: None,
             submissions: 0,
             held: false,
+            retry_in: None,
+            token: None,
         };
         if claim.state == LineState::Pending {
             if *cancelled.borrow() {
@@ -431,63 +453,13 @@ impl Job {
                 format!("{base}-line-{number}"),
                 format!("line-{number}-item-{item}"),
             ];
-            store.still_alive(worker).await?;
-            let submitting = store
-                .start_submitting(worker, item, number, &names, &record.prompt)
-                .await?;
-            let name = match submitting {
-                Submitting::Named(name) => name,
-                Submitting::OverBudget { budget } => {
-                    self.over_budget.store(true, Ordering::SeqCst);
-                    store.release(worker, item, None).await?;
-                    record.error = Some((
-                        "over_budget".into(),
-                        format!(
-                            "not submitted: the batch's budget of {budget} credits allows no \
-                             more tasks (run again with a larger --max-credits to continue)"
-                        ),
-                    ));
-                    return Ok(Some(record));
-                }
-            };
-            record.name = Some(name);
-            pause_at("before-post");
-            match self.client.submit(&parsed.request).await {
-                Ok(created) => {
-                    pause_at("after-post");
-                    if let Err(error) = store.submitted(worker, item, &created.task_id).await {
-                        // The task exists but the state could not say so: say it here, where it
-                        // is the only record. The line stays `submitting`, and becomes
-                        // `unknown`: never sent again without the user.
-                        eprintln!(
-                            "line {number} was submitted as task {} but the state could not \
-                             record it; fetch it with: gptimage wait {}",
-                            created.task_id, created.task_id
-                        );
-                        return Err(error);
-                    }
-                    pause_at("submitted");
-                    record.state = LineState::Submitted;
-                    record.task_id = Some(created.task_id);
-                }
-                Err(error) => {
-                    let state = if error.kind() == ErrorKind::OutcomeUnknown {
-                        LineState::Unknown
-                    } else {
-                        LineState::Refused
-                    };
-                    let (kind, message) = (error.kind().as_str(), error.to_string());
-                    store
-                        .not_submitted(worker, item, state, kind, &message)
-                        .await?;
-                    if state == LineState::Refused && refuses_the_account(&error) {
-                        // The same refusal awaits every line: stop here, not at each of them.
-                        return Err(account_refused(&error));
-                    }
-                    record.state = state;
-                    record.error = Some((kind.to_owned(), message));
-                    return Ok(Some(record));
-                }
+            match self
+                .send(&claim, &parsed.request, &names, &mut record, &mut cancelled)
+                .await?
+            {
+                Sent::Submitted => {}
+                Sent::Over(record) => return Ok(Some(record)),
+                Sent::LetGo => return Ok(None),
             }
         }
         let task_id = record.task_id.clone().unwrap_or_default();
@@ -509,7 +481,12 @@ impl Job {
                      keeps its task id: run the command again later"
                 );
                 store
-                    .set_back(worker, item, ("deadline", &message), Retry::NextRun)
+                    .set_back(
+                        worker,
+                        item,
+                        ("deadline", &message),
+                        (Retry::NextRun, claim.setbacks),
+                    )
                     .await?;
                 record.held = true;
                 record.error = Some(("deadline".into(), message));
@@ -527,10 +504,13 @@ impl Job {
             }
             Err(error) if error.kind() == ErrorKind::TaskFailed => {
                 let message = error.server_message().unwrap_or_default().to_owned();
-                store.failed(worker, item, &message, Some(0)).await?;
+                // What the failed task consumed, if its status said (else nothing: the
+                // service gives a failed task's credits back).
+                let credits = record.credits.unwrap_or(0);
+                store.failed(worker, item, &message, Some(credits)).await?;
                 self.stop_waiting(item);
                 record.state = LineState::Failed;
-                record.credits = Some(0);
+                record.credits = Some(credits);
                 record.error = Some(("task_failed".into(), message));
             }
             Err(error) if refuses_the_account(&error) => {
@@ -553,13 +533,125 @@ impl Job {
                 }
                 let kind = setback_kind(&error);
                 store
-                    .set_back(worker, item, (kind, &message), retry)
+                    .set_back(worker, item, (kind, &message), (retry, claim.setbacks))
                     .await?;
                 record.held = retry == Retry::NextRun;
                 record.error = Some((kind.to_owned(), message));
             }
         }
         Ok(Some(record))
+    }
+
+    /// Sends a pending line, fenced: a turn of the client's pacer first (nothing is recorded
+    /// while the pacer holds it back), then `submitting` committed, then the POST, which may
+    /// start only within [`SEND_WINDOW`] of when the commit began (and so leaves, or arrives,
+    /// within `S`, the window and the request timeout). What no task can have come of (a 429,
+    /// a POST never sent) returns the line to `pending`, spaced; only the user resends an
+    /// outcome that is unknown.
+    async fn send(
+        &self,
+        claim: &Claim,
+        request: &gptimage::GenerateRequest,
+        names: &[String],
+        record: &mut LineRecord,
+        cancelled: &mut watch::Receiver<bool>,
+    ) -> Result<Sent, Error> {
+        let (store, worker, item, number) = (&self.store, &*self.worker, claim.item, record.line);
+        let turn = tokio::select! {
+            turn = self.client.pacer_turn() => turn,
+            _ = async { cancelled.wait_for(|c| *c).await.is_ok() } => {
+                store.release(worker, item, None).await?;
+                return Ok(Sent::LetGo);
+            }
+        };
+        let turn = match turn {
+            Ok(turn) => turn,
+            Err(error) => {
+                // No turn within the wait timeout: nothing recorded, nothing sent.
+                let reason = ("not_sent", error.to_string());
+                store
+                    .release(worker, item, Some((reason.0, &reason.1)))
+                    .await?;
+                record.error = Some((reason.0.to_owned(), reason.1));
+                return Ok(Sent::Over(record.clone()));
+            }
+        };
+        store.still_alive(worker).await?;
+        let fence = lock_delay(self.client.config().request_timeout());
+        let recording = Instant::now();
+        let submitting = store
+            .start_submitting(worker, item, number, names, &record.prompt, fence)
+            .await?;
+        let name = match submitting {
+            Submitting::Named(name) => name,
+            Submitting::OverBudget { budget } => {
+                self.over_budget.store(true, Ordering::SeqCst);
+                store.release(worker, item, None).await?;
+                record.error = Some((
+                    "over_budget".into(),
+                    format!(
+                        "not submitted: the batch's budget of {budget} credits allows no \
+                         more tasks (run again with a larger --max-credits to continue)"
+                    ),
+                ));
+                return Ok(Sent::Over(record.clone()));
+            }
+        };
+        record.name = Some(name);
+        pause_at("before-post");
+        let sent = self
+            .client
+            .submit_fenced(request, turn, recording + SEND_WINDOW)
+            .await;
+        match sent {
+            Ok(created) => {
+                pause_at("after-post");
+                if let Err(error) = store.submitted(worker, item, &created.task_id).await {
+                    // The task exists but the state could not say so: say it here, where it
+                    // is the only record. The line stays `submitting`, and becomes `unknown`:
+                    // never sent again without the user.
+                    eprintln!(
+                        "line {number} was submitted as task {} but the state could not record \
+                         it; fetch it with: gptimage wait {}",
+                        created.task_id, created.task_id
+                    );
+                    return Err(error);
+                }
+                pause_at("submitted");
+                record.state = LineState::Submitted;
+                record.task_id = Some(created.task_id);
+                Ok(Sent::Submitted)
+            }
+            Err(error) if proves_no_task(&error) => {
+                // A 429, or never sent: back to pending, for any worker, after the service's
+                // Retry-After (or the pacer's own spacing).
+                let after = error
+                    .retry_after()
+                    .unwrap_or_else(|| self.client.config().poll().delay(0))
+                    .min(MAX_BACKOFF);
+                let (kind, message) = (error.kind().as_str(), error.to_string());
+                store.unsent(worker, item, (kind, &message), after).await?;
+                Ok(Sent::LetGo)
+            }
+            Err(error) => {
+                let state = if error.kind() == ErrorKind::OutcomeUnknown {
+                    LineState::Unknown
+                } else {
+                    LineState::Refused
+                };
+                let (kind, message) = (error.kind().as_str(), error.to_string());
+                store
+                    .not_submitted(worker, item, (state, claim.refusals), kind, &message)
+                    .await?;
+                if state == LineState::Refused && refuses_the_account(&error) {
+                    // The same refusal awaits every line: stop here, not at each of them.
+                    return Err(account_refused(&error));
+                }
+                record.state = state;
+                record.error = Some((kind.to_owned(), message));
+                Ok(Sent::Over(record.clone()))
+            }
+        }
     }
 
     /// Waits for the task and saves its images. An image URL the host refuses (403, 404, 410:
@@ -694,6 +786,24 @@ impl Job {
     fn stop_waiting(&self, item: u64) {
         self.waiting.lock().expect("never poisoned").remove(&item);
     }
+}
+
+/// How sending a pending line went.
+enum Sent {
+    /// The service named its task: go on to wait for it.
+    Submitted,
+    /// The line ended here (refused, unknown, over budget, no pacer turn): report it.
+    Over(LineRecord),
+    /// The line was let go without an outcome (stopped first, or back to pending after a 429):
+    /// nothing to report; it is claimed again later.
+    LetGo,
+}
+
+/// Whether `error` proves the submission made no task: the service answered 429, or the
+/// client never sent it.
+fn proves_no_task(error: &gptimage::Error) -> bool {
+    error.kind() == ErrorKind::NotSent
+        || (error.kind() == ErrorKind::Api && error.api_code() == Some(ApiCode::RateLimited))
 }
 
 /// Why a line's wait or download ended without an outcome.

@@ -88,11 +88,25 @@ async fn a_dead_workers_lines_follow_the_rules(url: StateUrl, dir: &Path) {
     let first = store.claim(&doomed).await.unwrap().unwrap();
     let second = store.claim(&doomed).await.unwrap().unwrap();
     store
-        .start_submitting(&doomed, first.item, 1, &["one".into()], "reap 0")
+        .start_submitting(
+            &doomed,
+            first.item,
+            1,
+            &["one".into()],
+            "reap 0",
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     store
-        .start_submitting(&doomed, second.item, 2, &["two".into()], "reap 1")
+        .start_submitting(
+            &doomed,
+            second.item,
+            2,
+            &["two".into()],
+            "reap 1",
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     store
@@ -109,12 +123,13 @@ async fn a_dead_workers_lines_follow_the_rules(url: StateUrl, dir: &Path) {
             3,
             &["ONE".into(), "one-line-3".into()],
             "x",
+            Duration::ZERO,
         )
         .await
         .unwrap();
     assert_eq!(name, gptimage_batch::Submitting::Named("one-line-3".into()));
     store
-        .not_submitted(&doomed, third.item, LineState::Refused, "api", "401")
+        .not_submitted(&doomed, third.item, (LineState::Refused, 0), "api", "401")
         .await
         .unwrap();
 
@@ -146,11 +161,17 @@ async fn a_dead_workers_lines_follow_the_rules(url: StateUrl, dir: &Path) {
     // The user names the outcome they checked: line 1's first submission. A token of another
     // submission, or of another line, sends nothing.
     let unknown = other.line(0).await.unwrap().unwrap();
-    assert_eq!(unknown.outcome_token().unwrap().to_string(), "1.1");
-    let stale = ["1.2".parse().unwrap(), "2.1".parse().unwrap()];
+    let state = other.state_id().await.unwrap();
+    let state = &state[..6];
+    assert_eq!(
+        unknown.outcome_token().unwrap().to_string(),
+        format!("{state}.1.1")
+    );
+    let token = |text: &str| format!("{state}.{text}").parse().unwrap();
+    let stale = [token("1.2"), token("2.1")];
     assert_eq!(other.resubmit_unknown(&stale).await.unwrap(), stale);
     assert_eq!(other.claim(&survivor).await.unwrap(), None);
-    let checked = ["1.1".parse().unwrap()];
+    let checked = [token("1.1")];
     assert!(other.resubmit_unknown(&checked).await.unwrap().is_empty());
     assert_eq!(other.claim(&survivor).await.unwrap().unwrap().item, 0);
 
@@ -183,7 +204,7 @@ async fn the_budget_is_exact_under_racing_workers(url: StateUrl, dir: &Path) {
                 let name = format!("n{}", claim.item);
                 let line = claim.item + 1;
                 match store
-                    .start_submitting(&worker, claim.item, line, &[name], "p")
+                    .start_submitting(&worker, claim.item, line, &[name], "p", Duration::ZERO)
                     .await
                     .unwrap()
                 {
@@ -209,7 +230,7 @@ async fn the_budget_is_exact_under_racing_workers(url: StateUrl, dir: &Path) {
     assert_eq!(store.progress().await.unwrap().committed, 90);
     if let Some(item) = committed.first() {
         store
-            .not_submitted(worker, *item, LineState::Refused, "api", "401")
+            .not_submitted(worker, *item, (LineState::Refused, 0), "api", "401")
             .await
             .unwrap();
         assert_eq!(
@@ -228,7 +249,7 @@ async fn setbacks_hold_lines_back(url: StateUrl, dir: &Path) {
     let worker = store.join(Path::new("out")).await.unwrap();
     let claim = store.claim(&worker).await.unwrap().unwrap();
     store
-        .start_submitting(&worker, claim.item, 1, &["s".into()], "p")
+        .start_submitting(&worker, claim.item, 1, &["s".into()], "p", Duration::ZERO)
         .await
         .unwrap();
     store
@@ -241,7 +262,7 @@ async fn setbacks_hold_lines_back(url: StateUrl, dir: &Path) {
             &worker,
             claim.item,
             reason,
-            Retry::After(Duration::from_millis(400)),
+            (Retry::After(Duration::from_millis(400)), 0),
         )
         .await
         .unwrap();
@@ -251,7 +272,7 @@ async fn setbacks_hold_lines_back(url: StateUrl, dir: &Path) {
         "not before its time"
     );
     let next = store
-        .next_retry()
+        .next_retry(&worker)
         .await
         .unwrap()
         .expect("a setback is pending");
@@ -267,12 +288,12 @@ async fn setbacks_hold_lines_back(url: StateUrl, dir: &Path) {
         (1, Some("task-s"))
     );
     store
-        .set_back(&worker, claim.item, ("api", "404"), Retry::NextRun)
+        .set_back(&worker, claim.item, ("api", "404"), (Retry::NextRun, 0))
         .await
         .unwrap();
     assert_eq!(store.claim(&worker).await.unwrap(), None);
     assert_eq!(
-        store.next_retry().await.unwrap(),
+        store.next_retry(&worker).await.unwrap(),
         None,
         "this run is done with it"
     );
@@ -283,14 +304,133 @@ async fn setbacks_hold_lines_back(url: StateUrl, dir: &Path) {
     );
     let line = store.line(claim.item).await.unwrap().unwrap();
     assert!(line.held && line.task_id.as_deref() == Some("task-s"));
-    // A later run tries it again.
+    // A later run (a worker started after the hold) tries it again: at once, since this was
+    // its first hold.
+    let later = store.join(Path::new("out")).await.unwrap();
     store.start_run().await.unwrap();
     let back = store
-        .claim(&worker)
+        .claim(&later)
         .await
         .unwrap()
         .expect("a new run retries it");
     assert_eq!(back.setbacks, 2);
+    // Held again, its third setback: the spacing its history earned (a minute) holds it back
+    // even from a later run.
+    store
+        .set_back(
+            &later,
+            back.item,
+            ("api", "404"),
+            (Retry::NextRun, back.setbacks),
+        )
+        .await
+        .unwrap();
+    let third = store.join(Path::new("out")).await.unwrap();
+    assert_eq!(store.claim(&third).await.unwrap(), None, "spaced");
+    assert_eq!(
+        store.next_retry(&third).await.unwrap(),
+        None,
+        "a run never waits for a hold: it ends, and a later one takes the line"
+    );
+    let line = store.line(back.item).await.unwrap().unwrap();
+    let next = line.retry_in.expect("due later");
+    assert!(
+        line.held && next > Duration::from_secs(55) && next <= Duration::from_secs(60),
+        "{line:?}"
+    );
+}
+
+/// A worker counted out while `submitting`: its line stays `submitting` until the lock-delay it
+/// declared has passed on the database's clock (its POST may still be on the wire), and only
+/// then becomes `unknown`.
+async fn a_counted_out_senders_line_waits_out_its_lock_delay(url: StateUrl, dir: &Path) {
+    let source = batch_file(dir, 1, "delay");
+    let store = open(&url, &source).await;
+    let doomed = store.join(Path::new("a")).await.unwrap();
+    let claim = store.claim(&doomed).await.unwrap().unwrap();
+    store
+        .start_submitting(
+            &doomed,
+            claim.item,
+            1,
+            &["d".into()],
+            "p",
+            Duration::from_millis(1500),
+        )
+        .await
+        .unwrap();
+    drop(doomed);
+    let other = Store::open(&url).await.unwrap();
+    let reaper = other.join(Path::new("b")).await.unwrap();
+    assert_eq!(other.reap(&reaper).await.unwrap(), 1);
+    let line = other.line(claim.item).await.unwrap().unwrap();
+    assert_eq!(line.state, LineState::Submitting, "within its lock-delay");
+    assert!(
+        line.outcome_token().is_none(),
+        "no token to resend it by yet"
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    other.reap(&reaper).await.unwrap();
+    let line = other.line(claim.item).await.unwrap().unwrap();
+    assert_eq!(line.state, LineState::Unknown, "past its lock-delay");
+    let token = line.outcome_token().unwrap();
+    let state = other.state_id().await.unwrap();
+    assert_eq!(token.to_string(), format!("{}.1.1", &state[..6]));
+}
+
+/// A token names its state: one kept from another state is refused by name, and nothing is
+/// resent.
+async fn a_token_of_another_state_is_refused(url: StateUrl, other_url: StateUrl, dir: &Path) {
+    let source = batch_file(dir, 1, "tokens");
+    let mut tokens = Vec::new();
+    for url in [&url, &other_url] {
+        let store = open(url, &source).await;
+        let doomed = store.join(Path::new("a")).await.unwrap();
+        let claim = store.claim(&doomed).await.unwrap().unwrap();
+        store
+            .start_submitting(&doomed, claim.item, 1, &["t".into()], "p", Duration::ZERO)
+            .await
+            .unwrap();
+        drop(doomed);
+        let reaper = store.join(Path::new("b")).await.unwrap();
+        store.reap(&reaper).await.unwrap();
+        tokens.push(
+            store
+                .line(0)
+                .await
+                .unwrap()
+                .unwrap()
+                .outcome_token()
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        tokens[0].line, tokens[1].line,
+        "line 1, first submission, in both"
+    );
+    assert_ne!(tokens[0].state(), tokens[1].state());
+    let store = Store::open(&url).await.unwrap();
+    let error = store.resubmit_unknown(&[tokens[1]]).await.unwrap_err();
+    assert!(matches!(error, Error::ForeignToken { .. }), "{error}");
+    assert!(
+        error.to_string().contains(&tokens[1].to_string()),
+        "{error}"
+    );
+    assert_eq!(
+        store.line(0).await.unwrap().unwrap().state,
+        LineState::Unknown
+    );
+    assert!(
+        store
+            .resubmit_unknown(&[tokens[0]])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.line(0).await.unwrap().unwrap().state,
+        LineState::Pending
+    );
 }
 
 /// A worker counted out while still running (its session ended: a partition, a restarted
@@ -303,13 +443,13 @@ async fn a_counted_out_worker_moves_nothing(cluster: &Postgres, database: &str, 
     let cut = store.join(Path::new("a")).await.unwrap();
     let waiting = store.claim(&cut).await.unwrap().unwrap();
     store
-        .start_submitting(&cut, waiting.item, 1, &["w".into()], "p")
+        .start_submitting(&cut, waiting.item, 1, &["w".into()], "p", Duration::ZERO)
         .await
         .unwrap();
     store.submitted(&cut, waiting.item, "task-w").await.unwrap();
     let sending = store.claim(&cut).await.unwrap().unwrap();
     store
-        .start_submitting(&cut, sending.item, 2, &["s".into()], "p")
+        .start_submitting(&cut, sending.item, 2, &["s".into()], "p", Duration::ZERO)
         .await
         .unwrap();
     let unsent = store.claim(&cut).await.unwrap().unwrap();
@@ -337,7 +477,7 @@ async fn a_counted_out_worker_moves_nothing(cluster: &Postgres, database: &str, 
 
     // The healed worker tries every arrow it had in hand: each is refused, nothing moves.
     let submitting = store
-        .start_submitting(&cut, unsent.item, 3, &["u".into()], "p")
+        .start_submitting(&cut, unsent.item, 3, &["u".into()], "p", Duration::ZERO)
         .await;
     assert!(
         matches!(submitting, Err(Error::LostWorker { .. })),
@@ -348,7 +488,7 @@ async fn a_counted_out_worker_moves_nothing(cluster: &Postgres, database: &str, 
         store.failed(&cut, waiting.item, "x", None).await,
         store.release(&cut, unsent.item, None).await,
         store
-            .set_back(&cut, waiting.item, ("api", "x"), Retry::NextRun)
+            .set_back(&cut, waiting.item, ("api", "x"), (Retry::NextRun, 0))
             .await,
     ] {
         assert!(
@@ -415,6 +555,14 @@ async fn sqlite_setbacks_hold_lines_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_lock_delay_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    a_counted_out_senders_line_waits_out_its_lock_delay(sqlite(dir.path()), dir.path()).await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    a_token_of_another_state_is_refused(sqlite(a.path()), sqlite(b.path()), dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store() {
     let cluster = Postgres::start();
     let dir = tempfile::tempdir().unwrap();
@@ -425,6 +573,8 @@ async fn postgres_store() {
     another_file_is_refused(url("refuse"), dir.path()).await;
     setbacks_hold_lines_back(url("setback"), dir.path()).await;
     a_counted_out_worker_moves_nothing(&cluster, "fenced", dir.path()).await;
+    a_counted_out_senders_line_waits_out_its_lock_delay(url("delay"), dir.path()).await;
+    a_token_of_another_state_is_refused(url("tokens_a"), url("tokens_b"), dir.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

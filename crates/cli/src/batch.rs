@@ -31,7 +31,8 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
         eprintln!("error: could not create {}: {e}", out.display());
         return code::USAGE;
     }
-    let batch = match Batch::open(&args.file, &state).await {
+    let open = gptimage_batch::OpenOptions::new().accept_async_replicas(args.accept_async_replicas);
+    let batch = match Batch::open_with(&args.file, &state, &open).await {
         Ok(batch) => batch,
         Err(error) => return fail(&error),
     };
@@ -426,6 +427,8 @@ fn fail(error: &Error) -> u8 {
         | Error::BadStateUrl(_)
         | Error::OtherBatch { .. }
         | Error::BadToken(_)
+        | Error::ForeignToken { .. }
+        | Error::Replication { .. }
         | Error::NetworkFileSystem { .. }
         | Error::ImageHost { .. }
         | Error::Pooled { .. } => code::USAGE,
@@ -509,5 +512,7 @@ fn report(line: &LineRecord) -> Report {
             .map(|(kind, message)| (kind, message, code::TASK_FAILED)),
         token: line.outcome_token().map(|t| t.to_string()),
         held: line.held,
+        state: Some(line.state.as_str()),
+        prompt: Some(line.prompt.clone()),
     }
 }

@@ -160,10 +160,18 @@ pub(crate) struct Batch {
     pub(crate) listen: Listen,
     #[command(flatten)]
     pub(crate) state: State,
+    /// Accept a PostgreSQL state whose standbys are all asynchronous. A failover to one of them
+    /// can lose the last commits, a line recorded as being sent among them, which would then be
+    /// paid for twice; without this, such a state is refused (make a standby synchronous
+    /// instead, and every commit waits until it is applied there).
+    #[arg(long)]
+    pub(crate) accept_async_replicas: bool,
     /// Send again the lines of unknown outcome that these tokens name (comma-separated, as
-    /// `gptimage batch-status` prints them, such as 12.1,40.2), after checking the account holds
-    /// no task for them: each may already have made (and charged) one. A line whose outcome is
-    /// unknown again since has a new token, so repeating the same command never resends it.
+    /// `gptimage batch-status` prints them, such as a1b2c3.12.1,a1b2c3.40.2: the state, the
+    /// line, its submission), after checking the account holds no task for them: each may
+    /// already have made (and charged) one. A line whose outcome is unknown again since has a
+    /// new token, so repeating the same command never resends it; a token of another state
+    /// (one since recreated) is refused.
     #[arg(long, value_name = "TOKENS", value_delimiter = ',', num_args = 1..)]
     pub(crate) resubmit_unknown: Vec<gptimage_batch::OutcomeToken>,
     /// Never commit more than this many credits to the batch, counting earlier runs and every

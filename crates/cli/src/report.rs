@@ -73,6 +73,11 @@ pub(crate) struct Report {
     pub(crate) token: Option<String>,
     /// A batch line held back until a later run.
     pub(crate) held: bool,
+    /// A batch line's state in the batch (`pending`, `submitting`, `unknown`, …).
+    pub(crate) state: Option<&'static str>,
+    /// A batch line's prompt: what to look for in the account before resending an unknown
+    /// outcome.
+    pub(crate) prompt: Option<String>,
 }
 
 impl Report {
@@ -108,7 +113,8 @@ impl Report {
     }
 
     /// The JSON object for `--json`: `task_id`, `status`, `images`, `files`, `credits`, `error`
-    /// (and `line`, `name` for batch lines).
+    /// (and `line`, `name`, `held`, `state`, `prompt` and, for an unknown outcome, `token`, for
+    /// batch lines).
     pub(crate) fn to_json(&self) -> Value {
         let mut object = json!({
             "task_id": self.task_id,
@@ -122,6 +128,12 @@ impl Report {
             object["line"] = json!(line);
             object["name"] = json!(self.name);
             object["held"] = json!(self.held);
+            if let Some(state) = self.state {
+                object["state"] = json!(state);
+            }
+            if let Some(prompt) = &self.prompt {
+                object["prompt"] = json!(prompt);
+            }
             if let Some(token) = &self.token {
                 object["token"] = json!(token);
             }

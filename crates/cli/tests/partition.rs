@@ -118,7 +118,7 @@ fn worker(
         .env_remove("GPTIMAGE_BASE_URL")
         .env("GPTIMAGE_API_KEY", emulator.api_key())
         .args(["--base-url", emulator.base_url(), "--allow-insecure-http"])
-        .args(["--poll-interval", "0.2", "batch"])
+        .args(["--poll-interval", "0.2", "--request-timeout", "3", "batch"])
         .arg(file)
         .arg("--out")
         .arg(out)

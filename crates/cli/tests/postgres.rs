@@ -22,6 +22,7 @@ fn worker(
     state: &str,
 ) -> Child {
     against(emulator)
+        .args(["--request-timeout", "3"])
         .arg("batch")
         .arg(file)
         .arg("--out")

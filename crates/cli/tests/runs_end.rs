@@ -424,43 +424,118 @@ fn resubmit_unknown_resends_only_the_outcomes_the_user_named() {
         stderr(&output)
     );
     let line = only_line(&out);
-    assert_eq!(line["token"], "1.1", "{line}");
+    // Tokens name their state (six hex digits), then the line and its submission.
+    let first = line["token"].as_str().unwrap().to_owned();
+    let state = first
+        .strip_suffix(".1.1")
+        .expect("line 1, first submission");
+    assert!(
+        state.len() == 6 && state.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{first}"
+    );
+    let second = format!("{state}.1.2");
     // The status for people lists the token to name.
     let status = run(gptimage().args(["batch-status", "--out"]).arg(&out));
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(text.contains("tokens: 1.1"), "{text}");
-    // The user checked outcome 1.1 and names it: sent again, and lost again (outcome 1.2).
+    assert!(text.contains(&format!("tokens: {first}")), "{text}");
+    // The user checked that outcome and names it: sent again, and lost again (a new token).
     let (output, _) = run_within(
         Duration::from_secs(30),
-        batch(&emulator, &file, &out, &["--resubmit-unknown", "1.1"]),
+        batch(&emulator, &file, &out, &["--resubmit-unknown", &first]),
     );
     assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
     assert_eq!(emulator.counters().tasks_created, 2);
-    assert_eq!(only_line(&out)["token"], "1.2");
-    // A supervisor repeats the same command: outcome 1.2 was checked by nobody, so nothing.
+    assert_eq!(only_line(&out)["token"], second.as_str());
+    // A supervisor repeats the same command: the new outcome was checked by nobody, so nothing.
     let (output, _) = run_within(
         Duration::from_secs(30),
-        batch(&emulator, &file, &out, &["--resubmit-unknown", "1.1"]),
+        batch(&emulator, &file, &out, &["--resubmit-unknown", &first]),
     );
     assert!(
-        stderr(&output).contains("token 1.1 names no line of unknown outcome"),
+        stderr(&output).contains(&format!("token {first} names no line of unknown outcome")),
         "{}",
         stderr(&output)
     );
     assert_eq!(emulator.counters().tasks_created, 2, "never resent blindly");
-    // Naming the new outcome sends it.
+    // An older token without its state, and a token of another state, are refused by name.
     let (output, _) = run_within(
         Duration::from_secs(30),
         batch(&emulator, &file, &out, &["--resubmit-unknown", "1.2"]),
     );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let foreign = format!(
+        "{}.1.2",
+        if state == "ffffff" {
+            "eeeeee"
+        } else {
+            "ffffff"
+        }
+    );
+    let (output, _) = run_within(
+        Duration::from_secs(30),
+        batch(&emulator, &file, &out, &["--resubmit-unknown", &foreign]),
+    );
+    assert!(
+        stderr(&output).contains(&format!(
+            "the token {foreign} belongs to another batch state"
+        )),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(emulator.counters().tasks_created, 2, "nothing resent");
+    // Naming the new outcome sends it.
+    let (output, _) = run_within(
+        Duration::from_secs(30),
+        batch(&emulator, &file, &out, &["--resubmit-unknown", &second]),
+    );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(emulator.counters().tasks_created, 3);
-    // The human status lists tokens; a bad one is a usage error.
+    // A bad token is a usage error.
     let (output, _) = run_within(
         Duration::from_secs(30),
         batch(&emulator, &file, &out, &["--resubmit-unknown", "one"]),
     );
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+}
+
+#[test]
+fn a_token_kept_from_a_recreated_state_resends_nothing() {
+    // A supervisor keeps `--resubmit-unknown TOKEN` in its command; the output folder (and the
+    // state in it) is recreated, and line 1 of the new state is unknown too.
+    let config = Config::instant().with_fault(
+        Fault::new(FaultKind::DropConnection)
+            .on(Endpoint::Generate)
+            .times(2),
+    );
+    let (emulator, file, out, _dir) = scene(config, 1, "recreated");
+    let (output, _) = run_within(
+        Duration::from_secs(30),
+        &mut batch(&emulator, &file, &out, &[]),
+    );
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    let kept = only_line(&out)["token"].as_str().unwrap().to_owned();
+    std::fs::remove_dir_all(&out).unwrap();
+    let (output, _) = run_within(
+        Duration::from_secs(30),
+        &mut batch(&emulator, &file, &out, &[]),
+    );
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert_eq!(emulator.counters().tasks_created, 2);
+    let (output, _) = run_within(
+        Duration::from_secs(30),
+        batch(&emulator, &file, &out, &["--resubmit-unknown", &kept]),
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("belongs to another batch state"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        emulator.counters().tasks_created,
+        2,
+        "the line nobody checked stays unsent"
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gptimage::types::CREDITS_PER_TASK;
 
-use super::{HELD, Store, Worker, now_ms};
+use super::{Store, Worker, ms};
 use crate::Error;
 use crate::machine::{Actor, LineState};
 
@@ -35,31 +35,60 @@ pub enum Retry {
     NextRun,
 }
 
-/// Names one unknown outcome: line `line`'s submission number `submission`. `batch-status`
-/// prints one for each line of unknown outcome, and `--resubmit-unknown` sends again only the
-/// lines whose token the user names, after checking the account holds no task for them. A
-/// line sent again that becomes unknown again has a new token, so a command repeated as it was
-/// (by a supervisor, say) never resends an outcome nobody has looked at.
+/// Names one unknown outcome: the state's identity, then line `line`'s submission number
+/// `submission`. `batch-status` prints one for each line of unknown outcome, and
+/// `--resubmit-unknown` sends again only the lines whose token the user names, after checking
+/// the account holds no task for them. A line sent again that becomes unknown again has a new
+/// token, so a command repeated as it was (by a supervisor, say) never resends an outcome nobody
+/// has looked at; and a token names its state (random, made when the state was), so one kept
+/// from a state since recreated (a new `--out`, another database) is refused by name rather
+/// than matched to a line nobody checked.
 ///
 /// ```
 /// use gptimage_batch::OutcomeToken;
 ///
-/// let token: OutcomeToken = "12.1".parse().unwrap();
-/// assert_eq!((token.line, token.submission), (12, 1));
-/// assert_eq!(token.to_string(), "12.1");
+/// let token: OutcomeToken = "a1b2c3.12.1".parse().unwrap();
+/// assert_eq!((token.state(), token.line, token.submission), ("a1b2c3", 12, 1));
+/// assert_eq!(token.to_string(), "a1b2c3.12.1");
+/// assert!("12.1".parse::<OutcomeToken>().is_err(), "no state: an older token");
 /// assert!("12".parse::<OutcomeToken>().is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OutcomeToken {
+    state: [u8; STATE_ID_LEN],
     /// The line's 1-based number in the file.
     pub line: u64,
     /// Which of its submissions had the unknown outcome (1 for the first).
     pub submission: u64,
 }
 
+/// Hex digits of a state's identity in a token.
+pub(crate) const STATE_ID_LEN: usize = 6;
+
+impl OutcomeToken {
+    /// The token of line `line`'s submission `submission` in the state `state_id` (whose first
+    /// six hex digits it keeps).
+    pub(crate) fn new(state_id: &str, line: u64, submission: u64) -> Self {
+        let mut state = [b'0'; STATE_ID_LEN];
+        for (to, from) in state.iter_mut().zip(state_id.bytes()) {
+            *to = from.to_ascii_lowercase();
+        }
+        Self {
+            state,
+            line,
+            submission,
+        }
+    }
+
+    /// The identity of the state it belongs to (six hex digits).
+    pub fn state(&self) -> &str {
+        std::str::from_utf8(&self.state).unwrap_or_default()
+    }
+}
+
 impl fmt::Display for OutcomeToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.line, self.submission)
+        write!(f, "{}.{}.{}", self.state(), self.line, self.submission)
     }
 }
 
@@ -67,14 +96,30 @@ impl FromStr for OutcomeToken {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self, Error> {
-        let parsed = text
-            .trim()
-            .split_once('.')
-            .and_then(|(line, submission)| Some((line.parse().ok()?, submission.parse().ok()?)));
-        match parsed {
-            Some((line, submission)) if line > 0 => Ok(OutcomeToken { line, submission }),
-            _ => Err(Error::BadToken(text.to_owned())),
-        }
+        let mut parts = text.trim().split('.');
+        let parsed = (|| {
+            let state = parts.next()?;
+            let line: u64 = parts.next()?.parse().ok()?;
+            let submission: u64 = parts.next()?.parse().ok()?;
+            let shaped = state.len() == STATE_ID_LEN
+                && state.bytes().all(|b| b.is_ascii_hexdigit())
+                && parts.next().is_none()
+                && line > 0;
+            shaped.then(|| OutcomeToken::new(state, line, submission))
+        })();
+        parsed.ok_or_else(|| Error::BadToken(text.to_owned()))
+    }
+}
+
+/// How long a line refused (or held back) for the `n`th time waits before a later run takes it
+/// again: at once the first time, then 30 s, doubling to a day. A supervisor that restarts a
+/// failing run in a loop makes requests at this spacing, not at its own restart rate.
+pub(crate) fn spacing(n: u32) -> Duration {
+    match n {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(30)
+            .saturating_mul(1 << (n - 2).min(12))
+            .min(Duration::from_secs(24 * 3600)),
     }
 }
 
@@ -84,6 +129,10 @@ impl Store {
     /// runs and workers) in the same transaction: the budget is exact however many workers
     /// run. The line's images get the first of `names` no other line has, without regard to
     /// case. An error means nothing may be sent.
+    ///
+    /// The commit notes when it began on the database's clock, and `lock_delay` (see
+    /// [`lock_delay`](super::lock_delay)): should the worker be counted out before it records
+    /// the answer, the line becomes `unknown` only once both have passed.
     pub async fn start_submitting(
         &self,
         worker: &Worker,
@@ -91,6 +140,7 @@ impl Store {
         line: u64,
         names: &[String],
         prompt: &str,
+        lock_delay: Duration,
     ) -> Result<Submitting, Error> {
         for name in names {
             let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
@@ -112,17 +162,19 @@ impl Store {
                     budget: budget.unwrap_or_default().max(0) as u64,
                 });
             }
-            let result = sqlx::query(
+            let result = sqlx::query(self.sql(
                 "UPDATE gptimage_lines SET state = 'submitting', worker = $2, line = $3,
-                 name = $4, prompt = $5, submissions = submissions + 1, retry_at = NULL
+                 name = $4, prompt = $5, submissions = submissions + 1, retry_at = NULL,
+                 held_ms = NULL, sent_ms = NOW_MS, fence_ms = $6
                  WHERE item = $1 AND state = 'pending' AND owner = $2
                  AND EXISTS (SELECT 1 FROM gptimage_workers WHERE id = $2 AND status = 'running')",
-            )
+            ))
             .bind(item as i64)
             .bind(worker.id())
             .bind(line as i64)
             .bind(name.clone())
             .bind(prompt.to_owned())
+            .bind(ms(lock_delay))
             .execute(&mut *tx)
             .await;
             match result {
@@ -181,34 +233,67 @@ impl Store {
         .await
     }
 
-    /// `submitting → refused` (no task exists, so a later start may send it again, and its
-    /// credits are not committed) or `submitting → unknown` (a task may exist: its credits stay
-    /// counted).
+    /// `submitting → refused` (no task exists, so a later run may send it again once its
+    /// spacing has passed: see [`spacing`], by its number of refusals, `refusals` before this
+    /// one; its credits are not committed) or `submitting → unknown` (a task may exist: its
+    /// credits stay counted).
     pub async fn not_submitted(
         &self,
         worker: &Worker,
         item: u64,
-        state: LineState,
+        (state, refusals): (LineState, u32),
         kind: &str,
         message: &str,
     ) -> Result<(), Error> {
         debug_assert!(LineState::Submitting.may_become(state, Actor::Worker));
-        let refund = if state == LineState::Refused {
-            CREDITS_PER_TASK
+        let (refund, count, wait) = if state == LineState::Refused {
+            (CREDITS_PER_TASK, 1, spacing(refusals.saturating_add(1)))
         } else {
-            0
+            (0, 0, Duration::ZERO)
         };
         self.transition(
-            sqlx::query(
+            sqlx::query(self.sql(
                 "UPDATE gptimage_lines SET state = $3, owner = NULL, error_kind = $4,
-                 error_message = $5 WHERE item = $1 AND worker = $2 AND state = 'submitting'",
-            )
+                 error_message = $5, refusals = refusals + $6, retry_at = NOW_MS + $7
+                 WHERE item = $1 AND worker = $2 AND state = 'submitting'",
+            ))
             .bind(item as i64)
             .bind(worker.id())
             .bind(state.as_str())
             .bind(kind.to_owned())
-            .bind(message.to_owned()),
+            .bind(message.to_owned())
+            .bind(count)
+            .bind(ms(wait)),
             refund,
+        )
+        .await
+    }
+
+    /// `submitting → pending`: the submission was not sent after all (its send window closed,
+    /// the pacer found it no turn) or the service answered 429; either way no task was made, so
+    /// its credits are given back, and it is claimable again after `after` (the service's
+    /// `Retry-After`, or the pacer's spacing), by any worker. The only arrow back to `pending`
+    /// but the user's: taken only on an answer that proves no task exists.
+    pub async fn unsent(
+        &self,
+        worker: &Worker,
+        item: u64,
+        (kind, message): (&str, &str),
+        after: Duration,
+    ) -> Result<(), Error> {
+        debug_assert!(LineState::Submitting.may_become(LineState::Pending, Actor::Worker));
+        self.transition(
+            sqlx::query(self.sql(
+                "UPDATE gptimage_lines SET state = 'pending', owner = NULL, error_kind = $3,
+                 error_message = $4, retry_at = NOW_MS + $5
+                 WHERE item = $1 AND worker = $2 AND state = 'submitting'",
+            ))
+            .bind(item as i64)
+            .bind(worker.id())
+            .bind(kind.to_owned())
+            .bind(message.to_owned())
+            .bind(ms(after)),
+            CREDITS_PER_TASK,
         )
         .await
     }
@@ -240,7 +325,9 @@ impl Store {
         .await
     }
 
-    /// `submitted → failed`: the task ended `FAILED`, and the service gave its credits back.
+    /// `submitted → failed`: the task ended `FAILED`. Its credits are given back to the budget
+    /// as the service says it gave them back: all of them unless its status names what it
+    /// consumed (`credits`), then the rest.
     pub async fn failed(
         &self,
         worker: &Worker,
@@ -256,9 +343,9 @@ impl Store {
             )
             .bind(item as i64)
             .bind(worker.id())
-            .bind(credits.map(|c| c as i64))
+            .bind(credits.map(|c| c.min(i64::MAX as u64) as i64))
             .bind(message.to_owned()),
-            CREDITS_PER_TASK,
+            CREDITS_PER_TASK.saturating_sub(credits.unwrap_or(0)),
         )
         .await
     }
@@ -288,60 +375,53 @@ impl Store {
     }
 
     /// Lets go of a submitted line that could not progress (its wait or download failed), with
-    /// the reason, counting one more setback, and holds it back as `retry` says: for a while
-    /// (its retries back off), or until a later run. It stays `submitted` with its task id:
-    /// nothing is ever resubmitted for it.
+    /// the reason, counting one more setback (`setbacks` before this one), and holds it back as
+    /// `retry` says: for a while (its retries back off), or until a later run, which takes it
+    /// once the spacing its holds have earned has passed ([`spacing`]). Every time is the
+    /// database's. It stays `submitted` with its task id: nothing is ever resubmitted for it.
     pub async fn set_back(
         &self,
         worker: &Worker,
         item: u64,
         (kind, message): (&str, &str),
-        retry: Retry,
+        (retry, setbacks): (Retry, u32),
     ) -> Result<(), Error> {
-        let retry_at = match retry {
-            // A time, never the mark of a line held until a later run.
-            Retry::After(delay) => now_ms()
-                .saturating_add(delay.as_millis().min(i64::MAX as u128) as i64)
-                .min(HELD - 1),
-            Retry::NextRun => HELD,
+        let (wait, held) = match retry {
+            Retry::After(delay) => (delay, false),
+            Retry::NextRun => (spacing(setbacks.saturating_add(1)), true),
         };
         self.transition(
-            sqlx::query(
+            sqlx::query(self.sql(
                 "UPDATE gptimage_lines SET owner = NULL, error_kind = $3, error_message = $4,
-                 setbacks = setbacks + 1, retry_at = $5
+                 setbacks = setbacks + 1, retry_at = NOW_MS + $5,
+                 held_ms = CASE WHEN $6 = 1 THEN NOW_MS ELSE NULL END
                  WHERE item = $1 AND owner = $2 AND state = 'submitted'",
-            )
+            ))
             .bind(item as i64)
             .bind(worker.id())
             .bind(kind.to_owned())
             .bind(message.to_owned())
-            .bind(retry_at),
+            .bind(ms(wait))
+            .bind(i64::from(held)),
             0,
         )
         .await
     }
 
-    /// A new run is a retry: lines held back (until a later run, or for a while) become
-    /// claimable again, and refused lines (no task was made) pending. Returns how many lines
-    /// were refused before.
+    /// A new run is a retry of what was refused (no task was made): refused lines whose
+    /// spacing has passed become pending. Lines held back need nothing: a worker started after
+    /// their hold takes them once their spacing has passed. Returns how many refused lines
+    /// became pending.
     pub async fn start_run(&self) -> Result<u64, Error> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
-        sqlx::query(
-            "UPDATE gptimage_lines SET retry_at = NULL
-             WHERE retry_at IS NOT NULL AND state IN ('pending', 'submitted')",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.error(e))?;
-        let refused = sqlx::query(
+        let refused = sqlx::query(self.sql(
             "UPDATE gptimage_lines SET state = 'pending', owner = NULL, error_kind = NULL,
-             error_message = NULL WHERE state = 'refused'",
-        )
-        .execute(&mut *tx)
+             error_message = NULL, retry_at = NULL
+             WHERE state = 'refused' AND (retry_at IS NULL OR retry_at <= NOW_MS)",
+        ))
+        .execute(&self.pool)
         .await
         .map_err(|e| self.error(e))?
         .rows_affected();
-        tx.commit().await.map_err(|e| self.error(e))?;
         Ok(refused)
     }
 
@@ -350,10 +430,21 @@ impl Store {
     /// outcome is unknown again since (a later submission) does not match its old token and is
     /// not sent. Their credits are no longer counted as committed: the user says no task
     /// exists. Returns the tokens that matched no line of unknown outcome.
+    ///
+    /// A token of another state (one since recreated, or another batch's) is refused by name,
+    /// and nothing is resent.
     pub async fn resubmit_unknown(
         &self,
         tokens: &[OutcomeToken],
     ) -> Result<Vec<OutcomeToken>, Error> {
+        let state = self.state_id().await?;
+        if let Some(foreign) = tokens.iter().find(|t| !state.starts_with(t.state())) {
+            return Err(Error::ForeignToken {
+                token: foreign.to_string(),
+                url: self.url.clone(),
+                state: state.chars().take(super::arrows::STATE_ID_LEN).collect(),
+            });
+        }
         let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
         let mut unmatched = Vec::new();
         let mut moved = 0;

@@ -4,7 +4,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Backend, HELD, Store, Worker, now_ms};
+use super::{Backend, Store, Worker};
 use crate::Error;
 use crate::machine::LineState;
 
@@ -23,12 +23,16 @@ pub struct Claim {
     pub prompt: String,
     /// How many times in a row it was let go without progress (its retries back off).
     pub setbacks: u32,
+    /// How many times the service refused it (no task made): their retries are spaced.
+    pub refusals: u32,
 }
 
-/// What makes a line let go claimable now: nobody holds it, it can still progress, and it is
-/// not held back or waiting out a setback.
+/// What makes a line let go claimable now by a worker that started at `$2` (database clock):
+/// nobody holds it, it can still progress, its retry time (if any) has come, and it is not held
+/// back until a later run than the worker's own (a line held back before the worker started is
+/// the worker's to take, once its spacing has passed).
 const CLAIMABLE: &str = "owner IS NULL AND state IN ('pending', 'submitted')
-    AND (retry_at IS NULL OR retry_at <= $2)";
+    AND (retry_at IS NULL OR retry_at <= NOW_MS) AND (held_ms IS NULL OR held_ms < $2)";
 
 impl Store {
     /// Claims the next line for `worker`: first a line left claimable (pending, or submitted and
@@ -41,16 +45,16 @@ impl Store {
             Backend::Sqlite { .. } => "",
         };
         let claim_existing = format!(
-            "UPDATE gptimage_lines SET owner = $1 WHERE item = (
+            "UPDATE gptimage_lines SET owner = $1, held_ms = NULL WHERE item = (
                 SELECT item FROM gptimage_lines WHERE {CLAIMABLE}
                 ORDER BY item LIMIT 1 {skip_locked})
              AND {CLAIMABLE}
              AND EXISTS (SELECT 1 FROM gptimage_workers WHERE id = $1 AND status = 'running')
-             RETURNING item, state, task_id, name, prompt, setbacks"
+             RETURNING item, state, task_id, name, prompt, setbacks, refusals"
         );
-        if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(claim_existing))
+        if let Some(row) = sqlx::query(self.sql(&claim_existing))
             .bind(worker.id())
-            .bind(now_ms())
+            .bind(worker.started_ms())
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| self.error(e))?
@@ -86,12 +90,14 @@ impl Store {
             name: None,
             prompt: String::new(),
             setbacks: 0,
+            refusals: 0,
         }))
     }
 
     fn read_claim(&self, row: &AnyRow) -> Result<Claim, Error> {
         let state: String = row.try_get("state").map_err(|e| self.error(e))?;
         let setbacks: i64 = row.try_get("setbacks").map_err(|e| self.error(e))?;
+        let refusals: i64 = row.try_get("refusals").map_err(|e| self.error(e))?;
         Ok(Claim {
             item: row.try_get::<i64, _>("item").map_err(|e| self.error(e))? as u64,
             state: state.parse().map_err(|e| self.error(e))?,
@@ -99,21 +105,24 @@ impl Store {
             name: row.try_get("name").map_err(|e| self.error(e))?,
             prompt: row.try_get("prompt").map_err(|e| self.error(e))?,
             setbacks: setbacks.clamp(0, i64::from(u32::MAX)) as u32,
+            refusals: refusals.clamp(0, i64::from(u32::MAX)) as u32,
         })
     }
 
-    /// How long until the next line waiting out a setback may be claimed again, if any is (a
-    /// line held back until a later run does not count: this run is done with it).
-    pub async fn next_retry(&self) -> Result<Option<std::time::Duration>, Error> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(retry_at) FROM gptimage_lines WHERE owner IS NULL
-             AND state IN ('pending', 'submitted') AND retry_at IS NOT NULL AND retry_at < $1",
-        )
-        .bind(HELD)
+    /// How long until the next line waiting out a setback (or a 429's `Retry-After`) may be
+    /// claimed again, if any is (on the database's clock). A line held back until a later run
+    /// does not count, whoever held it: a run takes such a line if its spacing has passed when
+    /// it looks, and never waits for it, so a supervisor that restarts a failing run finds it
+    /// ending at once while the spacing holds.
+    pub async fn next_retry(&self, _worker: &Worker) -> Result<Option<std::time::Duration>, Error> {
+        let next: Option<i64> = sqlx::query_scalar(self.sql(
+            "SELECT MIN(retry_at) - NOW_MS FROM gptimage_lines WHERE owner IS NULL
+             AND state IN ('pending', 'submitted') AND retry_at IS NOT NULL
+             AND held_ms IS NULL",
+        ))
         .fetch_one(&self.pool)
         .await
         .map_err(|e| self.error(e))?;
-        Ok(next
-            .map(|at| std::time::Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64)))
+        Ok(next.map(|left| std::time::Duration::from_millis(left.max(0) as u64)))
     }
 }

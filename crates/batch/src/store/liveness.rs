@@ -4,15 +4,22 @@
 //! A worker's liveness is a lock only a live process holds: an exclusive lock on a file beside
 //! a SQLite database, or a session advisory lock in PostgreSQL. Both vanish with the process
 //! (or its database session, which the server ends within about 25 s of losing the client:
-//! see `schema.rs`), so
-//! a killed or cut-off worker is counted out without anyone trusting a clock.
+//! see `schema.rs`), so a killed or cut-off worker is counted out at once. Beside it, a
+//! heartbeat on the database's clock: a worker that has not beaten for [`HEARTBEAT_STALE`] is
+//! counted out too, lock or not (a paused process holds its lock; behind a pooler in session
+//! mode, a partitioned worker's server session, and its lock, live as long as the pooler's own
+//! timeouts, hours). Only the database's clock is read: no two machines' clocks need agree.
+//!
+//! A worker counted out while `submitting` may still have its POST on the wire: the line
+//! becomes `unknown` only after its lock-delay (see [`lock_delay`](super::lock_delay)), counted
+//! from the commit on the database's clock.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sqlx::{AnyConnection, Connection};
 
-use super::{Backend, PG_LOCK_CLASS, Store};
+use super::{Backend, HEARTBEAT_STALE, PG_LOCK_CLASS, Store, ms};
 use crate::Error;
 
 /// How long a worker waits for the state to confirm its liveness lock before it counts itself
@@ -22,6 +29,8 @@ const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
 /// A worker's identity in the state, and the lock that makes it alive.
 pub struct Worker {
     id: i64,
+    /// When it joined, on the database's clock: it may take lines held back before then.
+    started_ms: i64,
     liveness: Liveness,
 }
 
@@ -35,6 +44,11 @@ impl Worker {
     /// The worker's id in the state.
     pub fn id(&self) -> i64 {
         self.id
+    }
+
+    /// When it joined, in milliseconds on the database's clock.
+    pub(super) fn started_ms(&self) -> i64 {
+        self.started_ms
     }
 }
 
@@ -91,7 +105,7 @@ impl Store {
                     let mut conn = AnyConnection::connect(&self.url.connect_url(true)?)
                         .await
                         .map_err(|e| self.error(e))?;
-                    super::schema::configure(&mut conn)
+                    super::schema::configure(&mut conn, self.commit)
                         .await
                         .map_err(|e| self.error(e))?;
                     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
@@ -118,19 +132,24 @@ impl Store {
                     }
                 }
             };
-            let inserted = sqlx::query(
-                "INSERT INTO gptimage_workers (id, host, pid, out_dir, status)
-                 VALUES ($1, $2, $3, $4, 'running') ON CONFLICT (id) DO NOTHING",
-            )
+            let started: Option<i64> = sqlx::query_scalar(self.sql(
+                "INSERT INTO gptimage_workers (id, host, pid, out_dir, status, started_ms,
+                 heartbeat_ms) VALUES ($1, $2, $3, $4, 'running', NOW_MS, NOW_MS)
+                 ON CONFLICT (id) DO NOTHING RETURNING started_ms",
+            ))
             .bind(id)
             .bind(host_name())
             .bind(i64::from(std::process::id()))
             .bind(out.display().to_string())
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
             .await
             .map_err(|e| self.error(e))?;
-            if inserted.rows_affected() == 1 {
-                return Ok(Worker { id, liveness });
+            if let Some(started_ms) = started {
+                return Ok(Worker {
+                    id,
+                    started_ms,
+                    liveness,
+                });
             }
         }
         Err(self.error("could not pick an unused worker id"))
@@ -142,61 +161,91 @@ impl Store {
         }
     }
 
-    /// Whether `worker` still holds its liveness lock, confirmed by the state within 10 s. A
-    /// worker that lost it (its session ended, or moved to another server process behind a
-    /// pooler), or cannot reach the state to tell, must stop sending: others may already count
-    /// it dead.
+    /// Whether `worker` still counts as alive, confirmed by the state within 10 s: it holds its
+    /// liveness lock, and its heartbeat (stamped now, on the database's clock) was taken while
+    /// it was still `running`. A worker that lost either (its session ended, it moved to another
+    /// server process behind a pooler, another worker counted it out), or cannot reach the
+    /// state to tell, must stop sending: others may already count it dead.
     pub async fn still_alive(&self, worker: &Worker) -> Result<(), Error> {
-        let Liveness::Session { conn, backend_pid } = &worker.liveness else {
-            return Ok(());
-        };
-        let check = async {
+        let lock = async {
+            let Liveness::Session { conn, backend_pid } = &worker.liveness else {
+                return Ok(());
+            };
             let mut conn = conn.lock().await;
-            sqlx::query_as::<_, (i32, i64)>(HOLDS_LOCK)
+            match sqlx::query_as::<_, (i32, i64)>(HOLDS_LOCK)
                 .bind(PG_LOCK_CLASS)
                 .bind(worker.id as i32)
                 .fetch_one(&mut *conn)
                 .await
+            {
+                Ok((pid, 1)) if pid == *backend_pid => Ok(()),
+                Ok((pid, _)) if pid != *backend_pid => Err(self.pooled()),
+                _ => Err(self.lost()),
+            }
         };
-        match tokio::time::timeout(LIVENESS_TIMEOUT, check).await {
-            Ok(Ok((pid, 1))) if pid == *backend_pid => Ok(()),
-            Ok(Ok((pid, _))) if pid != *backend_pid => Err(self.pooled()),
-            _ => Err(self.lost()),
-        }
+        let beat = async {
+            let beaten = sqlx::query(self.sql(
+                "UPDATE gptimage_workers SET heartbeat_ms = NOW_MS
+                 WHERE id = $1 AND status = 'running'",
+            ))
+            .bind(worker.id)
+            .execute(&self.pool)
+            .await;
+            match beaten {
+                Ok(done) if done.rows_affected() == 1 => Ok(()),
+                _ => Err(self.lost()),
+            }
+        };
+        let both = async {
+            lock.await?;
+            beat.await
+        };
+        tokio::time::timeout(LIVENESS_TIMEOUT, both)
+            .await
+            .unwrap_or_else(|_| Err(self.lost()))
     }
 
-    /// Finds workers that died (their lock is free) and settles their lines: what they were
-    /// submitting becomes `unknown`, never `pending`; what they held otherwise becomes
-    /// claimable. Returns how many workers were found dead.
+    /// Finds workers that died (their lock is free, or their heartbeat is older than
+    /// [`HEARTBEAT_STALE`]) and settles their lines: what they held but had not sent becomes
+    /// claimable at once; what they were submitting becomes `unknown`, never `pending`, once its
+    /// lock-delay has passed on the database's clock (until then it stays `submitting`: its POST
+    /// may still be on the wire). Returns how many workers were found dead.
     pub async fn reap(&self, me: &Worker) -> Result<u64, Error> {
-        let others: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM gptimage_workers WHERE status = 'running' AND id <> $1",
-        )
+        let others: Vec<(i64, i64)> = sqlx::query_as(self.sql(
+            "SELECT id, CAST(CASE WHEN heartbeat_ms IS NOT NULL AND heartbeat_ms < NOW_MS - $2
+             THEN 1 ELSE 0 END AS BIGINT) FROM gptimage_workers
+             WHERE status = 'running' AND id <> $1",
+        ))
         .bind(me.id)
+        .bind(ms(HEARTBEAT_STALE))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.error(e))?;
         let mut dead = 0;
-        for id in others {
-            if self.is_alive(id).await? {
+        for (id, stale) in others {
+            if stale == 0 && self.is_alive(id).await? {
                 continue;
             }
             dead += 1;
-            sqlx::query("UPDATE gptimage_workers SET status = 'dead' WHERE id = $1")
-                .bind(id)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| self.error(e))?;
+            sqlx::query(self.sql(
+                "UPDATE gptimage_workers SET status = 'dead', dead_ms = NOW_MS
+                 WHERE id = $1 AND status = 'running'",
+            ))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
         }
         // Settles every departed worker's lines, including any a racing transaction committed
         // after an earlier sweep.
         let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
-        sqlx::query(
+        sqlx::query(self.sql(
             "UPDATE gptimage_lines SET state = 'unknown', error_kind = 'outcome_unknown',
              error_message = 'the worker sending it stopped before it learned the answer'
              WHERE state = 'submitting'
-             AND owner IN (SELECT id FROM gptimage_workers WHERE status <> 'running')",
-        )
+             AND owner IN (SELECT id FROM gptimage_workers WHERE status <> 'running')
+             AND (sent_ms IS NULL OR sent_ms + COALESCE(fence_ms, 0) <= NOW_MS)",
+        ))
         .execute(&mut *tx)
         .await
         .map_err(|e| self.error(e))?;
@@ -292,12 +341,15 @@ pub(super) async fn refuse_a_transaction_pooler(
     url: &super::StateUrl,
     connect_url: &str,
     first: &mut AnyConnection,
+    commit: super::schema::Commit,
 ) -> Result<(), Error> {
     let fail = |e: sqlx::Error| super::state_error(url, e);
     let pooled = || Error::Pooled { url: url.clone() };
     let before = backend_pid(first).await.map_err(fail)?;
     let mut second = AnyConnection::connect(connect_url).await.map_err(fail)?;
-    super::schema::configure(&mut second).await.map_err(fail)?;
+    super::schema::configure(&mut second, commit)
+        .await
+        .map_err(fail)?;
     let mut pinned = second.begin().await.map_err(fail)?;
     let pinned_pid = backend_pid(&mut pinned).await.map_err(fail)?;
     // Through a pooler whose every server connection is pinned, the question waits: bounded.

@@ -21,7 +21,7 @@ mod url;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, AnyPool, Connection};
@@ -34,9 +34,26 @@ pub use liveness::Worker;
 pub use read::{LineRecord, Pages, Progress, Reason};
 pub use url::StateUrl;
 
-/// `retry_at` of a line held back until a later run (rather than until an instant): a task the
-/// service no longer knows, images it will not serve, a wait that outlasted its deadline.
-const HELD: i64 = i64::MAX;
+/// How long after a worker began its `submitting` commit its POST may still start: after that,
+/// the submission is not sent at all (`Client::submit_fenced`). With the client's request
+/// timeout `T`, nothing of the POST is sent, or arrives (TCP_USER_TIMEOUT), after the commit
+/// began plus `S = SEND_WINDOW + T`.
+pub const SEND_WINDOW: Duration = Duration::from_secs(2);
+
+/// The lock-delay of a line whose worker was counted out while it was `submitting`: it becomes
+/// `unknown` (and its token one `--resubmit-unknown` accepts) only once the database's clock is
+/// past the commit's start plus `S` plus this margin (a second and a tenth of `S`, for the two
+/// clocks' rates and the commit's own time), so that nothing its worker sent can still arrive.
+pub fn lock_delay(request_timeout: Duration) -> Duration {
+    let send = SEND_WINDOW.saturating_add(request_timeout);
+    send.saturating_add(Duration::from_secs(1))
+        .saturating_add(send / 10)
+}
+
+/// A worker whose heartbeat (every 2 s, on the database's clock) is older than this is counted
+/// out, even if its liveness lock looks held: a worker paused (SIGSTOP), or cut off behind a
+/// pooler that keeps its server session (and so its lock) alive.
+pub const HEARTBEAT_STALE: Duration = Duration::from_secs(25);
 
 /// The advisory-lock namespace of gptimage workers in PostgreSQL ("gpti").
 const PG_LOCK_CLASS: i32 = 0x6770_7469;
@@ -55,6 +72,32 @@ pub struct Store {
     pool: AnyPool,
     url: StateUrl,
     backend: Backend,
+    /// How each session commits (see [`schema::Commit`]).
+    commit: schema::Commit,
+}
+
+/// How a state is opened.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct OpenOptions {
+    /// Accept a PostgreSQL server with asynchronous standbys only. A failover to one of them
+    /// (automatic with Patroni, CloudNativePG or a managed service) can take back a committed
+    /// `submitting`, and a line would then be paid for twice; off by default, so such a server
+    /// is refused with the reason.
+    pub accept_async_replicas: bool,
+}
+
+impl OpenOptions {
+    /// The defaults: asynchronous-only replication refused.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Accepts asynchronous-only replication (see the field).
+    pub fn accept_async_replicas(mut self, accept: bool) -> Self {
+        self.accept_async_replicas = accept;
+        self
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -66,7 +109,12 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating when missing) the state at `url`, with the schema in place.
     pub async fn open(url: &StateUrl) -> Result<Self, Error> {
-        Self::connect(url, true).await
+        Self::open_with(url, &OpenOptions::default()).await
+    }
+
+    /// Like [`open`](Self::open), as `options` say.
+    pub async fn open_with(url: &StateUrl, options: &OpenOptions) -> Result<Self, Error> {
+        Self::connect(url, true, options).await
     }
 
     /// Opens an existing state to look at it, changing nothing; a missing SQLite file is an
@@ -77,7 +125,8 @@ impl Store {
         {
             return Err(Error::NoState { url: url.clone() });
         }
-        let store = Self::connect(url, false).await?;
+        let options = OpenOptions::new().accept_async_replicas(true);
+        let store = Self::connect(url, false, &options).await?;
         if store.backend == Backend::Postgres {
             let tables: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'gptimage_batch'
@@ -93,7 +142,7 @@ impl Store {
         Ok(store)
     }
 
-    async fn connect(url: &StateUrl, create: bool) -> Result<Self, Error> {
+    async fn connect(url: &StateUrl, create: bool, options: &OpenOptions) -> Result<Self, Error> {
         sqlx::any::install_default_drivers();
         let backend = match url {
             StateUrl::Sqlite(path) => {
@@ -114,11 +163,13 @@ impl Store {
         let mut first = AnyConnection::connect(&connect_url)
             .await
             .map_err(|e| state_error(url, e))?;
-        schema::configure(&mut first)
+        // Durable on the server that answers, and on any it fails over to.
+        let commit = schema::durability(url, &mut first, options).await?;
+        schema::configure(&mut first, commit)
             .await
             .map_err(|e| state_error(url, e))?;
         if backend == Backend::Postgres {
-            liveness::refuse_a_transaction_pooler(url, &connect_url, &mut first).await?;
+            liveness::refuse_a_transaction_pooler(url, &connect_url, &mut first, commit).await?;
         }
         if create {
             schema::create(&mut first, &backend)
@@ -129,14 +180,28 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(std::time::Duration::from_secs(60))
-            .after_connect(|conn, _| Box::pin(schema::configure(conn)))
+            .after_connect(move |conn, _| Box::pin(schema::configure(conn, commit)))
             .connect_lazy(&connect_url)
             .map_err(|e| state_error(url, e))?;
         Ok(Self {
             pool,
             url: url.clone(),
             backend,
+            commit,
         })
+    }
+
+    /// The statement `template` with each `NOW_MS` replaced by the database's clock, in
+    /// milliseconds since 1970: every time that spaces retries, holds a line back or counts a
+    /// worker out is the database's, so the workers' own clocks never need to agree.
+    fn sql(&self, template: &str) -> sqlx::AssertSqlSafe<String> {
+        let now = match self.backend {
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            Backend::Sqlite { .. } => {
+                "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+            }
+        };
+        sqlx::AssertSqlSafe(template.replace("NOW_MS", now))
     }
 
     /// Where this state is.
@@ -162,15 +227,22 @@ impl Store {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         sqlx::query(
-            "INSERT INTO gptimage_batch (one, batch_id, file_name, items) VALUES (1, $1, $2, $3)
-             ON CONFLICT (one) DO NOTHING",
+            "INSERT INTO gptimage_batch (one, batch_id, file_name, items, state_id)
+             VALUES (1, $1, $2, $3, $4) ON CONFLICT (one) DO NOTHING",
         )
         .bind(source.id().to_owned())
         .bind(name)
         .bind(source.len() as i64)
+        .bind(new_state_id())
         .execute(&self.pool)
         .await
         .map_err(|e| self.error(e))?;
+        // A state made before states had an identity gets one now.
+        sqlx::query("UPDATE gptimage_batch SET state_id = $1 WHERE one = 1 AND state_id IS NULL")
+            .bind(new_state_id())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
         let progress = self.progress().await?;
         if progress.batch_id != source.id() {
             return Err(Error::OtherBatch {
@@ -181,6 +253,17 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// The state's identity: random, made when the state was, and carried by its tokens.
+    pub async fn state_id(&self) -> Result<String, Error> {
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT state_id FROM gptimage_batch WHERE one = 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.error(e))?
+                .flatten();
+        Ok(id.unwrap_or_default())
     }
 
     /// Sets the batch's credit budget, which every worker obeys from its next submission on,
@@ -209,12 +292,17 @@ impl Store {
     }
 }
 
-/// Now, as the milliseconds since 1970 that `retry_at` holds. Used only to space out retries
-/// of a line: no promise depends on two machines' clocks agreeing.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis().min(i64::MAX as u128 / 2) as i64)
+/// A new state's identity: 16 random hex digits (the standard library's per-process random
+/// keys, hashed with the time and process).
+fn new_state_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let seed = (std::process::id(), std::time::SystemTime::now());
+    format!("{:016x}", RandomState::new().hash_one(seed))
+}
+
+/// A duration as the milliseconds a statement adds to `NOW_MS`.
+fn ms(duration: Duration) -> i64 {
+    duration.as_millis().min(i64::MAX as u128 / 4) as i64
 }
 
 fn state_error(url: &StateUrl, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{HELD, OutcomeToken, Store};
+use super::{OutcomeToken, Store};
 use crate::Error;
 use crate::machine::LineState;
 
@@ -41,16 +41,31 @@ pub struct LineRecord {
     pub submissions: u64,
     /// Whether it is held back until a later run: it could not progress in this one.
     pub held: bool,
+    /// How long until it may be tried again (a setback's backoff, a 429's `Retry-After`, or the
+    /// spacing a held or refused line has earned), on the database's clock; `None` when nothing
+    /// holds it back.
+    pub retry_in: Option<std::time::Duration>,
+    /// The token naming its unknown outcome (state, line, submission), for
+    /// `--resubmit-unknown`; `None` unless its outcome is unknown.
+    #[serde(serialize_with = "serialize_token")]
+    pub token: Option<OutcomeToken>,
 }
 
 impl LineRecord {
     /// The token naming this line's unknown outcome, for `--resubmit-unknown`; `None` unless
     /// the line's outcome is unknown.
     pub fn outcome_token(&self) -> Option<OutcomeToken> {
-        (self.state == LineState::Unknown).then_some(OutcomeToken {
-            line: self.line,
-            submission: self.submissions,
-        })
+        self.token.filter(|_| self.state == LineState::Unknown)
+    }
+}
+
+fn serialize_token<S: serde::Serializer>(
+    token: &Option<OutcomeToken>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match token {
+        Some(token) => s.serialize_str(&token.to_string()),
+        None => s.serialize_none(),
     }
 }
 
@@ -63,6 +78,8 @@ fn serialize_state<S: serde::Serializer>(state: &LineState, s: S) -> Result<S::O
 pub struct Progress {
     /// The batch file's SHA-256.
     pub batch_id: String,
+    /// The state's own identity (random, made with it), which its tokens begin with.
+    pub state_id: String,
     /// The file's name when the batch began.
     pub file_name: String,
     /// Non-blank lines in the file.
@@ -111,7 +128,10 @@ pub struct Reason {
 
 /// The columns of a [`LineRecord`].
 const RECORD: &str = "item, line, state, name, prompt, task_id, images, files, credits, \
-                      error_kind, error_message, submissions, retry_at";
+                      error_kind, error_message, submissions, held_ms, \
+                      CASE WHEN retry_at IS NULL THEN NULL ELSE retry_at - NOW_MS END \
+                      AS retry_in_ms, \
+                      (SELECT state_id FROM gptimage_batch WHERE one = 1) AS state_id";
 
 /// Every claimed line.
 const ALL: &str = "TRUE";
@@ -124,7 +144,7 @@ impl Store {
     /// How the batch stands: counts by state, credits, workers.
     pub async fn progress(&self) -> Result<Progress, Error> {
         let batch = sqlx::query(
-            "SELECT batch_id, file_name, items, committed, budget FROM gptimage_batch
+            "SELECT batch_id, file_name, items, committed, budget, state_id FROM gptimage_batch
              WHERE one = 1",
         )
         .fetch_optional(&self.pool)
@@ -135,6 +155,10 @@ impl Store {
         })?;
         let mut progress = Progress {
             batch_id: batch.try_get("batch_id").map_err(|e| self.error(e))?,
+            state_id: batch
+                .try_get::<Option<String>, _>("state_id")
+                .map_err(|e| self.error(e))?
+                .unwrap_or_default(),
             file_name: batch.try_get("file_name").map_err(|e| self.error(e))?,
             lines: batch
                 .try_get::<i64, _>("items")
@@ -168,14 +192,12 @@ impl Store {
         progress.credits = self
             .count("SELECT CAST(COALESCE(SUM(credits), 0) AS BIGINT) FROM gptimage_lines")
             .await?;
-        let held: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM gptimage_lines WHERE state = 'submitted' AND retry_at = $1",
-        )
-        .bind(HELD)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.error(e))?;
-        progress.held = held.max(0) as u64;
+        progress.held = self
+            .count(
+                "SELECT COUNT(*) FROM gptimage_lines WHERE state = 'submitted'
+                 AND held_ms IS NOT NULL AND owner IS NULL",
+            )
+            .await?;
         progress.workers = self
             .count("SELECT COUNT(*) FROM gptimage_workers WHERE status = 'running'")
             .await?;
@@ -212,7 +234,7 @@ impl Store {
             "SELECT {RECORD} FROM gptimage_lines WHERE item > $1 AND {filter}
              ORDER BY item LIMIT $2"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query(self.sql(&sql))
             .bind(after.map_or(-1, |a| a as i64))
             .bind(limit.min(i64::MAX as u64) as i64)
             .fetch_all(&self.pool)
@@ -266,7 +288,7 @@ impl Store {
     /// One line's record, if the line has been claimed.
     pub async fn line(&self, item: u64) -> Result<Option<LineRecord>, Error> {
         let sql = format!("SELECT {RECORD} FROM gptimage_lines WHERE item = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query(self.sql(&sql))
             .bind(item as i64)
             .fetch_optional(&self.pool)
             .await
@@ -295,7 +317,7 @@ impl Store {
                 "SELECT {RECORD} FROM gptimage_lines WHERE state = $1
                  AND COALESCE(error_kind, '') = $2 ORDER BY item LIMIT $3"
             );
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let rows = sqlx::query(self.sql(&sql))
                 .bind(state.clone())
                 .bind(kind.clone())
                 .bind(first.min(i64::MAX as u64) as i64)
@@ -329,11 +351,22 @@ impl Store {
             (Some(kind), message) => Some((kind, message.unwrap_or_default())),
             _ => None,
         };
-        let retry_at: Option<i64> = row.try_get("retry_at").map_err(|e| self.error(e))?;
+        let held_ms: Option<i64> = row.try_get("held_ms").map_err(|e| self.error(e))?;
+        let retry_in: Option<i64> = row.try_get("retry_in_ms").map_err(|e| self.error(e))?;
+        let state: LineState = state.parse().map_err(|e| self.error(e))?;
+        let line = row.try_get::<i64, _>("line").map_err(|e| self.error(e))? as u64;
+        let submissions = row
+            .try_get::<i64, _>("submissions")
+            .map_err(|e| self.error(e))?
+            .max(0) as u64;
+        let token = match (state, get_text("state_id")?) {
+            (LineState::Unknown, Some(id)) => Some(OutcomeToken::new(&id, line, submissions)),
+            _ => None,
+        };
         Ok(LineRecord {
             item: row.try_get::<i64, _>("item").map_err(|e| self.error(e))? as u64,
-            line: row.try_get::<i64, _>("line").map_err(|e| self.error(e))? as u64,
-            state: state.parse().map_err(|e| self.error(e))?,
+            line,
+            state,
             name: get_text("name")?,
             prompt: get_text("prompt")?.unwrap_or_default(),
             task_id: get_text("task_id")?,
@@ -347,11 +380,12 @@ impl Store {
                 .map_err(|e| self.error(e))?
                 .map(|c| c as u64),
             error,
-            submissions: row
-                .try_get::<i64, _>("submissions")
-                .map_err(|e| self.error(e))?
-                .max(0) as u64,
-            held: retry_at == Some(HELD),
+            submissions,
+            held: state == LineState::Submitted && held_ms.is_some(),
+            retry_in: retry_in
+                .filter(|ms| *ms > 0)
+                .map(|ms| std::time::Duration::from_millis(ms as u64)),
+            token,
         })
     }
 }

@@ -59,6 +59,21 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("gptimage_lines", "submissions", "BIGINT NOT NULL DEFAULT 0"),
     ("gptimage_lines", "setbacks", "BIGINT NOT NULL DEFAULT 0"),
     ("gptimage_lines", "retry_at", "BIGINT"),
+    // The state's own identity, which unknown-outcome tokens carry (random, made once).
+    ("gptimage_batch", "state_id", "TEXT"),
+    // A worker's start and its last heartbeat, and when it was counted out (database clock).
+    ("gptimage_workers", "started_ms", "BIGINT"),
+    ("gptimage_workers", "heartbeat_ms", "BIGINT"),
+    ("gptimage_workers", "dead_ms", "BIGINT"),
+    // When the `submitting` commit began (database clock), and the lock-delay its worker
+    // declared: the line becomes `unknown` only once both have passed, if its worker died.
+    ("gptimage_lines", "sent_ms", "BIGINT"),
+    ("gptimage_lines", "fence_ms", "BIGINT"),
+    // When a line was held back until a later run (database clock): only a worker started
+    // after it takes it again.
+    ("gptimage_lines", "held_ms", "BIGINT"),
+    // How many times the service refused the line (no task made): their retries are spaced.
+    ("gptimage_lines", "refusals", "BIGINT NOT NULL DEFAULT 0"),
 ];
 
 /// Statements that follow the columns: a line's image names are unique without regard to case,
@@ -68,30 +83,55 @@ const AFTER_COLUMNS: &[&str] = &[
     "CREATE UNIQUE INDEX IF NOT EXISTS gptimage_lines_name_nocase ON gptimage_lines (LOWER(name))",
 ];
 
+/// How a session's commits are made durable: on the server's disk, or (with synchronous
+/// standbys) applied on them too, so that a failover to a standby cannot take back a committed
+/// `submitting`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Commit {
+    /// `synchronous_commit = on`: on the server's disk (SQLite: `synchronous = FULL`).
+    #[default]
+    Local,
+    /// `synchronous_commit = remote_apply`: applied on the synchronous standbys as well.
+    RemoteApply,
+}
+
 /// Settings of every connection.
 ///
 /// SQLite: every commit reaches the disk before it returns, and writers from several processes
 /// wait their turn rather than fail.
 ///
-/// PostgreSQL, whatever the server's defaults: a commit is durable on the server before it
-/// returns (`synchronous_commit`), so `submitting` is on disk before the POST; a worker stopped
-/// in the middle of a transaction holds its locks at most 30 s (`idle_in_transaction_session_
-/// timeout`), and a statement waits for a lock at most 90 s (`lock_timeout`, longer than that,
-/// so a live worker outlasts a stuck one); and the server ends the session of a client it
-/// cannot hear from (a partition, a dead machine, a pulled cable) within about 25 s: keepalive
-/// probes after 10 s of silence, 5 s apart, 3 unanswered, and unacknowledged data given up
-/// after 25 s. Its liveness lock ends with it, and the other workers, reaping every 2 s, take
-/// its lines within the documented 30 s. Each is a per-session setting any user may change, managed
-/// services included (PostgreSQL 12 or newer, for `tcp_user_timeout`).
-pub(super) async fn configure(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+/// PostgreSQL, whatever the server's or the role's defaults: a commit is durable before it
+/// returns (`synchronous_commit`: `on`, or `remote_apply` with synchronous standbys, see
+/// [`durability`]), so `submitting` is stored before the POST; transactions are `read
+/// committed` (a role default of `repeatable read` would make racing workers fail on the batch
+/// row); a worker stopped in the middle of a transaction holds its locks at most 30 s
+/// (`idle_in_transaction_session_timeout`), a statement waits for a lock at most 90 s
+/// (`lock_timeout`, longer, so a live worker outlasts a stuck one) and runs at most 120 s
+/// (`statement_timeout`); an idle session is never ended by the server (`idle_session_timeout
+/// = 0`, PostgreSQL 14 and newer: the liveness session is mostly idle); and the server ends the
+/// session of a client it cannot hear from (a partition, a dead machine, a pulled cable) within
+/// about 25 s: keepalive probes after 10 s of silence, 5 s apart, 3 unanswered, and
+/// unacknowledged data given up after 25 s. Its liveness lock ends with it. Each is a
+/// per-session setting any user may change, managed services included (PostgreSQL 12 or newer,
+/// for `tcp_user_timeout`).
+pub(super) async fn configure(conn: &mut AnyConnection, commit: Commit) -> Result<(), sqlx::Error> {
     let settings = match conn.backend_name() {
         "SQLite" => {
             "PRAGMA synchronous = FULL; PRAGMA busy_timeout = 60000; PRAGMA foreign_keys = ON"
         }
         "PostgreSQL" => {
-            "SET synchronous_commit = on;
+            let synchronous = match commit {
+                Commit::Local => "SET synchronous_commit = on;",
+                Commit::RemoteApply => "SET synchronous_commit = remote_apply;",
+            };
+            sqlx::raw_sql(synchronous).execute(&mut *conn).await?;
+            "SET default_transaction_isolation = 'read committed';
+             SET default_transaction_read_only = off;
              SET idle_in_transaction_session_timeout = '30s';
              SET lock_timeout = '90s';
+             SET statement_timeout = '120s';
+             SELECT set_config('idle_session_timeout', '0', false)
+                 WHERE current_setting('server_version_num')::int >= 140000;
              SET tcp_keepalives_idle = 10;
              SET tcp_keepalives_interval = 5;
              SET tcp_keepalives_count = 3;
@@ -101,6 +141,56 @@ pub(super) async fn configure(conn: &mut AnyConnection) -> Result<(), sqlx::Erro
     };
     sqlx::raw_sql(settings).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// How a PostgreSQL state must commit to be durable where it matters: on the server that
+/// answers, and on any server a failover could promote. A standby (read-only) is refused; with
+/// synchronous standbys (`synchronous_standby_names` set), commits wait until a standby has
+/// applied them (`remote_apply`); with standbys that are all asynchronous, a failover can lose
+/// the last commits, `submitting` among them, and the line would be sent again: refused unless
+/// `options` accept it. What the server cannot show (a managed service's storage-level
+/// replication, which is synchronous) is not judged. SQLite commits locally.
+pub(super) async fn durability(
+    url: &super::StateUrl,
+    conn: &mut AnyConnection,
+    options: &super::OpenOptions,
+) -> Result<Commit, crate::Error> {
+    if conn.backend_name() != "PostgreSQL" {
+        return Ok(Commit::Local);
+    }
+    let fail = |e: sqlx::Error| super::state_error(url, e);
+    let (standby, sync_names, replicas): (bool, String, i64) = sqlx::query_as(
+        "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names'),
+                (SELECT COUNT(*) FROM pg_stat_replication)",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(fail)?;
+    if standby {
+        return Err(crate::Error::Replication {
+            url: url.clone(),
+            message: "it is a standby, which cannot record anything: point --state at the \
+                      primary"
+                .to_owned(),
+        });
+    }
+    if !sync_names.trim().is_empty() {
+        return Ok(Commit::RemoteApply);
+    }
+    if replicas > 0 && !options.accept_async_replicas {
+        return Err(crate::Error::Replication {
+            url: url.clone(),
+            message: format!(
+                "it streams to {replicas} standby(s), all asynchronous: a failover to one of \
+                 them (automatic with Patroni, CloudNativePG or a managed service) can lose the \
+                 last commits, and a line recorded as being sent would be sent again, paid \
+                 twice. Make a standby synchronous (synchronous_standby_names), then each \
+                 commit waits until it is applied there; or accept the risk with \
+                 --accept-async-replicas"
+            ),
+        });
+    }
+    Ok(Commit::Local)
 }
 
 /// Creates the tables when missing and brings an older state's up to date, in one transaction.

@@ -197,6 +197,104 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// A streaming standby of this cluster, named `name` (its `application_name`, which
+    /// `synchronous_standby_names` can list): a base backup, started on a port of its own and
+    /// following this cluster. The default cluster already allows replication from loopback.
+    pub fn standby(&self, name: &str) -> Postgres {
+        let dir = tempfile::Builder::new()
+            .prefix("gptimage-pg-standby-")
+            .tempdir()
+            .expect("a temporary folder");
+        if let Some(user) = &self.as_user {
+            let status = Command::new("chown")
+                .args(["-R", user])
+                .arg(dir.path())
+                .status()
+                .expect("chown runs");
+            assert!(status.success());
+        }
+        let data = dir.path().join("data");
+        let port = free_port();
+        let standby = Postgres {
+            dir,
+            bin: self.bin.clone(),
+            port,
+            as_user: self.as_user.clone(),
+        };
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=gptimage application_name={name}",
+            self.port
+        );
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-d",
+                &conninfo,
+                "-D",
+                path(&data),
+                "-R",
+                "-X",
+                "stream",
+                // A checkpoint at once, not spread over minutes.
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        );
+        // -R wrote how to follow; name the standby, so a synchronous setting can list it.
+        let auto = data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).expect("pg_basebackup wrote it");
+        text.push_str(&format!("primary_conninfo = '{conninfo}'\n"));
+        std::fs::write(&auto, text).expect("written");
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+            standby.dir.path().display()
+        );
+        standby.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path(&data),
+                "-o",
+                &options,
+                "-l",
+                path(&standby.dir.path().join("log")),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        standby
+    }
+
+    /// Makes commits wait until the standbys named in `names` have them
+    /// (`synchronous_standby_names`), and reloads.
+    pub fn synchronous(&self, names: &str) {
+        self.sql(
+            "postgres",
+            &format!("ALTER SYSTEM SET synchronous_standby_names = '{names}'"),
+        );
+        self.sql("postgres", "SELECT pg_reload_conf()");
+    }
+
+    /// Promotes a standby to a primary, and waits until it is one.
+    pub fn promote(&self) {
+        let data = self.dir.path().join("data");
+        self.run("pg_ctl", &["-D", path(&data), "-w", "-t", "60", "promote"]);
+    }
+
+    /// Stops the server as a crash would: no checkpoint, no goodbye to its clients.
+    pub fn stop_immediately(&self) {
+        let data = self.dir.path().join("data");
+        self.run(
+            "pg_ctl",
+            &["-D", path(&data), "-m", "immediate", "-w", "stop"],
+        );
+    }
+}
+
 /// A pgbouncer in front of a [`Postgres`] cluster, stopped when dropped.
 pub struct Pooler {
     child: std::process::Child,

@@ -2,8 +2,11 @@
 //! read as JSON, and the pictures it left.
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use gptimage_emulator::Emulator;
 use serde_json::Value;
@@ -39,9 +42,14 @@ pub fn against(emulator: &Emulator) -> Command {
 }
 
 /// `gptimage batch FILE --out OUT EXTRA…` against `emulator`.
+///
+/// Its requests time out after 3 s (the emulator answers in milliseconds): a line whose worker
+/// was killed while submitting becomes `unknown` after its lock-delay, which the request
+/// timeout bounds (about 6.5 s here, rather than a minute and more with the default 60 s).
 pub fn batch(emulator: &Emulator, file: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut command = against(emulator);
     command
+        .args(["--request-timeout", "3"])
         .arg("batch")
         .arg(file)
         .arg("--out")
@@ -163,5 +171,103 @@ impl S3 {
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ENDPOINT", self.0.endpoint())
             .env("AWS_ALLOW_HTTP", "true")
+    }
+}
+
+/// A running `gptimage batch`, with its stderr read line by line on a thread.
+pub struct Running {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    pub fn start(command: &mut Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (at most 20 s) for a line of stderr containing `needle`.
+    pub fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(line) => self.seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("no {needle:?} on stderr within 20 s: {:?}", self.seen);
+    }
+
+    /// SIGKILL: no destructor, no flush, nothing.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// The process's id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`INT`, `STOP`, `CONT`, …) by name.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// Waits for the process to end by itself (at most `within`): its exit code and all it
+    /// wrote on stderr; `None` (and the process killed) if it did not end.
+    pub fn wait(mut self, within: Duration) -> (Option<i32>, String) {
+        let started = Instant::now();
+        let code = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status.code();
+            }
+            if started.elapsed() > within {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(line);
+        }
+        (code, self.seen.join("\n"))
+    }
+}
+
+/// Waits (at most 20 s) until `done` holds.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{what}: not within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
