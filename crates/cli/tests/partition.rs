@@ -25,54 +25,75 @@ const BOUND: Duration = Duration::from_secs(30);
 /// Room for a loaded machine.
 const MARGIN: Duration = Duration::from_secs(20);
 
-/// A network namespace joined to this one by a veth pair; removed when dropped.
+/// A network namespace joined to this one by veth pairs; removed when dropped.
 struct Link {
     namespace: String,
+    /// The first pair's ends.
     host_side: String,
     host_ip: Ipv4Addr,
     namespace_ip: Ipv4Addr,
+    /// Further pairs: (host side, host address, namespace address).
+    more: Vec<(String, Ipv4Addr, Ipv4Addr)>,
 }
 
 impl Link {
     /// `None` where this process may not create namespaces.
     fn create() -> Option<Self> {
         let id = std::process::id() % 100_000;
-        let subnet = 20 + (std::process::id() % 200) as u8;
-        let link = Link {
-            namespace: format!("gpti-part-{id}"),
-            host_side: format!("gpth{id}"),
-            host_ip: Ipv4Addr::new(10, 213, subnet, 1),
-            namespace_ip: Ipv4Addr::new(10, 213, subnet, 2),
-        };
-        if !ip(&["netns", "add", &link.namespace]) {
+        let namespace = format!("gpti-part-{id}");
+        if !ip(&["netns", "add", &namespace]) {
             return None;
         }
-        let peer = format!("gptn{id}");
-        let host_cidr = format!("{}/30", link.host_ip);
-        let namespace_cidr = format!("{}/30", link.namespace_ip);
-        let ns = link.namespace.as_str();
+        let (host_side, host_ip, namespace_ip) = Self::pair(&namespace, 0);
+        Some(Link {
+            namespace,
+            host_side,
+            host_ip,
+            namespace_ip,
+            more: Vec::new(),
+        })
+    }
+
+    /// Another veth pair into the same namespace, on a subnet of its own: its host side's
+    /// address, and the namespace's.
+    fn add_pair(&mut self) -> (Ipv4Addr, Ipv4Addr) {
+        let (side, host, namespace) = Self::pair(&self.namespace, self.more.len() + 1);
+        self.more.push((side, host, namespace));
+        (host, namespace)
+    }
+
+    fn pair(namespace: &str, n: usize) -> (String, Ipv4Addr, Ipv4Addr) {
+        let id = std::process::id() % 100_000;
+        let subnet = 20 + ((std::process::id() + 97 * n as u32) % 200) as u8;
+        let host_ip = Ipv4Addr::new(10, 213 + n as u8, subnet, 1);
+        let namespace_ip = Ipv4Addr::new(10, 213 + n as u8, subnet, 2);
+        let host_side = format!("gpth{id}x{n}");
+        let peer = format!("gptn{id}x{n}");
+        let host_cidr = format!("{host_ip}/30");
+        let namespace_cidr = format!("{namespace_ip}/30");
         let steps: [&[&str]; 7] = [
             &[
-                "link",
+                "link", "add", &host_side, "type", "veth", "peer", "name", &peer,
+            ],
+            &["link", "set", &peer, "netns", namespace],
+            &["addr", "add", &host_cidr, "dev", &host_side],
+            &["link", "set", &host_side, "up"],
+            &[
+                "-n",
+                namespace,
+                "addr",
                 "add",
-                &link.host_side,
-                "type",
-                "veth",
-                "peer",
-                "name",
+                &namespace_cidr,
+                "dev",
                 &peer,
             ],
-            &["link", "set", &peer, "netns", ns],
-            &["addr", "add", &host_cidr, "dev", &link.host_side],
-            &["link", "set", &link.host_side, "up"],
-            &["-n", ns, "addr", "add", &namespace_cidr, "dev", &peer],
-            &["-n", ns, "link", "set", &peer, "up"],
-            &["-n", ns, "link", "set", "lo", "up"],
+            &["-n", namespace, "link", "set", &peer, "up"],
+            &["-n", namespace, "link", "set", "lo", "up"],
         ];
         for step in steps {
             assert!(ip(step), "ip {step:?} failed");
         }
-        Some(link)
+        (host_side, host_ip, namespace_ip)
     }
 
     fn set(&self, state: &str) {
@@ -84,6 +105,9 @@ impl Drop for Link {
     fn drop(&mut self) {
         // Deleting one end deletes the pair.
         ip(&["link", "del", &self.host_side]);
+        for (side, _, _) in &self.more {
+            ip(&["link", "del", side]);
+        }
         ip(&["netns", "del", &self.namespace]);
     }
 }
@@ -239,4 +263,212 @@ fn a_worker_cut_off_from_the_network_is_counted_out_and_its_lines_finished() {
         before_healing.generate_requests
     );
     assert_eq!(batch_status(&local_state), status);
+}
+
+/// Per prompt: at most one task each (counted per item, not in total).
+fn at_most_one_task_per_prompt(emulator: &Emulator) {
+    let twice: Vec<_> = emulator
+        .counters()
+        .tasks_created_by_prompt
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    assert!(twice.is_empty(), "prompts paid for twice: {twice:?}");
+}
+
+/// The user's part: each unknown outcome with no task for its prompt in the account is resent
+/// by its token, through a worker on this side.
+fn check_and_resend(
+    emulator: &Emulator,
+    file: &std::path::Path,
+    out: &std::path::Path,
+    state: &str,
+) {
+    let status = batch_status(state);
+    let tokens: Vec<String> = status["not_done"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|line| {
+            let prompt = line["prompt"].as_str().unwrap_or_default();
+            emulator
+                .counters()
+                .tasks_created_by_prompt
+                .get(prompt)
+                .is_none()
+        })
+        .filter_map(|line| line["token"].as_str().map(str::to_owned))
+        .collect();
+    if tokens.is_empty() {
+        return;
+    }
+    let output = std::process::Command::new(assert_cmd::cargo::cargo_bin!("gptimage"))
+        .env_remove("GPTIMAGE_BASE_URL")
+        .env("GPTIMAGE_API_KEY", emulator.api_key())
+        .args(["--base-url", emulator.base_url(), "--allow-insecure-http"])
+        .args(["--poll-interval", "0.2", "--request-timeout", "3", "batch"])
+        .arg(file)
+        .arg("--out")
+        .arg(out)
+        .args(["--state", state, "--resubmit-unknown", &tokens.join(",")])
+        .output()
+        .unwrap();
+    assert!(
+        matches!(output.status.code(), Some(0 | 4)),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_worker_cut_off_from_its_state_alone_sends_nothing_more_and_nothing_twice() {
+    // A reaches the state through one link and the API through another; only the state's is
+    // cut, so A could still send: it must not, once it may have been counted out. Its POSTs are
+    // slow (answered 2 s late), so some are on the wire at the cut. The link heals while A
+    // still runs.
+    let Some(mut link) = Link::create() else {
+        eprintln!(
+            "skipped: creating a network namespace needs root (`ip netns add`); CI runs it as root"
+        );
+        return;
+    };
+    let (api_host, _) = link.add_pair();
+    let cluster = postgres::Postgres::start_with(&postgres::Setup {
+        listen: vec![link.host_ip.to_string()],
+        hba: vec![format!("host all all {}/32 trust", link.namespace_ip)],
+        settings: Vec::new(),
+    });
+    let database = "statecut";
+    let local_state = cluster.create_database(database);
+    let remote_state = local_state.replace("127.0.0.1", &link.host_ip.to_string());
+    let config = Config::instant()
+        .with_timings(Duration::ZERO, Duration::from_secs(2))
+        .with_fault(
+            gptimage_emulator::Fault::new(gptimage_emulator::FaultKind::Latency(
+                Duration::from_secs(2),
+            ))
+            .on(gptimage_emulator::Endpoint::Generate),
+        );
+    let emulator = Emulator::spawn_on(config, SocketAddr::new(IpAddr::V4(api_host), 0)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lines = 16;
+    let file = write_batch(dir.path(), &numbered_lines(lines, "state cut"));
+
+    let mut cut_off = worker(
+        Some(&link.namespace),
+        &emulator,
+        &file,
+        &dir.path().join("a"),
+        &remote_state,
+    );
+    let held_by_a = format!(
+        "SELECT COUNT(*) FROM gptimage_lines WHERE state IN ('pending', 'submitting', \
+         'submitted') AND owner IN (SELECT id FROM gptimage_workers WHERE pid = {})",
+        cut_off.id()
+    );
+    let holding = || {
+        try_batch_status(&local_state).is_some()
+            && cluster
+                .query(database, &held_by_a)
+                .parse::<u64>()
+                .is_ok_and(|n| n >= 2)
+            && emulator.counters().generate_requests >= 2
+    };
+    assert!(
+        within(Duration::from_secs(30), holding).is_some(),
+        "worker A never held two lines"
+    );
+    link.set("down");
+    let cut = Instant::now();
+    let survivor = worker(None, &emulator, &file, &dir.path().join("b"), &local_state);
+    // Heal while A still runs (it stops within 10 s of losing its state).
+    std::thread::sleep(Duration::from_secs(6));
+    link.set("up");
+    let stopped = within(Duration::from_secs(60), || {
+        cut_off.try_wait().ok().flatten().is_some()
+    });
+    if stopped.is_none() {
+        let _ = cut_off.kill();
+    }
+    let output = cut_off.wait_with_output().unwrap();
+    let text = stderr(&output);
+    assert!(stopped.is_some(), "the cut-off worker did not stop: {text}");
+    eprintln!("A stopped {:.1?} after the cut", cut.elapsed());
+    let sent_when_a_stopped = emulator.counters().generate_requests;
+
+    let output = survivor.wait_with_output().unwrap();
+    assert!(
+        matches!(output.status.code(), Some(0 | 4)),
+        "{}",
+        stderr(&output)
+    );
+    check_and_resend(&emulator, &file, &dir.path().join("b"), &local_state);
+    at_most_one_task_per_prompt(&emulator);
+    let status = batch_status(&local_state);
+    assert_eq!(count(&status, "done"), lines as u64, "{status}");
+    // Nothing more from A, healed and stopped.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = emulator.counters();
+    assert_eq!(after.tasks_created, lines as u64, "{after:?}");
+    assert!(sent_when_a_stopped <= after.generate_requests);
+}
+
+#[test]
+fn a_worker_behind_a_session_pooler_cut_off_is_counted_out_by_its_heartbeat() {
+    // A reaches the state through pgbouncer in session mode; the pooler's server session (and
+    // A's liveness lock in it) outlives A's cut link for the pooler's own timeouts. A's
+    // heartbeat counts it out.
+    let Some(link) = Link::create() else {
+        eprintln!(
+            "skipped: creating a network namespace needs root (`ip netns add`); CI runs it as root"
+        );
+        return;
+    };
+    let cluster = postgres::Postgres::start();
+    let database = "pooledcut";
+    let local_state = cluster.create_database(database);
+    let pooler = cluster.pooler_on("session", &[link.host_ip.to_string()]);
+    let remote_state = pooler
+        .url(database)
+        .replace("127.0.0.1", &link.host_ip.to_string());
+    let config = Config::instant().with_timings(Duration::ZERO, Duration::from_secs(60));
+    let emulator =
+        Emulator::spawn_on(config, SocketAddr::new(IpAddr::V4(link.host_ip), 0)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(4, "pooled"));
+    let mut cut_off = worker(
+        Some(&link.namespace),
+        &emulator,
+        &file,
+        &dir.path().join("a"),
+        &remote_state,
+    );
+    let a_status = format!(
+        "SELECT status FROM gptimage_workers WHERE pid = {}",
+        cut_off.id()
+    );
+    assert!(
+        within(Duration::from_secs(30), || {
+            try_batch_status(&local_state).is_some_and(|s| count(&s, "submitted") >= 1)
+                && cluster.query(database, &a_status) == "running"
+        })
+        .is_some(),
+        "A never got going"
+    );
+    link.set("down");
+    // Another worker reaps (it only waits: the tasks run a minute).
+    let survivor = worker(None, &emulator, &file, &dir.path().join("b"), &local_state);
+    let counted_out = within(Duration::from_secs(60), || {
+        cluster.query(database, &a_status) == "dead"
+    });
+    let _ = cut_off.kill();
+    let _ = cut_off.wait();
+    let mut survivor = survivor;
+    let _ = survivor.kill();
+    let _ = survivor.wait();
+    let counted_out = counted_out.expect("A was never counted out through the pooler");
+    eprintln!("A counted out {counted_out:.1?} after the cut, through a session pooler");
+    // The heartbeat's bound (25 s), a reaping round (2 s), and room for a loaded machine.
+    assert!(counted_out < Duration::from_secs(40), "{counted_out:?}");
+    drop(pooler);
 }

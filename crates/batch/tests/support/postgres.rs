@@ -326,12 +326,22 @@ impl Postgres {
     /// Starts pgbouncer (Debian's `pgbouncer`, run as the cluster's owner: it refuses root) in
     /// front of this cluster, pooling in `mode` (`session` or `transaction`).
     pub fn pooler(&self, mode: &str) -> Pooler {
+        self.pooler_on(mode, &[])
+    }
+
+    /// Like [`pooler`](Self::pooler), listening on `also` (a veth address the test made)
+    /// beside 127.0.0.1.
+    pub fn pooler_on(&self, mode: &str, also: &[String]) -> Pooler {
         let port = free_port();
+        let listen = std::iter::once("127.0.0.1".to_owned())
+            .chain(also.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(",");
         let dir = self.dir.path().join(format!("pgbouncer-{mode}"));
         std::fs::create_dir_all(&dir).expect("the pooler's folder");
         std::fs::write(dir.join("userlist.txt"), "\"gptimage\" \"\"\n").expect("written");
         let ini = format!(
-            "[databases]\n* = host=127.0.0.1 port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+            "[databases]\n* = host=127.0.0.1 port={}\n\n[pgbouncer]\nlisten_addr = {listen}\n\
              listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\n\
              pool_mode = {mode}\nmax_client_conn = 200\ndefault_pool_size = 20\n\
              ignore_startup_parameters = extra_float_digits,search_path\nlogfile = {}\n",
