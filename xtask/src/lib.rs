@@ -123,6 +123,7 @@ pub const BOUNDARY_FILES: &[&str] = &[
     "crates/transport/src/core/schedule.rs",
     "crates/transport/src/core/pace.rs",
     "crates/transport/src/core/machine.rs",
+    "crates/types/src/redact.rs",
 ];
 
 /// What may panic, and so has no place at the network boundary outside its tests: an unwrap,
@@ -165,6 +166,38 @@ pub fn check_boundary_cannot_panic(root: &Path) -> Vec<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// The command's one printer: `say!` and `out!` in this file redact what they print
+/// (ARCHITECTURE.md, "Secrets").
+pub const PRINTER: &str = "crates/cli/src/say.rs";
+
+/// Printing macros that bypass the redaction.
+pub const PRINTING_PATTERNS: &[&str] = &["println!(", "eprintln!(", "print!(", "eprint!(", "dbg!("];
+
+/// The command's source prints only through [`PRINTER`].
+pub fn check_command_prints_through_redaction(root: &Path) -> Vec<String> {
+    let mut violations = Vec::new();
+    for path in rust_files(&root.join("crates/cli/src")) {
+        let shown = relative(root, &path);
+        if shown == PRINTER {
+            continue;
+        }
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for p in PRINTING_PATTERNS.iter().filter(|p| line.contains(*p)) {
+                violations.push(format!(
+                    "{shown}:{}: the command prints only through say!/out! ({PRINTER}), which \
+                     redact secrets, but uses `{p}`",
+                    n + 1
+                ));
+            }
+        }
+    }
+    violations
 }
 
 /// What a crate may and may not depend on (normal dependencies, transitively).
@@ -797,6 +830,7 @@ pub fn check_all(root: &Path) -> Vec<String> {
     let mut violations = check_file_headers(root);
     violations.extend(check_types_is_pure(root));
     violations.extend(check_boundary_cannot_panic(root));
+    violations.extend(check_command_prints_through_redaction(root));
     violations.extend(check_facade_only_reexports(root));
     violations.extend(check_blocking_build(root));
     violations.extend(check_tls_builds(root));

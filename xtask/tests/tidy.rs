@@ -241,3 +241,39 @@ fn a_panic_at_the_network_boundary_is_reported() {
     assert!(violations[1].contains(":6:") && violations[1].contains("now + "));
     assert!(xtask::check_boundary_cannot_panic(&xtask::workspace_root()).is_empty());
 }
+
+#[test]
+fn printing_around_the_redaction_is_reported() {
+    let dir = std::env::temp_dir().join(format!("xtask-printer-{}", std::process::id()));
+    let root = dir.as_path();
+    let src = root.join("crates/cli/src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(
+        root.join(xtask::PRINTER),
+        "//! The printer.\nfn p() { println!(\"fine here\"); }\n",
+    )
+    .unwrap();
+    fs::write(
+        src.join("main.rs"),
+        "//! Main.\n// println!(\"a comment\")\nfn m(url: &str) {\n    eprintln!(\"{url}\");\n    dbg!(url);\n}\n",
+    )
+    .unwrap();
+    let violations = xtask::check_command_prints_through_redaction(root);
+    fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        violations.iter().any(|v| v.contains("main.rs:4:")),
+        "{violations:?}"
+    );
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.contains("main.rs:5:") && v.contains("dbg!")),
+        "{violations:?}"
+    );
+    assert!(
+        violations.iter().all(|v| !v.starts_with(xtask::PRINTER)),
+        "{violations:?}"
+    );
+    let here = xtask::check_command_prints_through_redaction(&xtask::workspace_root());
+    assert!(here.is_empty(), "{here:?}");
+}

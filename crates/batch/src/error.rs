@@ -146,6 +146,21 @@ pub enum Error {
         /// The state's identity, as its tokens begin.
         state: String,
     },
+    /// A `--resubmit-unknown` token named too soon: its line's submission may still reach the
+    /// service (its POST could be on the wire until the commit's start plus the sender's
+    /// lock-delay), so no check of the account can settle it yet.
+    #[error(
+        "the token {token} names an outcome not yet settled: what its worker sent may still \
+         reach the service for {} s more; nothing was resent. Check the account after that, \
+         then name the token again (`gptimage batch-status` shows it once it is settled)",
+        wait.as_secs().max(1)
+    )]
+    Unsettled {
+        /// The token given.
+        token: String,
+        /// How long until it is settled, on the database's clock.
+        wait: std::time::Duration,
+    },
     /// The service refused the account (a bad key, no credits): the worker let go of every
     /// line it held and claimed no more, rather than try each line of the file in turn.
     #[error(

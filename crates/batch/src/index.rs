@@ -1,5 +1,7 @@
 //! `index.html`: every result of a batch as a picture with its prompt, every failure with its
-//! reason, written from the state a page of lines at a time and renamed into place whole.
+//! reason, written from the state a page of lines at a time and renamed into place whole. It
+//! names local files only, and every reason passes through the one redaction: no signed URL
+//! and no secret reaches the page, which others may read.
 
 use std::io::Write;
 use std::path::Path;
@@ -72,7 +74,7 @@ pub async fn write_index(store: &Store, out: &Path) -> Result<(), Error> {
                 } else {
                     prompt
                 },
-                escape(message)
+                escape(&gptimage::types::redact(message))
             )
             .map_err(io)?;
         }

@@ -412,6 +412,7 @@ impl Job {
             held: false,
             retry_in: None,
             token: None,
+            settles_in: None,
         };
         if claim.state == LineState::Pending {
             if *cancelled.borrow() {
@@ -458,7 +459,7 @@ impl Job {
                 .await?
             {
                 Sent::Submitted => {}
-                Sent::Over(record) => return Ok(Some(record)),
+                Sent::Over(record) => return Ok(Some(*record)),
                 Sent::LetGo => return Ok(None),
             }
         }
@@ -573,7 +574,7 @@ impl Job {
                     .release(worker, item, Some((reason.0, &reason.1)))
                     .await?;
                 record.error = Some((reason.0.to_owned(), reason.1));
-                return Ok(Sent::Over(record.clone()));
+                return Ok(Sent::Over(Box::new(record.clone())));
             }
         };
         store.still_alive(worker).await?;
@@ -594,7 +595,7 @@ impl Job {
                          more tasks (run again with a larger --max-credits to continue)"
                     ),
                 ));
-                return Ok(Sent::Over(record.clone()));
+                return Ok(Sent::Over(Box::new(record.clone())));
             }
         };
         record.name = Some(name);
@@ -649,7 +650,7 @@ impl Job {
                 }
                 record.state = state;
                 record.error = Some((kind.to_owned(), message));
-                Ok(Sent::Over(record.clone()))
+                Ok(Sent::Over(Box::new(record.clone())))
             }
         }
     }
@@ -793,7 +794,7 @@ enum Sent {
     /// The service named its task: go on to wait for it.
     Submitted,
     /// The line ended here (refused, unknown, over budget, no pacer turn): report it.
-    Over(LineRecord),
+    Over(Box<LineRecord>),
     /// The line was let go without an outcome (stopped first, or back to pending after a 429):
     /// nothing to report; it is claimed again later.
     LetGo,

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use std::time::Duration;
 
-use gptimage_batch::{Error, LineState, Retry, Source, StateUrl, Store, Worker};
+use gptimage_batch::{Error, LineState, OutcomeToken, Retry, Source, StateUrl, Store, Worker};
 use support::postgres::Postgres;
 
 fn batch_file(dir: &Path, lines: usize, tag: &str) -> Source {
@@ -378,6 +378,61 @@ async fn a_counted_out_senders_line_waits_out_its_lock_delay(url: StateUrl, dir:
     assert_eq!(token.to_string(), format!("{}.1.1", &state[..6]));
 }
 
+/// A worker that records an unknown outcome itself (its POST timed out, its connection was
+/// reset) gets no token for it, and a token built for it is refused by name, until the
+/// lock-delay it declared has passed: its bytes may still be on the wire.
+async fn a_worker_recorded_unknown_is_settled_only_after_its_lock_delay(url: StateUrl, dir: &Path) {
+    let source = batch_file(dir, 1, "settle");
+    let store = open(&url, &source).await;
+    let worker = store.join(Path::new("a")).await.unwrap();
+    let claim = store.claim(&worker).await.unwrap().unwrap();
+    store
+        .start_submitting(
+            &worker,
+            claim.item,
+            1,
+            &["s".into()],
+            "p",
+            Duration::from_millis(2500),
+        )
+        .await
+        .unwrap();
+    store
+        .not_submitted(
+            &worker,
+            claim.item,
+            (LineState::Unknown, 0),
+            "outcome_unknown",
+            "timed out",
+        )
+        .await
+        .unwrap();
+    let line = store.line(claim.item).await.unwrap().unwrap();
+    assert_eq!(line.state, LineState::Unknown);
+    assert!(line.outcome_token().is_none(), "no token yet: {line:?}");
+    let wait = line.settles_in.expect("it says when it settles");
+    assert!(wait <= Duration::from_millis(2500), "{wait:?}");
+    let state = store.state_id().await.unwrap();
+    let token: OutcomeToken = format!("{}.1.1", &state[..6]).parse().unwrap();
+    let error = store.resubmit_unknown(&[token]).await.unwrap_err();
+    assert!(matches!(error, Error::Unsettled { .. }), "{error}");
+    assert!(error.to_string().contains("not yet settled"), "{error}");
+    assert_eq!(
+        store.line(claim.item).await.unwrap().unwrap().state,
+        LineState::Unknown,
+        "nothing resent"
+    );
+    tokio::time::sleep(wait + Duration::from_millis(200)).await;
+    let line = store.line(claim.item).await.unwrap().unwrap();
+    assert_eq!(line.outcome_token(), Some(token));
+    assert!(line.settles_in.is_none());
+    assert!(store.resubmit_unknown(&[token]).await.unwrap().is_empty());
+    assert_eq!(
+        store.line(claim.item).await.unwrap().unwrap().state,
+        LineState::Pending
+    );
+}
+
 /// A token names its state: one kept from another state is refused by name, and nothing is
 /// resent.
 async fn a_token_of_another_state_is_refused(url: StateUrl, other_url: StateUrl, dir: &Path) {
@@ -558,6 +613,12 @@ async fn sqlite_setbacks_hold_lines_back() {
 async fn sqlite_lock_delay_and_tokens() {
     let dir = tempfile::tempdir().unwrap();
     a_counted_out_senders_line_waits_out_its_lock_delay(sqlite(dir.path()), dir.path()).await;
+    let settle = tempfile::tempdir().unwrap();
+    a_worker_recorded_unknown_is_settled_only_after_its_lock_delay(
+        sqlite(settle.path()),
+        settle.path(),
+    )
+    .await;
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     a_token_of_another_state_is_refused(sqlite(a.path()), sqlite(b.path()), dir.path()).await;
 }
@@ -574,6 +635,7 @@ async fn postgres_store() {
     setbacks_hold_lines_back(url("setback"), dir.path()).await;
     a_counted_out_worker_moves_nothing(&cluster, "fenced", dir.path()).await;
     a_counted_out_senders_line_waits_out_its_lock_delay(url("delay"), dir.path()).await;
+    a_worker_recorded_unknown_is_settled_only_after_its_lock_delay(url("settle"), dir.path()).await;
     a_token_of_another_state_is_refused(url("tokens_a"), url("tokens_b"), dir.path()).await;
 }
 

@@ -1,6 +1,7 @@
 //! `gptimage batch` and `gptimage batch-status`: a thin front over `gptimage-batch`, which keeps
 //! each line's state in SQLite or PostgreSQL so no line is ever paid for twice.
 
+use crate::say::{out, say};
 use std::io::Write;
 use std::path::Path;
 
@@ -28,7 +29,7 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
         Err(code) => return code,
     };
     if let Err(e) = std::fs::create_dir_all(out) {
-        eprintln!("error: could not create {}: {e}", out.display());
+        say!("error: could not create {}: {e}", out.display());
         return code::USAGE;
     }
     let open = gptimage_batch::OpenOptions::new().accept_async_replicas(args.accept_async_replicas);
@@ -48,7 +49,7 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
     let image_host = match context.image_host_if_any(args.image_host.as_deref()) {
         Ok(host) => host.map(|host| gptimage_batch::InputHost(host.into())),
         Err((message, exit)) => {
-            eprintln!("error: {message}");
+            say!("error: {message}");
             return exit;
         }
     };
@@ -63,9 +64,7 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
     let (mut done, mut not_done) = (0u64, 0u64);
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
-        bar.suspend(|| {
-            eprintln!("interrupted: finishing the submissions under way; the state is safe")
-        });
+        bar.suspend(|| say!("interrupted: finishing the submissions under way; the state is safe"));
     };
     let result = batch
         .run(&context.client, &options, stop, |line| {
@@ -86,7 +85,7 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
             bar.set_message(format!("{done} done, {not_done} not done{pushback}"));
             bar.suspend(|| {
                 if let Some((_, message)) = &line.error {
-                    eprintln!("line {}: {message}", line.line);
+                    say!("line {}: {message}", line.line);
                 }
                 report(line).print(args.output.json, true);
             });
@@ -109,7 +108,7 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
     batch.store().close().await;
     let progress = &summary.progress;
     if !context.quiet {
-        eprintln!(
+        say!(
             "{}, {} credits spent{}; images and index.html in {}",
             counts(progress),
             progress.credits,
@@ -123,7 +122,7 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
         advise(progress, &state, &args.file);
     }
     if summary.over_budget {
-        eprintln!(
+        say!(
             "{} line(s) not submitted: the batch's budget of {} credits allows no more ({} \
              credits committed); run again with a larger --max-credits to continue",
             progress.count(LineState::Pending),
@@ -132,7 +131,7 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
         );
     }
     if summary.interrupted {
-        eprintln!("run the same command again to resume: no line is submitted twice");
+        say!("run the same command again to resume: no line is submitted twice");
         return code::INTERRUPTED;
     }
     if progress.all_done() {
@@ -151,7 +150,7 @@ async fn settle_the_users_word(store: &Store, args: &BatchArgs) -> Result<(), Er
         let before = store.set_budget(credits).await?;
         if before != Some(credits) {
             let was = before.map_or("none".to_owned(), |b| format!("{b} credits"));
-            eprintln!(
+            say!(
                 "the batch's budget is now {credits} credits (it was {was}); every worker obeys it"
             );
         }
@@ -160,10 +159,10 @@ async fn settle_the_users_word(store: &Store, args: &BatchArgs) -> Result<(), Er
         let unmatched = store.resubmit_unknown(&args.resubmit_unknown).await?;
         let sent = args.resubmit_unknown.len() - unmatched.len();
         if sent > 0 {
-            eprintln!("{sent} line(s) of unknown outcome will be sent again, as you checked");
+            say!("{sent} line(s) of unknown outcome will be sent again, as you checked");
         }
         for token in unmatched {
-            eprintln!(
+            say!(
                 "token {token} names no line of unknown outcome now (its line moved on, or its \
                  outcome is unknown again under a new token: see gptimage batch-status); \
                  nothing is sent for it"
@@ -198,7 +197,7 @@ fn exit_code(progress: &Progress, reasons: &[Reason]) -> u8 {
 
 async fn write_index(store: &Store, out: &Path) {
     if let Err(error) = gptimage_batch::write_index(store, out).await {
-        eprintln!("warning: could not write index.html: {error}");
+        say!("warning: could not write index.html: {error}");
     }
 }
 
@@ -219,7 +218,7 @@ pub(crate) async fn dry_run(args: &BatchArgs) -> u8 {
             .iter()
             .map(|(line, reason)| json!({"line": line, "error": reason}))
             .collect();
-        println!(
+        out!(
             "{}",
             json!({
                 "dry_run": true,
@@ -235,24 +234,28 @@ pub(crate) async fn dry_run(args: &BatchArgs) -> u8 {
         );
     } else {
         for (line, reason) in &plan.first_invalid {
-            eprintln!("line {line}: {reason}");
+            say!("line {line}: {reason}");
         }
         let quoted = plan.first_invalid.len() as u64;
         if plan.invalid > quoted {
-            eprintln!(
+            say!(
                 "… and {} more invalid line(s) (--json lists the first {quoted})",
                 plan.invalid - quoted
             );
         }
-        eprintln!(
+        say!(
             "{} of {} lines would be submitted, costing {} credits ({} already submitted, {} \
              invalid); nothing was sent",
-            plan.would_submit, plan.lines, plan.credits, plan.already_submitted, plan.invalid
+            plan.would_submit,
+            plan.lines,
+            plan.credits,
+            plan.already_submitted,
+            plan.invalid
         );
         if let Some(budget) = budget {
             let room = budget.saturating_sub(plan.committed);
             if room < plan.credits {
-                eprintln!(
+                say!(
                     "the budget of {budget} credits ({} committed) allows {} of them",
                     plan.committed,
                     room / gptimage::types::CREDITS_PER_TASK
@@ -312,6 +315,7 @@ async fn status_json(store: &Store, state: &StateUrl) -> Result<(), Error> {
         source: e.into(),
     };
     // The head's closing brace gives way to the streamed array.
+    let head = crate::say::shown(&head);
     write!(stdout, "{},\"not_done\":[", &head[..head.len() - 1]).map_err(io)?;
     let mut first = true;
     let mut pages = store.pages_not_done(PAGE);
@@ -321,7 +325,8 @@ async fn status_json(store: &Store, state: &StateUrl) -> Result<(), Error> {
                 stdout.write_all(b",").map_err(io)?;
             }
             first = false;
-            write!(stdout, "{}", report(line).to_json()).map_err(io)?;
+            let line = crate::say::shown(&report(line).to_json().to_string());
+            write!(stdout, "{line}").map_err(io)?;
         }
     }
     writeln!(stdout, "]}}").map_err(io)?;
@@ -333,22 +338,24 @@ async fn status_json(store: &Store, state: &StateUrl) -> Result<(), Error> {
 async fn status_text(store: &Store, state: &StateUrl) -> Result<(), Error> {
     let progress = store.progress().await?;
     let reasons = store.reasons(QUOTED).await?;
-    println!(
+    out!(
         "batch {} (sha256 {}…), state {state}",
         progress.file_name,
         &progress.batch_id[..progress.batch_id.len().min(12)]
     );
-    println!("  {}", counts(&progress));
+    out!("  {}", counts(&progress));
     let budget = progress
         .budget
         .map(|b| format!(" of a {b}-credit budget"))
         .unwrap_or_default();
-    println!(
+    out!(
         "  {} credits spent ({} committed{budget}), {} worker(s) running",
-        progress.credits, progress.committed, progress.workers
+        progress.credits,
+        progress.committed,
+        progress.workers
     );
     if !reasons.is_empty() {
-        println!("not done:");
+        out!("not done:");
     }
     for reason in &reasons {
         let kind = if reason.kind.is_empty() {
@@ -356,12 +363,12 @@ async fn status_text(store: &Store, state: &StateUrl) -> Result<(), Error> {
         } else {
             format!(", {}", reason.kind)
         };
-        println!("  {} line(s) {}{kind}:", reason.count, reason.state);
+        out!("  {} line(s) {}{kind}:", reason.count, reason.state);
         for line in &reason.first {
-            println!("    {}", describe_line(line));
+            out!("    {}", describe_line(line));
         }
         if reason.count > reason.first.len() as u64 {
-            println!(
+            out!(
                 "    … and {} more (gptimage batch-status --json lists every line)",
                 reason.count - reason.first.len() as u64
             );
@@ -370,17 +377,26 @@ async fn status_text(store: &Store, state: &StateUrl) -> Result<(), Error> {
     let unknown = progress.count(LineState::Unknown);
     if unknown > 0 {
         let first = store.pages_unknown(TOKENS_LISTED).next().await?;
+        let first = first.unwrap_or_default();
         let tokens: Vec<String> = first
-            .into_iter()
-            .flatten()
+            .iter()
             .filter_map(|line| line.outcome_token().map(|t| t.to_string()))
             .collect();
-        println!("unknown outcomes (check the account for each before sending it again):");
-        println!("  tokens: {}", tokens.join(","));
-        if unknown > tokens.len() as u64 {
-            println!(
+        let unsettled: Vec<_> = first.iter().filter_map(|line| line.settles_in).collect();
+        out!("unknown outcomes (check the account for each before sending it again):");
+        out!("  tokens: {}", tokens.join(","));
+        if let Some(longest) = unsettled.iter().max() {
+            out!(
+                "  {} not yet settled: what their worker sent may still reach the service for up \
+                 to {} s; check the account after that (their tokens are shown then)",
+                unsettled.len(),
+                longest.as_secs().max(1)
+            );
+        }
+        if unknown > (tokens.len() + unsettled.len()) as u64 {
+            out!(
                 "  … and {} more (gptimage batch-status --json gives each line's token)",
-                unknown - tokens.len() as u64
+                unknown - (tokens.len() + unsettled.len()) as u64
             );
         }
     }
@@ -396,10 +412,14 @@ fn describe_line(line: &LineRecord) -> String {
         .as_deref()
         .map(|t| format!(", task {t}"))
         .unwrap_or_default();
-    let token = line
-        .outcome_token()
-        .map(|t| format!(", token {t}"))
-        .unwrap_or_default();
+    let token = match (line.outcome_token(), line.settles_in) {
+        (Some(t), _) => format!(", token {t}"),
+        (None, Some(wait)) => format!(
+            ", not settled for {} s more (what was sent may still arrive; its token is shown then)",
+            wait.as_secs().max(1)
+        ),
+        (None, None) => String::new(),
+    };
     let held = if line.held {
         ", held until a later run"
     } else {
@@ -413,7 +433,7 @@ fn state_url(state: Option<&str>, out: &Path) -> Result<StateUrl, u8> {
     match state {
         None => Ok(StateUrl::in_folder(out)),
         Some(text) => text.parse().map_err(|e: Error| {
-            eprintln!("error: {e}");
+            say!("error: {e}");
             code::USAGE
         }),
     }
@@ -421,13 +441,14 @@ fn state_url(state: Option<&str>, out: &Path) -> Result<StateUrl, u8> {
 
 /// Reports an error that stopped the batch; its exit code.
 fn fail(error: &Error) -> u8 {
-    eprintln!("error: {error}");
+    say!("error: {error}");
     match error {
         Error::Source { .. }
         | Error::BadStateUrl(_)
         | Error::OtherBatch { .. }
         | Error::BadToken(_)
         | Error::ForeignToken { .. }
+        | Error::Unsettled { .. }
         | Error::Replication { .. }
         | Error::NetworkFileSystem { .. }
         | Error::ImageHost { .. }
@@ -472,7 +493,7 @@ fn counts(progress: &Progress) -> String {
 fn advise(progress: &Progress, state: &StateUrl, file: &Path) {
     let unknown = progress.count(LineState::Unknown);
     if unknown > 0 {
-        eprintln!(
+        say!(
             "{unknown} line(s) may have made a task whose id was never learned: they are never \
              sent again by themselves. Check the account's usage for each; to send the ones you \
              checked again, name their tokens (listed by: gptimage batch-status --state {state}):\n  \
@@ -481,7 +502,7 @@ fn advise(progress: &Progress, state: &StateUrl, file: &Path) {
         );
     }
     if progress.held > 0 {
-        eprintln!(
+        say!(
             "{} line(s) could not progress in this run and are held with their task id and \
              reason (gptimage batch-status --state {state}); run the same command again later \
              to try them again: nothing is resubmitted",
@@ -511,6 +532,7 @@ fn report(line: &LineRecord) -> Report {
             .clone()
             .map(|(kind, message)| (kind, message, code::TASK_FAILED)),
         token: line.outcome_token().map(|t| t.to_string()),
+        settles_in: line.settles_in.map(|d| d.as_secs().max(1)),
         held: line.held,
         state: Some(line.state.as_str()),
         prompt: Some(line.prompt.clone()),

@@ -35,6 +35,32 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
+impl Cli {
+    /// The secrets this command line carries, which nothing it prints may show: the key, and
+    /// the password of a state URL or of an image host's URL (in any form the URL gives it).
+    pub(crate) fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = self.global.api_key.iter().cloned().collect();
+        let urls = match &self.command {
+            Command::Batch(batch) => vec![batch.state.state.clone(), batch.image_host.clone()],
+            Command::BatchStatus(status) => vec![status.state.state.clone()],
+            Command::Generate(generate) => vec![generate.image_host.clone()],
+            _ => Vec::new(),
+        };
+        for url in urls.into_iter().flatten() {
+            if let Ok(parsed) = url::Url::parse(&url) {
+                secrets.extend(parsed.password().map(str::to_owned));
+                secrets.extend(
+                    parsed
+                        .query_pairs()
+                        .filter(|(k, _)| k.contains("password"))
+                        .map(|(_, v)| v.into_owned()),
+                );
+            }
+        }
+        secrets
+    }
+}
+
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub(crate) struct Global {
@@ -42,7 +68,7 @@ pub(crate) struct Global {
     #[arg(long, env = "GPTIMAGE_API_KEY", global = true, hide_env_values = true)]
     pub(crate) api_key: Option<String>,
     /// The API's base URL.
-    #[arg(long, env = "GPTIMAGE_BASE_URL", global = true)]
+    #[arg(long, env = "GPTIMAGE_BASE_URL", global = true, hide_env_values = true)]
     pub(crate) base_url: Option<String>,
     /// Give up waiting for a task after this many seconds (the task goes on; resume with `wait`).
     #[arg(long, value_name = "SECONDS", global = true, value_parser = seconds)]
@@ -105,7 +131,12 @@ pub(crate) struct Generate {
     /// az://container/prefix, with credentials from the environment as each store's own tools
     /// read them; or an http(s) URL that takes a PUT of each file. With --emulator, the
     /// emulator's own host by default.
-    #[arg(long, value_name = "URL", env = "GPTIMAGE_IMAGE_HOST")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "GPTIMAGE_IMAGE_HOST",
+        hide_env_values = true
+    )]
     pub(crate) image_host: Option<String>,
     /// How closely an edit follows its input: low or high.
     #[arg(long)]
@@ -188,7 +219,12 @@ pub(crate) struct Batch {
     /// for the service to fetch: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix,
     /// or an http(s) URL that takes a PUT; the emulator's own with --emulator. Each distinct
     /// file is uploaded once, and its URL kept in the batch's state for later lines and runs.
-    #[arg(long, value_name = "URL", env = "GPTIMAGE_IMAGE_HOST")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "GPTIMAGE_IMAGE_HOST",
+        hide_env_values = true
+    )]
     pub(crate) image_host: Option<String>,
 }
 

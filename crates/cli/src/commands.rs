@@ -1,5 +1,6 @@
 //! The single-task commands: `generate`, `status` and `wait`, and the client they share.
 
+use crate::say::say;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -63,7 +64,7 @@ impl Context {
                 .api_key(emulator.api_key())
                 .base_url(emulator.base_url());
             if global.verbose {
-                eprintln!("using the local emulator at {}", emulator.base_url());
+                say!("using the local emulator at {}", emulator.base_url());
             }
             Some(emulator)
         } else {
@@ -129,7 +130,7 @@ impl Context {
                     .listen_with(addr, &options)
                     .map_err(|e| (format!("could not listen on {addr}: {e}"), code::USAGE))?;
                 if global.verbose {
-                    eprintln!("receiving callbacks on {addr} for {}", receiver.base_url());
+                    say!("receiving callbacks on {addr} for {}", receiver.base_url());
                 }
                 builder = builder.webhooks(receiver);
                 Some(listener)
@@ -139,7 +140,7 @@ impl Context {
             .build()
             .map_err(|e| (describe(&e, None), code::USAGE))?;
         if global.verbose {
-            eprintln!("API: {}", client.config().base_url());
+            say!("API: {}", client.config().base_url());
         }
         Ok(Self {
             client,
@@ -222,7 +223,7 @@ impl Context {
                         .await
                         .map_err(|e| (describe(&e, None), code::USAGE))?;
                     if self.verbose {
-                        eprintln!("{} is at {url}", file.path().display());
+                        say!("{} is at {url}", file.path().display());
                     }
                     hosted.insert(file.sha256().to_owned(), url.expose().to_owned());
                     urls.push(url.expose().to_owned());
@@ -254,7 +255,7 @@ impl Context {
         spinner.finish_and_clear();
         let Some(task) = waited else {
             let message = format!("interrupted; the task goes on: gptimage wait {task_id}");
-            eprintln!("{message}");
+            say!("{message}");
             return Ok(Report {
                 task_id: Some(task_id.to_owned()),
                 error: Some(("interrupted".into(), message, code::INTERRUPTED)),
@@ -339,7 +340,7 @@ pub(crate) async fn generate(
         Err(error) => return failure(None, &error, &args.output.out),
     };
     if context.verbose || (args.no_wait && !context.quiet && !args.output.json) {
-        eprintln!("submitted task {}", created.task_id);
+        say!("submitted task {}", created.task_id);
     }
     if args.no_wait {
         return Report {
@@ -380,6 +381,6 @@ pub(crate) async fn wait(context: &Context, args: &Wait) -> Report {
 
 /// Reports an error: always on stderr, and in the report for `--json`.
 fn failure(task_id: Option<&str>, error: &Error, out: &Path) -> Report {
-    eprintln!("error: {}", describe(error, Some(out)));
+    say!("error: {}", describe(error, Some(out)));
     Report::failure(task_id, error)
 }

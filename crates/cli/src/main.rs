@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod progress;
 mod report;
+mod say;
 
 use std::process::ExitCode;
 
@@ -12,6 +13,7 @@ use clap::{CommandFactory, Parser};
 
 use crate::cli::{Cli, Command, Shell};
 use crate::report::{code, describe};
+use crate::say::{out, say};
 
 /// The file-size-limit signal's number (the same on Linux and the BSDs).
 #[cfg(unix)]
@@ -19,6 +21,7 @@ const SIGXFSZ: i32 = 25;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    say::know(cli.secrets());
     if let Command::Completions(args) = &cli.command {
         let shell = match args.shell {
             Shell::Bash => clap_complete::Shell::Bash,
@@ -48,9 +51,9 @@ fn main() -> ExitCode {
             match checked {
                 Ok(inputs) => Some(inputs),
                 Err(error) => {
-                    eprintln!("error: {}", describe(&error, None));
+                    say!("error: {}", describe(&error, None));
                     if args.output.json {
-                        println!("{}", report::Report::failure(None, &error).to_json());
+                        out!("{}", report::Report::failure(None, &error).to_json());
                     }
                     return ExitCode::from(code::USAGE);
                 }
@@ -65,7 +68,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: could not start the async runtime: {e}");
+            say!("error: could not start the async runtime: {e}");
             return ExitCode::from(code::TRANSPORT);
         }
     };
@@ -99,7 +102,7 @@ async fn run(cli: Cli, inputs: Option<Vec<commands::Input>>) -> u8 {
     let context = match commands::Context::new(&cli.global, listen, rate).await {
         Ok(context) => context,
         Err((message, exit)) => {
-            eprintln!("error: {message}");
+            say!("error: {message}");
             return exit;
         }
     };
@@ -113,14 +116,14 @@ async fn run(cli: Cli, inputs: Option<Vec<commands::Input>>) -> u8 {
             {
                 Ok(images) => images,
                 Err((message, exit)) => {
-                    eprintln!("error: {message}");
+                    say!("error: {message}");
                     return exit;
                 }
             };
             let request = match commands::request(args, images) {
                 Ok(request) => request,
                 Err(error) => {
-                    eprintln!("error: {}", describe(&gptimage::Error::from(error), None));
+                    say!("error: {}", describe(&gptimage::Error::from(error), None));
                     return code::USAGE;
                 }
             };

@@ -1,6 +1,7 @@
 //! What a command says about a task: one JSON object for scripts, or lines for people; and the
 //! exit code each outcome maps to.
 
+use crate::say::{out, say};
 use std::path::{Path, PathBuf};
 
 use gptimage::{ApiCode, Error, ErrorKind, TaskInfo};
@@ -71,6 +72,9 @@ pub(crate) struct Report {
     pub(crate) error: Option<(String, String, u8)>,
     /// A batch line of unknown outcome: the token that names it for `--resubmit-unknown`.
     pub(crate) token: Option<String>,
+    /// A batch line of unknown outcome not yet settled: seconds until what its worker sent can
+    /// no longer reach the service (its token is given then).
+    pub(crate) settles_in: Option<u64>,
     /// A batch line held back until a later run.
     pub(crate) held: bool,
     /// A batch line's state in the batch (`pending`, `submitting`, `unknown`, …).
@@ -113,8 +117,8 @@ impl Report {
     }
 
     /// The JSON object for `--json`: `task_id`, `status`, `images`, `files`, `credits`, `error`
-    /// (and `line`, `name`, `held`, `state`, `prompt` and, for an unknown outcome, `token`, for
-    /// batch lines).
+    /// (and `line`, `name`, `held`, `state`, `prompt` and, for an unknown outcome, `token`, or
+    /// `settles_in_secs` while it is not yet settled, for batch lines).
     pub(crate) fn to_json(&self) -> Value {
         let mut object = json!({
             "task_id": self.task_id,
@@ -137,6 +141,9 @@ impl Report {
             if let Some(token) = &self.token {
                 object["token"] = json!(token);
             }
+            if let Some(seconds) = self.settles_in {
+                object["settles_in_secs"] = json!(seconds);
+            }
         }
         object
     }
@@ -144,11 +151,11 @@ impl Report {
     /// Prints the report: JSON on stdout, or files on stdout and the rest on stderr.
     pub(crate) fn print(&self, json_mode: bool, quiet: bool) {
         if json_mode {
-            println!("{}", self.to_json());
+            out!("{}", self.to_json());
             return;
         }
         for file in &self.files {
-            println!("{}", file.display());
+            out!("{}", file.display());
         }
         if quiet {
             return;
@@ -158,10 +165,10 @@ impl Report {
                 .credits
                 .map(|c| format!(", {c} credits"))
                 .unwrap_or_default();
-            eprintln!("task {id}: {status}{credits}");
+            say!("task {id}: {status}{credits}");
             if self.files.is_empty() {
                 for image in &self.images {
-                    eprintln!("  {image}");
+                    say!("  {image}");
                 }
             }
         }

@@ -236,7 +236,7 @@ fn a_kill_at_every_step_of_a_line_never_pays_twice() {
 
         let output = run(&mut batch(&emulator, &file, &out, &[]));
         let counters = emulator.counters();
-        let status = batch_status(out.to_str().unwrap());
+        let status = settled_status(out.to_str().unwrap());
         if step.resumes {
             assert_eq!(output.status.code(), Some(0), "{name}: {}", stderr(&output));
             assert_eq!(counters.tasks_created, 3, "{name}: one task per line");

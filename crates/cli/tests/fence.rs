@@ -18,7 +18,7 @@ use gptimage_emulator::{Config, Emulator, Endpoint, Fault, FaultKind};
 use serde_json::Value;
 
 /// A batch worker on `state`, its requests timing out after 3 s (so `S`, the send window and
-/// the request timeout, is 5 s, and a counted-out sender's lock-delay about 6.5 s).
+/// twice the request timeout, is 8 s, and a submission's lock-delay 9.8 s).
 fn worker(
     emulator: &Emulator,
     file: &std::path::Path,
@@ -46,7 +46,7 @@ fn check_and_resend(
     out: &std::path::Path,
     state: &str,
 ) -> Vec<String> {
-    let status = batch_status(state);
+    let status = settled_status(state);
     let mut tokens = Vec::new();
     for line in status["not_done"].as_array().into_iter().flatten() {
         let (Some(token), Some(prompt)) = (line["token"].as_str(), line["prompt"].as_str()) else {

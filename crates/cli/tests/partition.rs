@@ -5,17 +5,19 @@
 //! must finish A's lines within the bound plus a margin, A must stop by itself, and healing the
 //! link afterwards must send nothing. Only private addresses on the veth pair, removed after.
 //!
-//! Creating a namespace needs root (CI runs as root); elsewhere the test says so and passes.
+//! Creating a namespace needs root (CI runs as root); elsewhere the test says so and passes
+//! (as root, failing to create one fails the test).
 
 mod common;
 #[path = "../../batch/tests/support/postgres.rs"]
 #[allow(unreachable_pub, dead_code)]
 mod postgres;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::netns::Link;
 use common::*;
 use gptimage_emulator::{Config, Emulator};
 
@@ -24,102 +26,6 @@ use gptimage_emulator::{Config, Emulator};
 const BOUND: Duration = Duration::from_secs(30);
 /// Room for a loaded machine.
 const MARGIN: Duration = Duration::from_secs(20);
-
-/// A network namespace joined to this one by veth pairs; removed when dropped.
-struct Link {
-    namespace: String,
-    /// The first pair's ends.
-    host_side: String,
-    host_ip: Ipv4Addr,
-    namespace_ip: Ipv4Addr,
-    /// Further pairs: (host side, host address, namespace address).
-    more: Vec<(String, Ipv4Addr, Ipv4Addr)>,
-}
-
-impl Link {
-    /// `None` where this process may not create namespaces.
-    fn create() -> Option<Self> {
-        let id = std::process::id() % 100_000;
-        let namespace = format!("gpti-part-{id}");
-        if !ip(&["netns", "add", &namespace]) {
-            return None;
-        }
-        let (host_side, host_ip, namespace_ip) = Self::pair(&namespace, 0);
-        Some(Link {
-            namespace,
-            host_side,
-            host_ip,
-            namespace_ip,
-            more: Vec::new(),
-        })
-    }
-
-    /// Another veth pair into the same namespace, on a subnet of its own: its host side's
-    /// address, and the namespace's.
-    fn add_pair(&mut self) -> (Ipv4Addr, Ipv4Addr) {
-        let (side, host, namespace) = Self::pair(&self.namespace, self.more.len() + 1);
-        self.more.push((side, host, namespace));
-        (host, namespace)
-    }
-
-    fn pair(namespace: &str, n: usize) -> (String, Ipv4Addr, Ipv4Addr) {
-        let id = std::process::id() % 100_000;
-        let subnet = 20 + ((std::process::id() + 97 * n as u32) % 200) as u8;
-        let host_ip = Ipv4Addr::new(10, 213 + n as u8, subnet, 1);
-        let namespace_ip = Ipv4Addr::new(10, 213 + n as u8, subnet, 2);
-        let host_side = format!("gpth{id}x{n}");
-        let peer = format!("gptn{id}x{n}");
-        let host_cidr = format!("{host_ip}/30");
-        let namespace_cidr = format!("{namespace_ip}/30");
-        let steps: [&[&str]; 7] = [
-            &[
-                "link", "add", &host_side, "type", "veth", "peer", "name", &peer,
-            ],
-            &["link", "set", &peer, "netns", namespace],
-            &["addr", "add", &host_cidr, "dev", &host_side],
-            &["link", "set", &host_side, "up"],
-            &[
-                "-n",
-                namespace,
-                "addr",
-                "add",
-                &namespace_cidr,
-                "dev",
-                &peer,
-            ],
-            &["-n", namespace, "link", "set", &peer, "up"],
-            &["-n", namespace, "link", "set", "lo", "up"],
-        ];
-        for step in steps {
-            assert!(ip(step), "ip {step:?} failed");
-        }
-        (host_side, host_ip, namespace_ip)
-    }
-
-    fn set(&self, state: &str) {
-        assert!(ip(&["link", "set", &self.host_side, state]));
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        // Deleting one end deletes the pair.
-        ip(&["link", "del", &self.host_side]);
-        for (side, _, _) in &self.more {
-            ip(&["link", "del", side]);
-        }
-        ip(&["netns", "del", &self.namespace]);
-    }
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// A batch worker, in `namespace` if given.
 fn worker(
@@ -169,19 +75,24 @@ fn within(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
 #[test]
 fn a_worker_cut_off_from_the_network_is_counted_out_and_its_lines_finished() {
     let Some(link) = Link::create() else {
-        eprintln!(
-            "skipped: creating a network namespace needs root (`ip netns add`); CI runs it as root"
-        );
         return;
     };
+    let certificates = tempfile::tempdir().unwrap();
+    let tls = postgres::Tls::for_address(certificates.path(), &link.host_ip.to_string());
     let cluster = postgres::Postgres::start_with(&postgres::Setup {
         listen: vec![link.host_ip.to_string()],
-        hba: vec![format!("host all all {}/32 trust", link.namespace_ip)],
+        hba: vec![format!("hostssl all all {}/32 trust", link.namespace_ip)],
         settings: Vec::new(),
+        tls: Some(tls.clone()),
     });
     let database = "partition";
     let local_state = cluster.create_database(database);
-    let remote_state = local_state.replace("127.0.0.1", &link.host_ip.to_string());
+    // A state on another machine's address is verified: the test CA is given.
+    let remote_state = format!(
+        "{}?sslrootcert={}",
+        local_state.replace("127.0.0.1", &link.host_ip.to_string()),
+        tls.ca.display()
+    );
     let config = Config::instant().with_timings(Duration::ZERO, Duration::from_secs(4));
     let emulator =
         Emulator::spawn_on(config, SocketAddr::new(IpAddr::V4(link.host_ip), 0)).unwrap();
@@ -284,18 +195,17 @@ fn check_and_resend(
     out: &std::path::Path,
     state: &str,
 ) {
-    let status = batch_status(state);
+    let status = settled_status(state);
     let tokens: Vec<String> = status["not_done"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|line| {
             let prompt = line["prompt"].as_str().unwrap_or_default();
-            emulator
+            !emulator
                 .counters()
                 .tasks_created_by_prompt
-                .get(prompt)
-                .is_none()
+                .contains_key(prompt)
         })
         .filter_map(|line| line["token"].as_str().map(str::to_owned))
         .collect();
@@ -327,20 +237,25 @@ fn a_worker_cut_off_from_its_state_alone_sends_nothing_more_and_nothing_twice() 
     // slow (answered 2 s late), so some are on the wire at the cut. The link heals while A
     // still runs.
     let Some(mut link) = Link::create() else {
-        eprintln!(
-            "skipped: creating a network namespace needs root (`ip netns add`); CI runs it as root"
-        );
         return;
     };
+    let certificates = tempfile::tempdir().unwrap();
+    let tls = postgres::Tls::for_address(certificates.path(), &link.host_ip.to_string());
     let (api_host, _) = link.add_pair();
     let cluster = postgres::Postgres::start_with(&postgres::Setup {
         listen: vec![link.host_ip.to_string()],
-        hba: vec![format!("host all all {}/32 trust", link.namespace_ip)],
+        hba: vec![format!("hostssl all all {}/32 trust", link.namespace_ip)],
         settings: Vec::new(),
+        tls: Some(tls.clone()),
     });
     let database = "statecut";
     let local_state = cluster.create_database(database);
-    let remote_state = local_state.replace("127.0.0.1", &link.host_ip.to_string());
+    // A state on another machine's address is verified: the test CA is given.
+    let remote_state = format!(
+        "{}?sslrootcert={}",
+        local_state.replace("127.0.0.1", &link.host_ip.to_string()),
+        tls.ca.display()
+    );
     let config = Config::instant()
         .with_timings(Duration::ZERO, Duration::from_secs(2))
         .with_fault(
@@ -419,18 +334,21 @@ fn a_worker_behind_a_session_pooler_cut_off_is_counted_out_by_its_heartbeat() {
     // A's liveness lock in it) outlives A's cut link for the pooler's own timeouts. A's
     // heartbeat counts it out.
     let Some(link) = Link::create() else {
-        eprintln!(
-            "skipped: creating a network namespace needs root (`ip netns add`); CI runs it as root"
-        );
         return;
     };
+    let certificates = tempfile::tempdir().unwrap();
+    let tls = postgres::Tls::for_address(certificates.path(), &link.host_ip.to_string());
     let cluster = postgres::Postgres::start();
     let database = "pooledcut";
     let local_state = cluster.create_database(database);
-    let pooler = cluster.pooler_on("session", &[link.host_ip.to_string()]);
-    let remote_state = pooler
-        .url(database)
-        .replace("127.0.0.1", &link.host_ip.to_string());
+    let pooler = cluster.pooler_on("session", &[link.host_ip.to_string()], Some(&tls));
+    let remote_state = format!(
+        "{}?sslrootcert={}",
+        pooler
+            .url(database)
+            .replace("127.0.0.1", &link.host_ip.to_string()),
+        tls.ca.display()
+    );
     let config = Config::instant().with_timings(Duration::ZERO, Duration::from_secs(60));
     let emulator =
         Emulator::spawn_on(config, SocketAddr::new(IpAddr::V4(link.host_ip), 0)).unwrap();

@@ -53,9 +53,9 @@ fn scene(config: Config, lines: usize, word: &str) -> (Emulator, PathBuf, PathBu
     (emulator, file, out, dir)
 }
 
-/// The one line the status lists as not done.
+/// The one line the status lists as not done (settled, if its outcome is unknown).
 fn only_line(out: &Path) -> serde_json::Value {
-    let status = batch_status(out.to_str().unwrap());
+    let status = settled_status(out.to_str().unwrap());
     let lines = status["not_done"].as_array().unwrap().clone();
     assert_eq!(lines.len(), 1, "{status}");
     lines[0].clone()
@@ -423,6 +423,17 @@ fn resubmit_unknown_resends_only_the_outcomes_the_user_named() {
         "{}",
         stderr(&output)
     );
+    // Until what was sent can no longer arrive, the outcome is not settled: no token yet, and
+    // the status says when.
+    let early = batch_status(out.to_str().unwrap());
+    let line = &early["not_done"][0];
+    assert!(
+        line["token"].is_null() && line["settles_in_secs"].as_u64().is_some_and(|s| s <= 10),
+        "{early}"
+    );
+    let text = run(gptimage().args(["batch-status", "--out"]).arg(&out));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("not yet settled"), "{text}");
     let line = only_line(&out);
     // Tokens name their state (six hex digits), then the line and its submission.
     let first = line["token"].as_str().unwrap().to_owned();

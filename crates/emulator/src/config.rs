@@ -246,6 +246,9 @@ pub struct Config {
     /// Certificates (PEM) the emulator trusts when it fetches an `https` input image or
     /// delivers an `https` webhook; none by default, so such URLs fail with a certificate error.
     pub trusted_roots_pem: Vec<u8>,
+    /// Give result URLs a query as a store's signed URLs have (`X-Amz-Signature=…`, a secret),
+    /// which the file server ignores: for tests that a client never shows one.
+    pub signed_results: bool,
 }
 
 impl Default for Config {
@@ -272,6 +275,7 @@ impl Default for Config {
             errors_with_http_200: false,
             separate_file_origin: false,
             trusted_roots_pem: Vec::new(),
+            signed_results: false,
         }
     }
 }
@@ -355,6 +359,12 @@ impl Config {
     /// Answers API errors with HTTP 200, the outcome only in the envelope's `code`.
     pub fn with_errors_as_http_200(mut self, yes: bool) -> Self {
         self.errors_with_http_200 = yes;
+        self
+    }
+
+    /// Gives result URLs a signed URL's query (see [`Config::signed_results`]).
+    pub fn with_signed_results(mut self, yes: bool) -> Self {
+        self.signed_results = yes;
         self
     }
 

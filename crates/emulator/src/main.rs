@@ -21,7 +21,12 @@ struct Args {
     #[arg(long, env = "GPTIMAGE_EMULATOR_HOST", default_value = "127.0.0.1")]
     host: IpAddr,
     /// An API key to accept (repeat for several). Default: sk-emulator-local.
-    #[arg(long = "key", env = "GPTIMAGE_EMULATOR_KEYS", value_delimiter = ',')]
+    #[arg(
+        long = "key",
+        env = "GPTIMAGE_EMULATOR_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     keys: Vec<String>,
     /// Starting credits of every key (a task costs 10).
     #[arg(long, default_value_t = gptimage_emulator::DEFAULT_CREDITS)]
@@ -162,6 +167,9 @@ async fn main() -> ExitCode {
             }
         }
     }
+    // The well-known default key is shown; keys the user chose are not (they may be copies of
+    // real ones, and a terminal's output travels).
+    let chosen = args.keys.iter().any(|k| !k.trim().is_empty());
     let keys: Vec<String> = config.keys.iter().map(|k| k.key.clone()).collect();
     let emulator = match Emulator::bind(config, SocketAddr::new(args.host, args.port)).await {
         Ok(emulator) => emulator,
@@ -174,14 +182,25 @@ async fn main() -> ExitCode {
         }
     };
     println!("gptimage-emulator listening on {}", emulator.base_url());
-    for key in &keys {
-        println!("  API key: {key}");
+    if chosen {
+        println!(
+            "  API keys: the {} given with --key (not shown)",
+            keys.len()
+        );
+        println!(
+            "  try: GPTIMAGE_BASE_URL={} GPTIMAGE_API_KEY=<one of them> gptimage generate \"a red fox in snow\"",
+            emulator.base_url()
+        );
+    } else {
+        for key in &keys {
+            println!("  API key: {key}");
+        }
+        println!(
+            "  try: GPTIMAGE_BASE_URL={} GPTIMAGE_API_KEY={} gptimage generate \"a red fox in snow\"",
+            emulator.base_url(),
+            keys.first().map_or("", String::as_str)
+        );
     }
-    println!(
-        "  try: GPTIMAGE_BASE_URL={} GPTIMAGE_API_KEY={} gptimage generate \"a red fox in snow\"",
-        emulator.base_url(),
-        keys.first().map_or("", String::as_str)
-    );
     println!(
         "  OpenAPI document: {}/openapi.json; counters: {}/_emulator/counters",
         emulator.origin(),

@@ -365,9 +365,19 @@ impl Store {
         match &task.phase {
             Phase::Succeeded(images) => {
                 info.request = serde_json::to_value(&task.request).ok();
+                let signature = if self.config.signed_results {
+                    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+                    let sig = BuildHasherDefault::<DefaultHasher>::default().hash_one(id);
+                    format!(
+                        "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=3600&\
+                         X-Amz-Signature={sig:016x}{sig:016x}"
+                    )
+                } else {
+                    String::new()
+                };
                 info.response = Some(
                     (0..images.len())
-                        .map(|n| format!("{}/files/{id}/{n}.png", self.files_base()))
+                        .map(|n| format!("{}/files/{id}/{n}.png{signature}", self.files_base()))
                         .collect(),
                 );
             }

@@ -257,9 +257,14 @@ impl BaseUrl {
                 url.scheme()
             )));
         }
-        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        if url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
             return Err(Error::config(
-                "the base URL must not have a query, a fragment or credentials",
+                "the base URL must not have a query, a fragment or credentials (the key goes in \
+                 GPTIMAGE_API_KEY, never in a URL)",
             ));
         }
         let loopback = is_loopback(&url);
@@ -292,17 +297,30 @@ impl BaseUrl {
     }
 }
 
-/// Whether a URL's host is this machine: `localhost`, 127.0.0.0/8 or ::1.
+/// Whether a URL's host is provably this machine: 127.0.0.0/8 or ::1 written as such, or the
+/// name `localhost` when every address it resolves to is one of those. Other names (such as
+/// `api.localhost`, which a resolver may send anywhere) are not, whatever they look like: plain
+/// http, which carries the key in the clear, goes only where it cannot leave the machine.
 pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => {
             let d = d.trim_end_matches('.').to_ascii_lowercase();
-            d == "localhost" || d.ends_with(".localhost")
+            d == "localhost" && resolves_to_loopback_only(&d)
         }
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
     }
+}
+
+/// Whether `name` resolves, and only to loopback addresses.
+fn resolves_to_loopback_only(name: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let Ok(addrs) = (name, 0).to_socket_addrs() else {
+        return false;
+    };
+    let addrs: Vec<_> = addrs.collect();
+    !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
 }
 
 /// A checked client configuration. Build one with a client's `builder()`.
@@ -782,11 +800,15 @@ mod tests {
         let refused = BaseUrl::parse("http://example.com/api", false).unwrap_err();
         assert!(refused.to_string().contains("plain http"), "{refused}");
         assert!(BaseUrl::parse("http://example.com/api", true).is_ok());
+        // A name that looks local is not, unless it is `localhost` itself.
+        assert!(BaseUrl::parse("http://api.localhost:1/api", false).is_err());
         for bad in [
             "gptimage15.ai/api",
             "ftp://x/api",
             "https://x/api?k=1",
             "https://u:p@x/api",
+            "https://:p@x/api",
+            "https://u@x/api",
         ] {
             assert!(BaseUrl::parse(bad, false).is_err(), "{bad}");
         }

@@ -8,6 +8,36 @@ use gptimage_types::{ApiCode, ValidationError};
 
 type Source = Box<dyn StdError + Send + Sync + 'static>;
 
+/// A cause as it may be shown: the words of an underlying error and of its causes, redacted and
+/// joined (an HTTP library's error names the URL, query and all; a store's, its request), with
+/// nothing beneath it, so no chain can repeat a secret, or itself.
+#[derive(Debug)]
+struct Scrubbed(String);
+
+impl Scrubbed {
+    fn of(source: &(dyn StdError + 'static)) -> Source {
+        let mut text = source.to_string();
+        let mut cause = source.source();
+        while let Some(next) = cause {
+            let next_text = next.to_string();
+            if !text.contains(&next_text) {
+                text.push_str(": ");
+                text.push_str(&next_text);
+            }
+            cause = next.source();
+        }
+        Box::new(Scrubbed(gptimage_types::redact(&text)))
+    }
+}
+
+impl fmt::Display for Scrubbed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for Scrubbed {}
+
 /// What went wrong, in the terms a caller acts on.
 ///
 /// ```
@@ -129,12 +159,15 @@ pub struct TransportError {
 }
 
 impl TransportError {
-    /// A transport failure with its cause.
+    /// A transport failure with its cause. The cause is kept as its words, redacted (see
+    /// [`gptimage_types::redact`]): an HTTP library's error names the URL it failed on, whose
+    /// query may be a signature.
     pub fn new(kind: TransportErrorKind, sent: RequestSent, source: impl Into<Source>) -> Self {
+        let source: Source = source.into();
         Self {
             kind,
             sent,
-            source: source.into(),
+            source: Scrubbed::of(&*source),
         }
     }
 
@@ -243,6 +276,68 @@ enum Repr {
     },
 }
 
+impl Repr {
+    /// The same, its words redacted.
+    fn redacted(self) -> Self {
+        use gptimage_types::redact;
+        let text = |t: String| redact(&t);
+        let maybe = |t: Option<String>| t.map(|t| redact(&t));
+        match self {
+            Repr::InvalidRequest(Invalid::Other(what)) => {
+                Repr::InvalidRequest(Invalid::Other(text(what)))
+            }
+            Repr::Config(what) => Repr::Config(text(what)),
+            Repr::Api {
+                code,
+                http_status,
+                message,
+                retry_after,
+            } => Repr::Api {
+                code,
+                http_status,
+                message: maybe(message),
+                retry_after,
+            },
+            Repr::Transport { what, source } => Repr::Transport {
+                what: text(what),
+                source,
+            },
+            Repr::OutcomeUnknown { why, source } => Repr::OutcomeUnknown {
+                why: text(why),
+                source,
+            },
+            Repr::TaskFailed { message } => Repr::TaskFailed {
+                message: maybe(message),
+            },
+            Repr::InvalidResponse {
+                what,
+                http_status,
+                excerpt,
+            } => Repr::InvalidResponse {
+                what: text(what),
+                http_status,
+                excerpt: maybe(excerpt),
+            },
+            Repr::Download {
+                what,
+                source,
+                http_status,
+                write,
+            } => Repr::Download {
+                what: text(what),
+                source: source.map(|s| Scrubbed::of(&*s)),
+                http_status,
+                write,
+            },
+            Repr::NotSent { why, after } => Repr::NotSent {
+                why: text(why),
+                after,
+            },
+            other => other,
+        }
+    }
+}
+
 /// Why a request is invalid: a documented rule, or another check (a task id's form).
 enum Invalid {
     Rule(ValidationError),
@@ -250,10 +345,13 @@ enum Invalid {
 }
 
 impl Error {
+    /// Every error's words pass through the one redaction (`gptimage_types::redact`): what a
+    /// server said, what an HTTP library or a store said, the URLs named (whose queries hold
+    /// signatures), never a secret.
     fn new(repr: Repr) -> Self {
         Self {
             inner: Box::new(Inner {
-                repr,
+                repr: repr.redacted(),
                 task_id: None,
             }),
         }

@@ -29,9 +29,7 @@ impl ReqwestTransport {
     /// and the build's TLS: rustls on the chosen provider with the platform's verifier, or the
     /// platform's TLS library (see the crate's features).
     pub fn new(config: &Config) -> Result<Self> {
-        let builder = stack(config)?
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true);
+        let builder = stack(config)?.tcp_nodelay(true);
         let client = builder
             .build()
             .map_err(|e| Error::config(format!("the HTTP client could not be built: {e}")))?;
@@ -48,12 +46,15 @@ impl ReqwestTransport {
     }
 }
 
-/// The HTTP stack a configuration describes: its connect timeout, its proxy (and no other), and
-/// the build's TLS: rustls on the chosen provider with the platform's verifier, or the platform's
-/// TLS library. Shared by the transport and the image hosts.
+/// The HTTP stack a configuration describes: its connect timeout, its proxy (and no other), no
+/// redirect followed (the core follows a download's itself, without the key; a store's
+/// endpoint that redirected would otherwise take its signing headers and session token to
+/// another host), and the build's TLS: rustls on the chosen provider with the platform's
+/// verifier, or the platform's TLS library. Shared by the transport and the image hosts.
 pub(crate) fn stack(config: &Config) -> Result<reqwest::ClientBuilder> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(config.connect_timeout())
+        .redirect(reqwest::redirect::Policy::none())
         .no_proxy();
     // Data the peer has not acknowledged within the request timeout is given up, with the
     // connection: a submission written before a partition can never arrive after the time its

@@ -6,6 +6,7 @@
 
 #[path = "support/moto.rs"]
 mod moto;
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use gptimage_transport::test_util::TINY_PNG;
 use gptimage_transport::{Client, ErrorKind};
 use gptimage_types::GenerateRequest;
 use moto::Moto;
+use support::{Reply, Scripted};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -226,4 +228,55 @@ fn a_missing_bucket_or_missing_credentials_are_clear_errors_before_anything_is_s
     let error = ObjectStoreHost::from_url("ftp://inputs/x", client.config()).unwrap_err();
     assert!(error.to_string().contains("s3://bucket/prefix"), "{error}");
     assert_eq!(emulator.counters().generate_requests, 0, "nothing was sent");
+}
+
+#[test]
+fn a_redirecting_store_endpoint_gets_the_credentials_and_the_host_it_names_does_not() {
+    let session = "session-SECRET-token-0123456789";
+    let elsewhere = Scripted::start(vec![Reply::Http(200, Vec::new(), Vec::new())]);
+    let endpoint = Scripted::start(vec![Reply::Http(
+        307,
+        vec![(
+            "location".into(),
+            format!("{}/inputs/stolen", elsewhere.origin()),
+        )],
+        Vec::new(),
+    )]);
+    let rt = runtime();
+    let config = Client::builder()
+        .api_key("sk-test-redirects")
+        .base_url(endpoint.base_url())
+        .build()
+        .unwrap()
+        .config()
+        .clone();
+    let origin = endpoint.origin();
+    let settings = [
+        ("aws_access_key_id", "test-key"),
+        ("aws_secret_access_key", "test-secret"),
+        ("aws_session_token", session),
+        ("aws_region", "us-east-1"),
+        ("aws_endpoint", origin.as_str()),
+        ("aws_allow_http", "true"),
+    ];
+    let host = ObjectStoreHost::from_url_with("s3://inputs/x", &settings, &config).unwrap();
+    let image = LocalImage::from_bytes("tiny.png", TINY_PNG.to_vec(), 1 << 20).unwrap();
+    let error = rt
+        .block_on(host.host(&image, Duration::from_secs(60)))
+        .unwrap_err();
+    let asked = endpoint.requests();
+    assert!(!asked.is_empty(), "the store's endpoint was asked");
+    assert!(
+        asked.iter().all(|r| r.header("authorization").is_some()
+            && r.header("x-amz-security-token").as_deref() == Some(session)),
+        "the endpoint got the credentials: {asked:?}"
+    );
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the host a redirect names gets nothing: {:?}",
+        elsewhere.requests()
+    );
+    let text = format!("{error} {error:?}");
+    assert!(text.contains("tiny.png"), "{text}");
+    assert!(!text.contains(session), "{text}");
 }

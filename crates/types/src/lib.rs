@@ -60,12 +60,14 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod key;
+mod redact;
 mod request;
 mod response;
 mod time;
 mod validate;
 
 pub use key::{ApiKey, InvalidApiKey};
+pub use redact::{redact, redact_with};
 pub use request::{
     GenerateRequest, GenerateRequestBuilder, InputFidelity, Quality, RawGenerateRequest, Size,
 };

@@ -202,7 +202,7 @@ api_enum! {
 /// );
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "RawGenerateRequest")]
 pub struct GenerateRequest {
     prompt: String,
@@ -216,6 +216,47 @@ pub struct GenerateRequest {
     quality: Option<Quality>,
     #[serde(skip_serializing_if = "Option::is_none")]
     callback_url: Option<String>,
+}
+
+/// Its input image URLs (signed ones carry a signature) and its callback URL (whose path is a
+/// secret token) are shown redacted (see [`redact`](crate::redact)); `Serialize` sends them
+/// whole, as the API needs.
+impl std::fmt::Debug for GenerateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let images: Vec<String> = self.images.iter().map(|u| crate::redact(u)).collect();
+        f.debug_struct("GenerateRequest")
+            .field("prompt", &self.prompt)
+            .field("size", &self.size)
+            .field("images", &images)
+            .field("input_fidelity", &self.input_fidelity)
+            .field("quality", &self.quality)
+            .field(
+                "callback_url",
+                &self.callback_url.as_deref().map(crate::redact),
+            )
+            .finish()
+    }
+}
+
+/// Shown with its URLs redacted, as [`GenerateRequest`] is.
+impl std::fmt::Debug for GenerateRequestBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let images = self
+            .images
+            .as_ref()
+            .map(|urls| urls.iter().map(|u| crate::redact(u)).collect::<Vec<_>>());
+        f.debug_struct("GenerateRequestBuilder")
+            .field("prompt", &self.prompt)
+            .field("images", &images)
+            .field("size", &self.size)
+            .field("quality", &self.quality)
+            .field("input_fidelity", &self.input_fidelity)
+            .field(
+                "callback_url",
+                &self.callback_url.as_deref().map(crate::redact),
+            )
+            .finish()
+    }
 }
 
 impl GenerateRequest {
@@ -330,7 +371,7 @@ impl GenerateRequest {
 ///     .unwrap_err();
 /// assert!(matches!(err, ValidationError::InvalidCallbackUrl { .. }));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct GenerateRequestBuilder {
     prompt: String,
@@ -425,7 +466,7 @@ impl GenerateRequestBuilder {
 /// assert_eq!(err.field(), "size");
 /// # Ok::<(), serde_json::Error>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct RawGenerateRequest {
     /// The prompt.
@@ -446,6 +487,27 @@ pub struct RawGenerateRequest {
     /// The webhook URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+}
+
+/// Shown with its URLs redacted, as [`GenerateRequest`] is.
+impl std::fmt::Debug for RawGenerateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let images = self
+            .images
+            .as_ref()
+            .map(|urls| urls.iter().map(|u| crate::redact(u)).collect::<Vec<_>>());
+        f.debug_struct("RawGenerateRequest")
+            .field("prompt", &self.prompt)
+            .field("size", &self.size)
+            .field("quality", &self.quality)
+            .field("images", &images)
+            .field("input_fidelity", &self.input_fidelity)
+            .field(
+                "callback_url",
+                &self.callback_url.as_deref().map(crate::redact),
+            )
+            .finish()
+    }
 }
 
 impl RawGenerateRequest {

@@ -403,7 +403,7 @@ impl<'de> Deserialize<'de> for CreatedTask {
 /// assert!(task.images().is_empty());
 /// # Ok::<(), serde_json::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct TaskInfo {
     /// The task's id; empty only if the service left it out.
@@ -420,6 +420,30 @@ pub struct TaskInfo {
     pub request: Option<Value>,
     /// The URLs of the result images, once the task succeeded. They are short-lived.
     pub response: Option<Vec<String>>,
+}
+
+/// The echoed request (its callback URL and signed input URLs) and the result URLs (signed,
+/// short-lived) are shown redacted (see [`redact`](crate::redact)).
+impl std::fmt::Debug for TaskInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let request = self.request.as_ref().map(|r| crate::redact(&r.to_string()));
+        let response = self
+            .response
+            .as_ref()
+            .map(|urls| urls.iter().map(|u| crate::redact(u)).collect::<Vec<_>>());
+        f.debug_struct("TaskInfo")
+            .field("task_id", &self.task_id)
+            .field("status", &self.status)
+            .field("consumed_credits", &self.consumed_credits)
+            .field(
+                "error_message",
+                &self.error_message.as_deref().map(crate::redact),
+            )
+            .field("created_at", &self.created_at)
+            .field("request", &request)
+            .field("response", &response)
+            .finish()
+    }
 }
 
 impl TaskInfo {

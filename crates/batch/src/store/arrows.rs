@@ -449,18 +449,41 @@ impl Store {
         let mut unmatched = Vec::new();
         let mut moved = 0;
         for token in tokens {
-            let done = sqlx::query(
+            let (line, submission) = (
+                token.line.min(i64::MAX as u64) as i64,
+                token.submission.min(i64::MAX as u64) as i64,
+            );
+            // Settled only: nothing its worker sent can still arrive (see `lock_delay`).
+            let done = sqlx::query(self.sql(
                 "UPDATE gptimage_lines SET state = 'pending', owner = NULL, task_id = NULL,
-                 error_kind = NULL, error_message = NULL, retry_at = NULL
-                 WHERE state = 'unknown' AND line = $1 AND submissions = $2",
-            )
-            .bind(token.line.min(i64::MAX as u64) as i64)
-            .bind(token.submission.min(i64::MAX as u64) as i64)
+                 error_kind = NULL, error_message = NULL, retry_at = NULL, sent_ms = NULL,
+                 fence_ms = NULL
+                 WHERE state = 'unknown' AND line = $1 AND submissions = $2
+                 AND (sent_ms IS NULL OR sent_ms + COALESCE(fence_ms, 0) <= NOW_MS)",
+            ))
+            .bind(line)
+            .bind(submission)
             .execute(&mut *tx)
             .await
             .map_err(|e| self.error(e))?
             .rows_affected();
             if done == 0 {
+                let unsettled: Option<i64> = sqlx::query_scalar(self.sql(
+                    "SELECT sent_ms + COALESCE(fence_ms, 0) - NOW_MS FROM gptimage_lines
+                     WHERE state = 'unknown' AND line = $1 AND submissions = $2
+                     AND sent_ms IS NOT NULL",
+                ))
+                .bind(line)
+                .bind(submission)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.error(e))?;
+                if let Some(wait) = unsettled.filter(|ms| *ms > 0) {
+                    return Err(Error::Unsettled {
+                        token: token.to_string(),
+                        wait: Duration::from_millis(wait as u64),
+                    });
+                }
                 unmatched.push(*token);
             }
             moved += done;

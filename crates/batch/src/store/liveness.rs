@@ -90,12 +90,11 @@ impl Store {
             let liveness = match &self.backend {
                 Backend::Sqlite { path } => {
                     let path = lock_path(path, id);
-                    let file = std::fs::OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .write(true)
-                        .open(&path)
-                        .map_err(|e| self.error(e))?;
+                    let mut options = std::fs::OpenOptions::new();
+                    options.create(true).truncate(false).write(true);
+                    #[cfg(unix)]
+                    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                    let file = options.open(&path).map_err(|e| self.error(e))?;
                     if file.try_lock().is_err() {
                         continue;
                     }

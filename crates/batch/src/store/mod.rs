@@ -35,17 +35,41 @@ pub use read::{LineRecord, Pages, Progress, Reason};
 pub use url::StateUrl;
 
 /// How long after a worker began its `submitting` commit its POST may still start: after that,
-/// the submission is not sent at all (`Client::submit_fenced`). With the client's request
-/// timeout `T`, nothing of the POST is sent, or arrives (TCP_USER_TIMEOUT), after the commit
-/// began plus `S = SEND_WINDOW + T`.
+/// the submission is not sent at all (`Client::submit_fenced`).
 pub const SEND_WINDOW: Duration = Duration::from_secs(2);
 
-/// The lock-delay of a line whose worker was counted out while it was `submitting`: it becomes
-/// `unknown` (and its token one `--resubmit-unknown` accepts) only once the database's clock is
-/// past the commit's start plus `S` plus this margin (a second and a tenth of `S`, for the two
-/// clocks' rates and the commit's own time), so that nothing its worker sent can still arrive.
+/// On systems where the API's connections cannot be told to give up unacknowledged data
+/// (Linux's `TCP_USER_TIMEOUT`), how long the kernel may go on retransmitting a POST's bytes
+/// after its process gave up on it, or died: Linux's own default (15 retries, about 924.6 s)
+/// rounded up, as the longest a common kernel keeps trying.
+const KERNEL_RETRANSMISSION: Duration = Duration::from_secs(16 * 60);
+
+/// The longest after its commit began that a recorded submission's bytes may still reach the
+/// service, with the client's request timeout `T`: its attempt starts within [`SEND_WINDOW`];
+/// the request timeout bounds everything before its first byte is written (the connection,
+/// the TLS handshake, a pooled connection's wait), so the write begins within `T` of the
+/// attempt; and the connection gives up unacknowledged data `T` after it was sent
+/// (`TCP_USER_TIMEOUT`, set on Linux), also after the process gave up on it or died. So
+/// `S = SEND_WINDOW + 2T` on Linux; elsewhere the kernel's retransmission replaces the second
+/// `T`.
+pub fn send_bound(request_timeout: Duration) -> Duration {
+    let after_write = if cfg!(any(target_os = "linux", target_os = "android")) {
+        request_timeout
+    } else {
+        KERNEL_RETRANSMISSION.max(request_timeout)
+    };
+    SEND_WINDOW
+        .saturating_add(request_timeout)
+        .saturating_add(after_write)
+}
+
+/// The lock-delay of a submission: its line's outcome becomes settled (its token one
+/// `--resubmit-unknown` accepts, and a counted-out sender's `submitting` line `unknown`) only
+/// once the database's clock is past the commit's start plus [`send_bound`] `S` plus a margin
+/// (a second and a tenth of `S`, for the two clocks' rates and the commit's own time), so that
+/// nothing its worker sent can still arrive. The sender stores its own, so its platform decides.
 pub fn lock_delay(request_timeout: Duration) -> Duration {
-    let send = SEND_WINDOW.saturating_add(request_timeout);
+    let send = send_bound(request_timeout);
     send.saturating_add(Duration::from_secs(1))
         .saturating_add(send / 10)
 }
@@ -152,6 +176,7 @@ impl Store {
                     std::fs::create_dir_all(parent).map_err(|e| state_error(url, e))?;
                 }
                 refuse_network_file_system(path)?;
+                private_files(path, create).map_err(|e| state_error(url, e))?;
                 Backend::Sqlite { path: path.clone() }
             }
             StateUrl::Postgres(_) => Backend::Postgres,
@@ -325,6 +350,40 @@ const NETWORK_FILE_SYSTEMS: &[&str] = &[
     "fuse.sshfs",
     "fuse.rclone",
 ];
+
+/// The SQLite state and its companions readable by their owner alone: they hold the lines'
+/// prompts, their input images' URLs (signed ones are secrets, valid for days) and their
+/// results'. A new state is created so (SQLite gives its `-wal` and `-shm` files the database
+/// file's mode); an older one is made so when opened.
+#[cfg(unix)]
+fn private_files(database: &Path, create: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if create && !database.exists() {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(database)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = database.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        if let Ok(meta) = std::fs::metadata(file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            // Only the owner may change it; a shared state another user owns stays theirs.
+            let _ = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_files(_: &Path, _: bool) -> std::io::Result<()> {
+    Ok(())
+}
 
 /// Refuses a SQLite state on a network file system, where it can be told (Linux's mount table).
 fn refuse_network_file_system(database: &Path) -> Result<(), Error> {

@@ -46,14 +46,18 @@ pub struct LineRecord {
     /// holds it back.
     pub retry_in: Option<std::time::Duration>,
     /// The token naming its unknown outcome (state, line, submission), for
-    /// `--resubmit-unknown`; `None` unless its outcome is unknown.
+    /// `--resubmit-unknown`; `None` unless its outcome is unknown and settled.
     #[serde(serialize_with = "serialize_token")]
     pub token: Option<OutcomeToken>,
+    /// For an unknown outcome not yet settled: how long what its worker sent may still reach
+    /// the service (the commit's start plus the sender's lock-delay, on the database's clock).
+    /// Until then no check of the account can tell, and it has no token.
+    pub settles_in: Option<std::time::Duration>,
 }
 
 impl LineRecord {
     /// The token naming this line's unknown outcome, for `--resubmit-unknown`; `None` unless
-    /// the line's outcome is unknown.
+    /// the line's outcome is unknown and settled (see [`settles_in`](Self::settles_in)).
     pub fn outcome_token(&self) -> Option<OutcomeToken> {
         self.token.filter(|_| self.state == LineState::Unknown)
     }
@@ -131,6 +135,9 @@ const RECORD: &str = "item, line, state, name, prompt, task_id, images, files, c
                       error_kind, error_message, submissions, held_ms, \
                       CASE WHEN retry_at IS NULL THEN NULL ELSE retry_at - NOW_MS END \
                       AS retry_in_ms, \
+                      CASE WHEN state = 'unknown' AND sent_ms IS NOT NULL \
+                      AND sent_ms + COALESCE(fence_ms, 0) > NOW_MS \
+                      THEN sent_ms + COALESCE(fence_ms, 0) - NOW_MS END AS settles_in_ms, \
                       (SELECT state_id FROM gptimage_batch WHERE one = 1) AS state_id";
 
 /// Every claimed line.
@@ -359,8 +366,14 @@ impl Store {
             .try_get::<i64, _>("submissions")
             .map_err(|e| self.error(e))?
             .max(0) as u64;
+        let settles_in: Option<i64> = row.try_get("settles_in_ms").map_err(|e| self.error(e))?;
+        let settles_in = settles_in
+            .filter(|ms| *ms > 0)
+            .map(|ms| std::time::Duration::from_millis(ms as u64));
         let token = match (state, get_text("state_id")?) {
-            (LineState::Unknown, Some(id)) => Some(OutcomeToken::new(&id, line, submissions)),
+            (LineState::Unknown, Some(id)) if settles_in.is_none() => {
+                Some(OutcomeToken::new(&id, line, submissions))
+            }
             _ => None,
         };
         Ok(LineRecord {
@@ -386,6 +399,7 @@ impl Store {
                 .filter(|ms| *ms > 0)
                 .map(|ms| std::time::Duration::from_millis(ms as u64)),
             token,
+            settles_in,
         })
     }
 }

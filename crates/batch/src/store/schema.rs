@@ -195,7 +195,12 @@ pub(super) async fn durability(
 
 /// Creates the tables when missing and brings an older state's up to date, in one transaction.
 pub(super) async fn create(conn: &mut AnyConnection, backend: &Backend) -> Result<(), sqlx::Error> {
-    let mut tx = conn.begin().await?;
+    // SQLite: the write lock up front, so racing creators wait their turn (busy_timeout) instead
+    // of deadlocking when each tries to turn its read into a write (SQLITE_BUSY at once).
+    let mut tx = match backend {
+        Backend::Sqlite { .. } => conn.begin_with("BEGIN IMMEDIATE").await?,
+        Backend::Postgres => conn.begin().await?,
+    };
     if *backend == Backend::Postgres {
         // Concurrent CREATE TABLE IF NOT EXISTS can collide in PostgreSQL's catalog.
         sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")

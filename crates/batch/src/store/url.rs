@@ -48,8 +48,79 @@ impl StateUrl {
                 let mode = if create { "rwc" } else { "rw" };
                 Ok(format!("sqlite://{encoded}?mode={mode}"))
             }
-            StateUrl::Postgres(url) => Ok(url.clone()),
+            StateUrl::Postgres(url) => verified(url),
         }
+    }
+}
+
+/// The URL the driver connects to for the PostgreSQL state at `text`: for a server that is not
+/// provably this machine, TLS with its certificate checked against the platform's roots (or
+/// the CA file `sslrootcert` names) and its name against the URL's host (`sslmode=verify-full`),
+/// whatever weaker mode the URL asks for (`prefer`, the driver's default, continues in plain text
+/// with a server that declines TLS, and `require` checks no certificate: a server that merely
+/// pretends would get the password). `sslmode=disable` to such a server is refused. A loopback
+/// address, `localhost` (resolving to loopback only) and a Unix socket keep what the URL says.
+fn verified(text: &str) -> Result<String, Error> {
+    let mut url = url::Url::parse(text).map_err(|e| {
+        Error::BadStateUrl(format!(
+            "{} is not a PostgreSQL URL ({e}): use postgres://USER@HOST/DATABASE",
+            redact(text)
+        ))
+    })?;
+    if is_local(&url) {
+        return Ok(text.to_owned());
+    }
+    let mode = url
+        .query_pairs()
+        .find(|(k, _)| k == "sslmode")
+        .map(|(_, v)| v.to_ascii_lowercase());
+    if mode.as_deref() == Some("disable") {
+        return Err(Error::BadStateUrl(format!(
+            "{}: sslmode=disable to {} would send the password, and every line's state, across \
+             the network in the clear; the state connects with TLS and checks the server's \
+             certificate and name (give a CA with sslrootcert=FILE if it is not the platform's), \
+             or reach the server through a tunnel to this machine",
+            redact(text),
+            url.host_str().unwrap_or_default()
+        )));
+    }
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "sslmode")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url.query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair("sslmode", "verify-full");
+    Ok(url.into())
+}
+
+/// Whether the URL's server is provably this machine: a Unix socket (no host, or a `host`
+/// parameter naming a folder), a loopback address, or `localhost` resolving to loopback only.
+fn is_local(url: &url::Url) -> bool {
+    if let Some((_, host)) = url.query_pairs().find(|(k, _)| k == "host") {
+        return host.starts_with('/');
+    }
+    match url.host() {
+        None => true,
+        Some(url::Host::Domain("")) => true,
+        Some(url::Host::Domain(name)) => {
+            use std::net::ToSocketAddrs;
+            // `postgres:` is not one of the URL standard's special schemes: its host comes as
+            // text, addresses included.
+            let bare = name.trim_start_matches('[').trim_end_matches(']');
+            if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+                return ip.is_loopback();
+            }
+            name.eq_ignore_ascii_case("localhost")
+                && (name, 5432).to_socket_addrs().is_ok_and(|addrs| {
+                    let addrs: Vec<_> = addrs.collect();
+                    !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+                })
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
     }
 }
 
@@ -78,19 +149,9 @@ impl FromStr for StateUrl {
     }
 }
 
-/// A URL with its password replaced by `***`.
+/// A URL without its secrets: the one redaction (`gptimage::types::redact`).
 fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
+    gptimage::types::redact(url)
 }
 
 impl fmt::Display for StateUrl {
@@ -124,14 +185,22 @@ mod tests {
         );
         assert!("sqlite::memory:".parse::<StateUrl>().is_err());
         assert!("sqlite:".parse::<StateUrl>().is_err());
-        let pg: StateUrl = "postgresql://u:p%40ss@h:5432/d?sslmode=require"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            pg.to_string(),
-            "postgresql://u:***@h:5432/d?sslmode=require"
-        );
-        assert!(!format!("{pg:?}").contains("p%40ss"));
+        // A password in any form: plain, with a `/` in it, as a parameter.
+        for (url, shown) in [
+            (
+                "postgresql://u:p%40ss@h:5432/d?sslmode=require",
+                "postgresql://u:***@h:5432/d?sslmode=require",
+            ),
+            ("postgres://u:pa/ss@h/d", "postgres://u:***@h/d"),
+            (
+                "postgres://u@h/d?password=p%40ss&sslmode=require",
+                "postgres://u@h/d?password=***&sslmode=require",
+            ),
+        ] {
+            let pg: StateUrl = url.parse().unwrap();
+            assert_eq!(pg.to_string(), shown);
+            assert!(!format!("{pg:?}").contains("ss@") && !format!("{pg:?}").contains("p%40"));
+        }
         let error = "redis://u:pw@h"
             .parse::<StateUrl>()
             .unwrap_err()
@@ -139,6 +208,51 @@ mod tests {
         assert!(
             error.contains("sqlite:PATH") && !error.contains("pw"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn a_remote_server_is_always_verified_and_a_local_one_kept_as_given() {
+        let connect = |text: &str| {
+            text.parse::<StateUrl>()
+                .unwrap()
+                .connect_url(true)
+                .map_err(|e| e.to_string())
+        };
+        for weak in [
+            "",
+            "?sslmode=prefer",
+            "?sslmode=require",
+            "?sslmode=verify-ca",
+        ] {
+            let url = connect(&format!("postgres://u:pw@db.example.com:5432/d{weak}")).unwrap();
+            assert!(url.ends_with("sslmode=verify-full"), "{weak}: {url}");
+            assert_eq!(url.matches("sslmode").count(), 1, "{url}");
+        }
+        let with_ca =
+            connect("postgres://u@10.1.2.3/d?sslrootcert=/etc/ca.pem&sslmode=require").unwrap();
+        assert_eq!(
+            with_ca,
+            "postgres://u@10.1.2.3/d?sslrootcert=%2Fetc%2Fca.pem&sslmode=verify-full"
+        );
+        let refused = connect("postgres://u:hunter2@db.example.com/d?sslmode=disable").unwrap_err();
+        assert!(
+            refused.contains("in the clear") && !refused.contains("hunter2"),
+            "{refused}"
+        );
+        for local in [
+            "postgres://u@127.0.0.1:5432/d",
+            "postgres://u@[::1]/d?sslmode=disable",
+            "postgres://u@localhost/d",
+            "postgres:///d?host=/var/run/postgresql",
+        ] {
+            assert_eq!(connect(local).unwrap(), local);
+        }
+        // A name that looks local is not.
+        assert!(
+            connect("postgres://u@db.localhost/d")
+                .unwrap()
+                .ends_with("verify-full")
         );
     }
 

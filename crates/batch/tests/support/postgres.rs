@@ -24,7 +24,130 @@ pub struct Setup {
     pub hba: Vec<String>,
     /// Server settings, as `name=value`.
     pub settings: Vec<String>,
+    /// TLS with this certificate (`hostssl` lines in `hba` then reach it).
+    pub tls: Option<Tls>,
 }
+
+/// A test CA, and a server certificate it signed for one address, made with openssl in a
+/// folder the cluster's user owns (PostgreSQL and pgbouncer refuse a key others may read):
+/// what a state on a non-local address needs, since the state verifies its server.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    dir: PathBuf,
+    /// The CA's certificate, for `sslrootcert=`.
+    pub ca: PathBuf,
+    /// The server's certificate and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Tls {
+    /// A CA, and a certificate for `ip` signed by it, in a new folder under `parent`.
+    pub fn for_address(parent: &Path, ip: &str) -> Self {
+        let dir = parent.join(format!("tls-{ip}"));
+        std::fs::create_dir_all(&dir).expect("the certificates' folder");
+        let tls = Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            dir,
+        };
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(EC_KEY);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=gptimage test CA",
+        ]);
+        tls.openssl(&ca);
+        tls.signed("server", &format!("IP:{ip}"));
+        if running_as_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&tls.dir)
+                .status()
+                .expect("chown runs");
+            assert!(status.success());
+        }
+        tls
+    }
+
+    /// Another certificate signed by the same CA, for `san` (`DNS:other.example`): its
+    /// certificate and key.
+    pub fn signed(&self, name: &str, san: &str) -> (PathBuf, PathBuf) {
+        let ext = format!("{name}.ext");
+        std::fs::write(self.dir.join(&ext), format!("subjectAltName={san}\n")).expect("written");
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let mut request = vec!["req"];
+        request.extend(EC_KEY);
+        request.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=db"]);
+        self.openssl(&request);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(self.dir.join(&key), std::fs::Permissions::from_mode(0o600))
+                .expect("the key made private");
+        }
+        (self.dir.join(pem), self.dir.join(key))
+    }
+
+    /// The server settings that turn TLS on with this certificate.
+    fn settings(&self) -> Vec<String> {
+        vec![
+            "ssl=on".to_owned(),
+            format!("ssl_cert_file={}", path(&self.cert)),
+            format!("ssl_key_file={}", path(&self.key)),
+        ]
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("openssl is needed (.ci/run installs it)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// A P-256 key, made without a passphrase.
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
 
 impl Postgres {
     /// Creates and starts a cluster on a free loopback port.
@@ -89,7 +212,8 @@ impl Postgres {
             "-p {port} -c listen_addresses={listen} -k {} -c fsync=off -c max_connections=200",
             cluster.dir.path().display()
         );
-        for setting in &setup.settings {
+        let tls = setup.tls.iter().flat_map(Tls::settings);
+        for setting in setup.settings.iter().cloned().chain(tls) {
             options.push_str(&format!(" -c {setting}"));
         }
         cluster.run(
@@ -326,12 +450,12 @@ impl Postgres {
     /// Starts pgbouncer (Debian's `pgbouncer`, run as the cluster's owner: it refuses root) in
     /// front of this cluster, pooling in `mode` (`session` or `transaction`).
     pub fn pooler(&self, mode: &str) -> Pooler {
-        self.pooler_on(mode, &[])
+        self.pooler_on(mode, &[], None)
     }
 
     /// Like [`pooler`](Self::pooler), listening on `also` (a veth address the test made)
-    /// beside 127.0.0.1.
-    pub fn pooler_on(&self, mode: &str, also: &[String]) -> Pooler {
+    /// beside 127.0.0.1, with TLS for its clients if `tls` is given.
+    pub fn pooler_on(&self, mode: &str, also: &[String], tls: Option<&Tls>) -> Pooler {
         let port = free_port();
         let listen = std::iter::once("127.0.0.1".to_owned())
             .chain(also.iter().cloned())
@@ -349,6 +473,15 @@ impl Postgres {
             dir.join("userlist.txt").display(),
             dir.join("pgbouncer.log").display()
         );
+        let ini = match tls {
+            Some(tls) => format!(
+                "{ini}client_tls_sslmode = allow\nclient_tls_cert_file = {}\n\
+                 client_tls_key_file = {}\n",
+                path(&tls.cert),
+                path(&tls.key)
+            ),
+            None => ini,
+        };
         let config = dir.join("pgbouncer.ini");
         std::fs::write(&config, ini).expect("written");
         if let Some(user) = &self.as_user {
@@ -426,7 +559,7 @@ fn text(output: &Output) -> String {
 
 /// The folder of `initdb` and `pg_ctl`: on the PATH, or Debian's newest
 /// `/usr/lib/postgresql/N/bin`.
-fn find_bin() -> PathBuf {
+pub fn find_bin() -> PathBuf {
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
             if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {

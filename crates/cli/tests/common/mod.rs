@@ -13,6 +13,7 @@ use serde_json::Value;
 
 #[path = "../../../transport/tests/support/moto.rs"]
 mod moto;
+pub mod netns;
 
 pub fn gptimage() -> Command {
     let mut command = Command::new(assert_cmd::cargo::cargo_bin!("gptimage"));
@@ -112,6 +113,29 @@ pub fn batch_status(state: &str) -> Value {
     let output = run(&mut status_command(state));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     json(&output)
+}
+
+/// Like [`batch_status`], once every unknown outcome is settled (has its token): what a
+/// worker sent is given its lock-delay to arrive (about 10 s with the tests' 3 s request
+/// timeout) before the user may check it. Waits at most 30 s.
+pub fn settled_status(state: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let status = batch_status(state);
+        let unsettled = status["not_done"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|line| !line["settles_in_secs"].is_null());
+        if !unsettled {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "unknown outcomes still unsettled after 30 s: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn status_command(state: &str) -> Command {

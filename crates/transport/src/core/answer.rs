@@ -323,7 +323,8 @@ fn read_api<T: DeserializeOwned>(
         return Came::Envelope {
             code: envelope.code,
             http,
-            message: envelope.message,
+            // The service's words may repeat what was sent: the key, above all.
+            message: envelope.message.map(|m| secret_free(&m, config)),
             retry_after,
         };
     }
@@ -399,9 +400,14 @@ pub(crate) fn read_download(
 }
 
 /// The first characters of a body for an error, with the key removed should a server echo it.
+/// A server's text with the client's key and every secret-shaped part removed.
+pub(crate) fn secret_free(text: &str, config: &Config) -> String {
+    gptimage_types::redact_with(text, &[config.api_key.expose_secret()])
+}
+
 fn excerpt(body: &[u8], config: &Config) -> String {
     let text = String::from_utf8_lossy(body);
-    let text = text.replace(config.api_key.expose_secret(), "<redacted>");
+    let text = secret_free(&text, config);
     let mut shown: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

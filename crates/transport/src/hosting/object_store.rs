@@ -96,6 +96,8 @@ impl ObjectStoreHost {
                 "the image host {url:?} names no bucket: use s3://bucket/prefix"
             )));
         }
+        // The stack follows no redirect: the signing headers and a session token stay with
+        // the store's own endpoint.
         let client = crate::reqwest_transport::stack(config)?
             .build()
             .map_err(|e| Error::config(format!("the HTTP client could not be built: {e}")))?;
