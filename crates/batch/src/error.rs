@@ -146,6 +146,21 @@ pub enum Error {
         /// The state's identity, as its tokens begin.
         state: String,
     },
+    /// A state written by a newer version of gptimage, in a format this one does not know:
+    /// nothing was read or changed.
+    #[error(
+        "the batch state {url} is of format {format}, written by a newer gptimage (this one \
+         knows format {known} and older): nothing was changed; run the newer version, on every \
+         worker of the state"
+    )]
+    NewerState {
+        /// The state.
+        url: StateUrl,
+        /// Its format.
+        format: i64,
+        /// The newest format this version knows.
+        known: i64,
+    },
     /// A `--resubmit-unknown` token named too soon: its line's submission may still reach the
     /// service (its POST could be on the wire until the commit's start plus the sender's
     /// lock-delay), so no check of the account can settle it yet.

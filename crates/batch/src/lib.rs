@@ -58,6 +58,6 @@ pub use plan::{Plan, QUOTED_INVALID, plan};
 pub use run::{Batch, Options, Summary};
 pub use source::{MAX_LINE_BYTES, ParsedLine, RawLine, Source, stem};
 pub use store::{
-    Claim, HEARTBEAT_STALE, LineRecord, OpenOptions, OutcomeToken, Pages, Progress, Reason, Retry,
-    SEND_WINDOW, StateUrl, Store, Submitting, Worker, lock_delay, send_bound,
+    Claim, HEARTBEAT_STALE, LineRecord, MAX_DEFERRALS, OpenOptions, OutcomeToken, Pages, Progress,
+    Reason, Retry, SEND_WINDOW, StateUrl, Store, Submitting, Worker, lock_delay, send_bound,
 };

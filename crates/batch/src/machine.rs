@@ -126,6 +126,8 @@ impl LineState {
         use LineState::*;
         match (actor, self, to) {
             (Actor::Worker, Pending, Submitting | Invalid) => true,
+            // Deferred too often in a row without being sent (no pacer turn for it).
+            (Actor::Worker, Pending, Refused) => true,
             (Actor::Worker, Submitting, Submitted | Refused | Unknown) => true,
             // Only on an answer that proves no task was made (a 429, or never sent).
             (Actor::Worker, Submitting, Pending) => true,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gptimage::{ApiCode, Client, ErrorKind, TaskStatus};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::Error;
@@ -17,8 +17,8 @@ use crate::inputs::{InputHost, Inputs};
 use crate::machine::LineState;
 use crate::source::{Source, stem};
 use crate::store::{
-    Claim, LineRecord, OutcomeToken, Progress, Retry, SEND_WINDOW, StateUrl, Store, Submitting,
-    Worker, lock_delay,
+    Claim, LineRecord, MAX_DEFERRALS, OutcomeToken, Progress, Retry, SEND_WINDOW, StateUrl, Store,
+    Submitting, Worker, lock_delay,
 };
 
 /// How often a worker looks for dead workers, and for lines others let go, while it has
@@ -216,7 +216,10 @@ impl Batch {
         self.within(store.reap(worker)).await?;
         let (cancel, cancelled) = watch::channel(false);
         let mut jobs = JoinSet::new();
-        let mut reap = tokio::time::interval(REAP_EVERY);
+        // Liveness on tasks of their own: the heartbeat never waits behind a claim, a reap or a
+        // slow reader of the output, and the drain's bound never waits behind either.
+        let (trouble, mut troubles) = mpsc::channel::<Error>(2);
+        let _liveness = self.keep_alive(worker, trouble);
         let (mut handled, mut stopping, mut failure) = (0u64, false, None::<Error>);
         // Set by a line the budget refused: nothing more is claimed, what is under way ends.
         let over_budget = Arc::new(AtomicBool::new(false));
@@ -291,9 +294,7 @@ impl Batch {
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = &mut stop => stopping = true,
-                }
-                if let Err(error) = self.check_in(worker).await {
-                    halt(error, &mut failure, &mut stopping);
+                    Some(error) = troubles.recv() => halt(error, &mut failure, &mut stopping),
                 }
                 continue;
             }
@@ -319,10 +320,8 @@ impl Batch {
                 }
                 // Liveness is confirmed while draining too: a worker that loses it then stops
                 // its waits at once and sends nothing more.
-                _ = reap.tick(), if failure.is_none() => {
-                    if let Err(error) = self.check_in(worker).await {
-                        halt(error, &mut failure, &mut stopping);
-                    }
+                Some(error) = troubles.recv(), if failure.is_none() => {
+                    halt(error, &mut failure, &mut stopping);
                 }
                 () = abandon => {
                     // The state could not record what these lines did, and the worker sends
@@ -343,12 +342,51 @@ impl Batch {
         }
     }
 
-    /// The busy worker's regular round: it confirms it still holds its liveness lock (else it
-    /// must stop sending), and counts out the workers that died.
-    async fn check_in(&self, worker: &Worker) -> Result<(), Error> {
-        self.store.still_alive(worker).await?;
-        self.within(self.store.reap(worker)).await?;
-        Ok(())
+    /// The worker's liveness rounds, each on a task of its own, every [`REAP_EVERY`]: its
+    /// heartbeat (confirming it still holds its liveness lock, else it must stop sending) and
+    /// the reaping of workers that died. The first failure of either is sent on `trouble`; both
+    /// end when the returned set is dropped.
+    fn keep_alive(&self, worker: &Arc<Worker>, trouble: mpsc::Sender<Error>) -> JoinSet<()> {
+        let mut rounds = JoinSet::new();
+        let (store, me, report) = (self.store.clone(), worker.clone(), trouble.clone());
+        rounds.spawn(async move {
+            let mut every = tokio::time::interval(REAP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if let Err(error) = store.still_alive(&me).await {
+                    let _ = report.send(error).await;
+                    return;
+                }
+            }
+        });
+        let (store, me) = (self.store.clone(), worker.clone());
+        rounds.spawn(async move {
+            let mut every = tokio::time::interval(REAP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let reaped = tokio::time::timeout(STATE_TIMEOUT, store.reap(&me)).await;
+                match reaped {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        let _ = trouble.send(error).await;
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = trouble
+                            .send(Error::LostWorker {
+                                url: store.url().clone(),
+                            })
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        rounds
     }
 
     /// `operation` on the state, or the worker counts itself out if the state does not answer
@@ -558,26 +596,43 @@ impl Job {
         cancelled: &mut watch::Receiver<bool>,
     ) -> Result<Sent, Error> {
         let (store, worker, item, number) = (&self.store, &*self.worker, claim.item, record.line);
+        // A stop wins over a turn that is ready at the same moment, and is checked again once
+        // the turn is taken: after a stop, no submission is recorded, so none is sent.
         let turn = tokio::select! {
-            turn = self.client.pacer_turn() => turn,
-            _ = async { cancelled.wait_for(|c| *c).await.is_ok() } => {
-                store.release(worker, item, None).await?;
-                return Ok(Sent::LetGo);
-            }
+            biased;
+            _ = async { cancelled.wait_for(|c| *c).await.is_ok() } => None,
+            turn = self.client.pacer_turn() => Some(turn),
+        };
+        let Some(turn) = turn.filter(|_| !*cancelled.borrow()) else {
+            store.release(worker, item, None).await?;
+            return Ok(Sent::LetGo);
         };
         let turn = match turn {
             Ok(turn) => turn,
             Err(error) => {
-                // No turn within the wait timeout: nothing recorded, nothing sent.
+                // No turn within the wait timeout: nothing recorded, nothing sent. Deferred,
+                // for as long as the pacer says (its hold), counted: it cannot loop.
+                let after = error
+                    .retry_after()
+                    .unwrap_or_else(|| self.client.config().poll().delay(0))
+                    .min(MAX_BACKOFF);
                 let reason = ("not_sent", error.to_string());
                 store
-                    .release(worker, item, Some((reason.0, &reason.1)))
+                    .defer(worker, claim, (reason.0, &reason.1), after)
                     .await?;
+                if claim.deferrals.saturating_add(1) < MAX_DEFERRALS {
+                    return Ok(Sent::LetGo);
+                }
+                record.state = LineState::Refused;
                 record.error = Some((reason.0.to_owned(), reason.1));
                 return Ok(Sent::Over(Box::new(record.clone())));
             }
         };
         store.still_alive(worker).await?;
+        if *cancelled.borrow() {
+            store.release(worker, item, None).await?;
+            return Ok(Sent::LetGo);
+        }
         let fence = lock_delay(self.client.config().request_timeout());
         let recording = Instant::now();
         let submitting = store
@@ -631,7 +686,12 @@ impl Job {
                     .unwrap_or_else(|| self.client.config().poll().delay(0))
                     .min(MAX_BACKOFF);
                 let (kind, message) = (error.kind().as_str(), error.to_string());
-                store.unsent(worker, item, (kind, &message), after).await?;
+                store.unsent(worker, claim, (kind, &message), after).await?;
+                if claim.deferrals.saturating_add(1) >= MAX_DEFERRALS {
+                    record.state = LineState::Refused;
+                    record.error = Some((kind.to_owned(), message));
+                    return Ok(Sent::Over(Box::new(record.clone())));
+                }
                 Ok(Sent::LetGo)
             }
             Err(error) => {

@@ -449,6 +449,7 @@ fn fail(error: &Error) -> u8 {
         | Error::BadToken(_)
         | Error::ForeignToken { .. }
         | Error::Unsettled { .. }
+        | Error::NewerState { .. }
         | Error::Replication { .. }
         | Error::NetworkFileSystem { .. }
         | Error::ImageHost { .. }

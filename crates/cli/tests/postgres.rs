@@ -296,3 +296,69 @@ fn a_transaction_pooler_is_refused_and_a_session_pool_works() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(emulator.counters().tasks_created, 3);
 }
+
+#[test]
+fn workers_blocked_behind_a_long_lock_keep_their_heartbeat_and_finish() {
+    // Someone holds the batch's row lock for longer than a heartbeat may go stale (a slow
+    // migration, a long report in a transaction): every claim waits on it. The workers' liveness
+    // runs beside their claims, so none is counted out, and both finish.
+    let cluster = postgres::Postgres::start();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(6, "behind a lock"));
+    let state = cluster.create_database("locked");
+    // The state exists (one line done) before the lock is taken.
+    let first = against(&emulator)
+        .arg("batch")
+        .arg(&file)
+        .arg("--out")
+        .arg(dir.path().join("first"))
+        .args(["--state", &state, "--max-credits", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        count(&batch_status(&state), "done"),
+        1,
+        "{}",
+        stderr(&first)
+    );
+    let holder = {
+        let statement = "BEGIN; UPDATE gptimage_batch SET committed = committed WHERE one = 1; \
+                         SELECT pg_sleep(30); COMMIT;";
+        let cluster = &cluster;
+        std::thread::scope(|scope| {
+            let holder = scope.spawn(move || cluster.try_sql("locked", statement));
+            std::thread::sleep(Duration::from_millis(500));
+            let workers: Vec<Child> = (0..2)
+                .map(|w| {
+                    against(&emulator)
+                        .args(["--request-timeout", "3", "batch"])
+                        .arg(&file)
+                        .arg("--out")
+                        .arg(dir.path().join(format!("out-{w}")))
+                        .args(["--state", &state, "--max-credits", "60"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            for child in workers {
+                let output = child.wait_with_output().unwrap();
+                assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+            }
+            holder.join().unwrap()
+        })
+    };
+    assert!(holder.is_ok(), "the lock was held its 30 s: {holder:?}");
+    assert_eq!(
+        cluster.query(
+            "locked",
+            "SELECT COUNT(*) FROM gptimage_workers WHERE status = 'dead'"
+        ),
+        "0",
+        "no live worker was counted out"
+    );
+    assert_eq!(count(&batch_status(&state), "done"), 6);
+    assert_eq!(emulator.counters().tasks_created, 6, "one task per line");
+}

@@ -614,3 +614,35 @@ fn names_differing_only_in_case_never_share_a_file() {
         "{names:?}: two files even on a case-insensitive disk"
     );
 }
+
+#[test]
+fn a_service_that_answers_429_for_ever_ends_the_run_not_loops_in_it() {
+    // Every submission is refused with a 429: no task is ever made, so each goes back to
+    // pending; six in a row and the line is refused for this run (exit 3), spaced for later.
+    let config = Config::instant().with_fault(
+        Fault::new(FaultKind::RateLimited {
+            retry_after_secs: 1,
+        })
+        .on(Endpoint::Generate),
+    );
+    let (emulator, file, out, _dir) = scene(config, 1, "throttled");
+    let (output, took) = run_within(
+        Duration::from_secs(120),
+        &mut batch(&emulator, &file, &out, &[]),
+    );
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let counters = emulator.counters();
+    assert_eq!(counters.tasks_created, 0);
+    assert_eq!(
+        counters.generate_requests, 6,
+        "six 429s in a row, then the run ended ({took:?})"
+    );
+    let line = only_line(&out);
+    assert_eq!(line["state"], "refused", "{line}");
+    assert!(
+        line["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("6 times in a row")),
+        "{line}"
+    );
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gptimage::types::CREDITS_PER_TASK;
 
-use super::{Store, Worker, ms};
+use super::{MAX_DEFERRALS, Store, Worker, ms};
 use crate::Error;
 use crate::machine::{Actor, LineState};
 
@@ -222,7 +222,7 @@ impl Store {
         self.transition(
             sqlx::query(
                 "UPDATE gptimage_lines SET state = 'submitted', task_id = $3, error_kind = NULL,
-                 error_message = NULL, setbacks = 0
+                 error_message = NULL, setbacks = 0, deferrals = 0
                  WHERE item = $1 AND worker = $2 AND state IN ('submitting', 'unknown')",
             )
             .bind(item as i64)
@@ -273,27 +273,96 @@ impl Store {
     /// the pacer found it no turn) or the service answered 429; either way no task was made, so
     /// its credits are given back, and it is claimable again after `after` (the service's
     /// `Retry-After`, or the pacer's spacing), by any worker. The only arrow back to `pending`
-    /// but the user's: taken only on an answer that proves no task exists.
+    /// a worker takes. Deferred [`MAX_DEFERRALS`] times in a row, it is `refused` instead
+    /// (spaced as refusals are, for a later run): a service that answers 429 for ever, or a
+    /// state too slow for any send window, ends the run rather than loop in it.
     pub async fn unsent(
         &self,
         worker: &Worker,
-        item: u64,
+        claim: &super::Claim,
         (kind, message): (&str, &str),
         after: Duration,
     ) -> Result<(), Error> {
         debug_assert!(LineState::Submitting.may_become(LineState::Pending, Actor::Worker));
-        self.transition(
-            sqlx::query(self.sql(
-                "UPDATE gptimage_lines SET state = 'pending', owner = NULL, error_kind = $3,
-                 error_message = $4, retry_at = NOW_MS + $5
-                 WHERE item = $1 AND worker = $2 AND state = 'submitting'",
-            ))
-            .bind(item as i64)
-            .bind(worker.id())
-            .bind(kind.to_owned())
-            .bind(message.to_owned())
-            .bind(ms(after)),
+        self.defer_from(
+            "submitting",
+            worker,
+            claim,
+            (kind, message),
+            after,
             CREDITS_PER_TASK,
+        )
+        .await
+    }
+
+    /// `pending → pending`, let go unsent and counted as deferred (no pacer turn came for it
+    /// within the wait timeout), claimable again after `after`; or `pending → refused` once
+    /// deferred [`MAX_DEFERRALS`] times in a row, as for [`unsent`](Self::unsent).
+    pub async fn defer(
+        &self,
+        worker: &Worker,
+        claim: &super::Claim,
+        (kind, message): (&str, &str),
+        after: Duration,
+    ) -> Result<(), Error> {
+        self.defer_from("pending", worker, claim, (kind, message), after, 0)
+            .await
+    }
+
+    async fn defer_from(
+        &self,
+        from: &'static str,
+        worker: &Worker,
+        claim: &super::Claim,
+        (kind, message): (&str, &str),
+        after: Duration,
+        refund: u64,
+    ) -> Result<(), Error> {
+        let holder = if from == "submitting" {
+            "worker"
+        } else {
+            "owner"
+        };
+        if claim.deferrals.saturating_add(1) >= MAX_DEFERRALS {
+            debug_assert!(
+                from.parse::<LineState>()
+                    .is_ok_and(|f| f.may_become(LineState::Refused, Actor::Worker))
+            );
+            let message = format!(
+                "{message} (deferred {MAX_DEFERRALS} times in a row without being sent: no task \
+                 was made; a later run tries it again, spaced)"
+            );
+            let sql = format!(
+                "UPDATE gptimage_lines SET state = 'refused', owner = NULL, error_kind = $3,
+                 error_message = $4, refusals = refusals + 1, deferrals = 0,
+                 retry_at = NOW_MS + $5
+                 WHERE item = $1 AND {holder} = $2 AND state = '{from}'"
+            );
+            return self
+                .transition(
+                    sqlx::query(self.sql(&sql))
+                        .bind(claim.item as i64)
+                        .bind(worker.id())
+                        .bind(kind.to_owned())
+                        .bind(message)
+                        .bind(ms(spacing(claim.refusals.saturating_add(1)))),
+                    refund,
+                )
+                .await;
+        }
+        let sql = format!(
+            "UPDATE gptimage_lines SET state = 'pending', owner = NULL, error_kind = $3,
+             error_message = $4, retry_at = NOW_MS + $5, deferrals = deferrals + 1
+             WHERE item = $1 AND {holder} = $2 AND state = '{from}'"
+        );
+        self.transition(
+            sqlx::query(self.sql(&sql))
+                .bind(claim.item as i64)
+                .bind(worker.id())
+                .bind(kind.to_owned())
+                .bind(message.to_owned())
+                .bind(ms(after)),
+            refund,
         )
         .await
     }
@@ -457,7 +526,7 @@ impl Store {
             let done = sqlx::query(self.sql(
                 "UPDATE gptimage_lines SET state = 'pending', owner = NULL, task_id = NULL,
                  error_kind = NULL, error_message = NULL, retry_at = NULL, sent_ms = NULL,
-                 fence_ms = NULL
+                 fence_ms = NULL, deferrals = 0
                  WHERE state = 'unknown' AND line = $1 AND submissions = $2
                  AND (sent_ms IS NULL OR sent_ms + COALESCE(fence_ms, 0) <= NOW_MS)",
             ))

@@ -25,6 +25,8 @@ pub struct Claim {
     pub setbacks: u32,
     /// How many times the service refused it (no task made): their retries are spaced.
     pub refusals: u32,
+    /// How many times in a row it went back unsent (a 429, a POST never sent, no pacer turn).
+    pub deferrals: u32,
 }
 
 /// What makes a line let go claimable now by a worker that started at `$2` (database clock):
@@ -50,7 +52,7 @@ impl Store {
                 ORDER BY item LIMIT 1 {skip_locked})
              AND {CLAIMABLE}
              AND EXISTS (SELECT 1 FROM gptimage_workers WHERE id = $1 AND status = 'running')
-             RETURNING item, state, task_id, name, prompt, setbacks, refusals"
+             RETURNING item, state, task_id, name, prompt, setbacks, refusals, deferrals"
         );
         if let Some(row) = sqlx::query(self.sql(&claim_existing))
             .bind(worker.id())
@@ -91,6 +93,7 @@ impl Store {
             prompt: String::new(),
             setbacks: 0,
             refusals: 0,
+            deferrals: 0,
         }))
     }
 
@@ -98,6 +101,7 @@ impl Store {
         let state: String = row.try_get("state").map_err(|e| self.error(e))?;
         let setbacks: i64 = row.try_get("setbacks").map_err(|e| self.error(e))?;
         let refusals: i64 = row.try_get("refusals").map_err(|e| self.error(e))?;
+        let deferrals: i64 = row.try_get("deferrals").map_err(|e| self.error(e))?;
         Ok(Claim {
             item: row.try_get::<i64, _>("item").map_err(|e| self.error(e))? as u64,
             state: state.parse().map_err(|e| self.error(e))?,
@@ -106,6 +110,7 @@ impl Store {
             prompt: row.try_get("prompt").map_err(|e| self.error(e))?,
             setbacks: setbacks.clamp(0, i64::from(u32::MAX)) as u32,
             refusals: refusals.clamp(0, i64::from(u32::MAX)) as u32,
+            deferrals: deferrals.clamp(0, i64::from(u32::MAX)) as u32,
         })
     }
 

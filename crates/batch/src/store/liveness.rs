@@ -166,38 +166,34 @@ impl Store {
     /// server process behind a pooler, another worker counted it out), or cannot reach the
     /// state to tell, must stop sending: others may already count it dead.
     pub async fn still_alive(&self, worker: &Worker) -> Result<(), Error> {
-        let lock = async {
-            let Liveness::Session { conn, backend_pid } = &worker.liveness else {
-                return Ok(());
+        let beat = self.sql(
+            "UPDATE gptimage_workers SET heartbeat_ms = NOW_MS WHERE id = $1 AND status = 'running'",
+        );
+        let both = async {
+            let beaten = match &worker.liveness {
+                // On the session that holds the lock: the beat never waits for the pool.
+                Liveness::Session { conn, backend_pid } => {
+                    let mut conn = conn.lock().await;
+                    match sqlx::query_as::<_, (i32, i64)>(HOLDS_LOCK)
+                        .bind(PG_LOCK_CLASS)
+                        .bind(worker.id as i32)
+                        .fetch_one(&mut *conn)
+                        .await
+                    {
+                        Ok((pid, 1)) if pid == *backend_pid => {}
+                        Ok((pid, _)) if pid != *backend_pid => return Err(self.pooled()),
+                        _ => return Err(self.lost()),
+                    }
+                    sqlx::query(beat).bind(worker.id).execute(&mut *conn).await
+                }
+                Liveness::LockFile(_) => {
+                    sqlx::query(beat).bind(worker.id).execute(&self.pool).await
+                }
             };
-            let mut conn = conn.lock().await;
-            match sqlx::query_as::<_, (i32, i64)>(HOLDS_LOCK)
-                .bind(PG_LOCK_CLASS)
-                .bind(worker.id as i32)
-                .fetch_one(&mut *conn)
-                .await
-            {
-                Ok((pid, 1)) if pid == *backend_pid => Ok(()),
-                Ok((pid, _)) if pid != *backend_pid => Err(self.pooled()),
-                _ => Err(self.lost()),
-            }
-        };
-        let beat = async {
-            let beaten = sqlx::query(self.sql(
-                "UPDATE gptimage_workers SET heartbeat_ms = NOW_MS
-                 WHERE id = $1 AND status = 'running'",
-            ))
-            .bind(worker.id)
-            .execute(&self.pool)
-            .await;
             match beaten {
                 Ok(done) if done.rows_affected() == 1 => Ok(()),
                 _ => Err(self.lost()),
             }
-        };
-        let both = async {
-            lock.await?;
-            beat.await
         };
         tokio::time::timeout(LIVENESS_TIMEOUT, both)
             .await
@@ -222,18 +218,25 @@ impl Store {
         .map_err(|e| self.error(e))?;
         let mut dead = 0;
         for (id, stale) in others {
-            if stale == 0 && self.is_alive(id).await? {
+            let lock_free = stale == 0 && !self.is_alive(id).await?;
+            if stale == 0 && !lock_free {
                 continue;
             }
-            dead += 1;
-            sqlx::query(self.sql(
+            // Counted out only if still so now: a stale heartbeat is checked again in the
+            // statement itself (the worker may have beaten since the read above).
+            let counted_out = sqlx::query(self.sql(
                 "UPDATE gptimage_workers SET status = 'dead', dead_ms = NOW_MS
-                 WHERE id = $1 AND status = 'running'",
+                 WHERE id = $1 AND status = 'running'
+                 AND ($3 = 1 OR (heartbeat_ms IS NOT NULL AND heartbeat_ms < NOW_MS - $2))",
             ))
             .bind(id)
+            .bind(ms(HEARTBEAT_STALE))
+            .bind(i64::from(lock_free))
             .execute(&self.pool)
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.error(e))?
+            .rows_affected();
+            dead += counted_out;
         }
         // Settles every departed worker's lines, including any a racing transaction committed
         // after an earlier sweep.

@@ -74,6 +74,10 @@ pub fn lock_delay(request_timeout: Duration) -> Duration {
         .saturating_add(send / 10)
 }
 
+/// How many times in a row a line may go back to `pending` unsent (a 429, a POST never sent,
+/// no pacer turn) before it is refused for the run: the client's own limit on 429s in a row.
+pub const MAX_DEFERRALS: u32 = 6;
+
 /// A worker whose heartbeat (every 2 s, on the database's clock) is older than this is counted
 /// out, even if its liveness lock looks held: a worker paused (SIGSTOP), or cut off behind a
 /// pooler that keeps its server session (and so its lock) alive.
@@ -163,6 +167,14 @@ impl Store {
                 return Err(Error::NoState { url: url.clone() });
             }
         }
+        // A state an earlier version wrote gets the columns this one reads (added, never
+        // changed: what it says stays as it was).
+        let mut conn = store.pool.acquire().await.map_err(|e| store.error(e))?;
+        let newer = schema::create(&mut conn, &store.backend)
+            .await
+            .map_err(|e| store.error(e))?;
+        drop(conn);
+        newer_format(url, newer)?;
         Ok(store)
     }
 
@@ -197,9 +209,10 @@ impl Store {
             liveness::refuse_a_transaction_pooler(url, &connect_url, &mut first, commit).await?;
         }
         if create {
-            schema::create(&mut first, &backend)
+            let newer = schema::create(&mut first, &backend)
                 .await
                 .map_err(|e| state_error(url, e))?;
+            newer_format(url, newer)?;
         }
         first.close().await.map_err(|e| state_error(url, e))?;
         let pool = AnyPoolOptions::new()
@@ -330,6 +343,18 @@ fn ms(duration: Duration) -> i64 {
     duration.as_millis().min(i64::MAX as u128 / 4) as i64
 }
 
+/// A state of a newer format than this version writes: refused before anything changes.
+fn newer_format(url: &StateUrl, newer: Option<i64>) -> Result<(), Error> {
+    match newer {
+        Some(format) => Err(Error::NewerState {
+            url: url.clone(),
+            format,
+            known: schema::STATE_FORMAT,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn state_error(url: &StateUrl, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::State {
         url: url.clone(),
@@ -349,6 +374,21 @@ const NETWORK_FILE_SYSTEMS: &[&str] = &[
     "ncpfs",
     "fuse.sshfs",
     "fuse.rclone",
+    // A host's folders seen from a VM or a container (WSL's /mnt/c, Docker Desktop, virtiofs)
+    // and cluster or bucket file systems: their locks do not hold across machines.
+    "9p",
+    "virtiofs",
+    "fuse.grpcfuse",
+    "fuse.gcsfuse",
+    "fuse.s3fs",
+    "fuse.mountpoint-s3",
+    "ceph",
+    "fuse.ceph",
+    "glusterfs",
+    "fuse.glusterfs",
+    "lustre",
+    "gpfs",
+    "beegfs",
 ];
 
 /// The SQLite state and its companions readable by their owner alone: they hold the lines'

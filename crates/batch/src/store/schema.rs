@@ -44,6 +44,10 @@ const SCHEMA: &[&str] = &[
         setbacks BIGINT NOT NULL DEFAULT 0,
         retry_at BIGINT)",
     "CREATE INDEX IF NOT EXISTS gptimage_lines_claimable ON gptimage_lines (state, owner, item)",
+    // The state's format: a version that finds a newer one stops before it changes anything.
+    "CREATE TABLE IF NOT EXISTS gptimage_format (
+        one BIGINT PRIMARY KEY CHECK (one = 1),
+        format BIGINT NOT NULL)",
     // Input images the lines name as local files, by content: where each was hosted, until when.
     "CREATE TABLE IF NOT EXISTS gptimage_uploads (
         sha256 TEXT PRIMARY KEY,
@@ -74,7 +78,16 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("gptimage_lines", "held_ms", "BIGINT"),
     // How many times the service refused the line (no task made): their retries are spaced.
     ("gptimage_lines", "refusals", "BIGINT NOT NULL DEFAULT 0"),
+    // How many times in a row it went back to `pending` unsent (a 429, a POST never sent, no
+    // pacer turn): at MAX_DEFERRALS it is refused for this run, so a run ends by itself.
+    ("gptimage_lines", "deferrals", "BIGINT NOT NULL DEFAULT 0"),
 ];
+
+/// What a state written by an earlier version needs to mean the same now: a line held until
+/// a later run was marked with the largest `retry_at` (never reached, so it would never be
+/// claimed again); it is held since long ago now, which any run takes.
+const UPGRADES: &[&str] = &["UPDATE gptimage_lines SET retry_at = NULL, held_ms = 0
+     WHERE retry_at = 9223372036854775807"];
 
 /// Statements that follow the columns: a line's image names are unique without regard to case,
 /// so two lines never write one file on a case-insensitive disk (macOS, Windows). Names are
@@ -148,8 +161,10 @@ pub(super) async fn configure(conn: &mut AnyConnection, commit: Commit) -> Resul
 /// synchronous standbys (`synchronous_standby_names` set), commits wait until a standby has
 /// applied them (`remote_apply`); with standbys that are all asynchronous, a failover can lose
 /// the last commits, `submitting` among them, and the line would be sent again: refused unless
-/// `options` accept it. What the server cannot show (a managed service's storage-level
-/// replication, which is synchronous) is not judged. SQLite commits locally.
+/// `options` accept it. Standbys are the physical ones streaming now (not a base backup under
+/// way, not a logical subscriber) and those a physical slot waits for while they are away.
+/// What the server cannot show (a managed service's storage-level replication, which is
+/// synchronous; a standby without a slot that is away) is not judged. SQLite commits locally.
 pub(super) async fn durability(
     url: &super::StateUrl,
     conn: &mut AnyConnection,
@@ -161,7 +176,11 @@ pub(super) async fn durability(
     let fail = |e: sqlx::Error| super::state_error(url, e);
     let (standby, sync_names, replicas): (bool, String, i64) = sqlx::query_as(
         "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names'),
-                (SELECT COUNT(*) FROM pg_stat_replication)",
+                (SELECT COUNT(*) FROM pg_stat_replication r WHERE r.state <> 'backup'
+                 AND NOT EXISTS (SELECT 1 FROM pg_replication_slots s
+                                 WHERE s.active_pid = r.pid AND s.slot_type = 'logical'))
+                + (SELECT COUNT(*) FROM pg_replication_slots
+                   WHERE slot_type = 'physical' AND NOT active)",
     )
     .fetch_one(&mut *conn)
     .await
@@ -193,8 +212,37 @@ pub(super) async fn durability(
     Ok(Commit::Local)
 }
 
+/// The format this version writes: 2 since submissions are fenced (`sent_ms`, `fence_ms`).
+pub(super) const STATE_FORMAT: i64 = 2;
+
+/// A version that writes no fresh commit time (before format 2) cannot take a line to
+/// `submitting` in a state of this format: a fleet upgraded halfway never sends unfenced.
+const FENCE_SQLITE: &str = "CREATE TRIGGER IF NOT EXISTS gptimage_fence
+    BEFORE UPDATE OF state ON gptimage_lines FOR EACH ROW
+    WHEN NEW.state = 'submitting' AND OLD.state <> 'submitting' AND NEW.sent_ms IS OLD.sent_ms
+    BEGIN SELECT RAISE(ABORT, 'this batch state is written by a newer gptimage (format 2): \
+    every worker of a state must run gptimage 0.2 or newer'); END";
+const FENCE_POSTGRES: &[&str] = &[
+    "CREATE OR REPLACE FUNCTION gptimage_fence() RETURNS trigger LANGUAGE plpgsql AS $f$
+     BEGIN RAISE EXCEPTION 'this batch state is written by a newer gptimage (format 2): every \
+     worker of a state must run gptimage 0.2 or newer'; END $f$",
+    "DO $d$ BEGIN
+       IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'gptimage_fence'
+                      AND tgrelid = 'gptimage_lines'::regclass) THEN
+         CREATE TRIGGER gptimage_fence BEFORE UPDATE OF state ON gptimage_lines FOR EACH ROW
+         WHEN (NEW.state = 'submitting' AND OLD.state <> 'submitting'
+               AND NEW.sent_ms IS NOT DISTINCT FROM OLD.sent_ms)
+         EXECUTE FUNCTION gptimage_fence();
+       END IF;
+     END $d$",
+];
+
 /// Creates the tables when missing and brings an older state's up to date, in one transaction.
-pub(super) async fn create(conn: &mut AnyConnection, backend: &Backend) -> Result<(), sqlx::Error> {
+/// A state of a newer format than [`STATE_FORMAT`] is left as it is: its format is returned.
+pub(super) async fn create(
+    conn: &mut AnyConnection,
+    backend: &Backend,
+) -> Result<Option<i64>, sqlx::Error> {
     // SQLite: the write lock up front, so racing creators wait their turn (busy_timeout) instead
     // of deadlocking when each tries to turn its read into a write (SQLITE_BUSY at once).
     let mut tx = match backend {
@@ -210,6 +258,12 @@ pub(super) async fn create(conn: &mut AnyConnection, backend: &Backend) -> Resul
     }
     for statement in SCHEMA {
         sqlx::query(*statement).execute(&mut *tx).await?;
+    }
+    let format: Option<i64> = sqlx::query_scalar("SELECT format FROM gptimage_format")
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(newer) = format.filter(|f| *f > STATE_FORMAT) {
+        return Ok(Some(newer));
     }
     for (table, column, definition) in ADDED_COLUMNS {
         let columns_query = match backend {
@@ -230,9 +284,27 @@ pub(super) async fn create(conn: &mut AnyConnection, backend: &Backend) -> Resul
                 .await?;
         }
     }
-    for statement in AFTER_COLUMNS {
+    for statement in AFTER_COLUMNS.iter().chain(UPGRADES) {
         sqlx::query(*statement).execute(&mut *tx).await?;
     }
+    match backend {
+        Backend::Sqlite { .. } => {
+            sqlx::raw_sql(FENCE_SQLITE).execute(&mut *tx).await?;
+        }
+        Backend::Postgres => {
+            for statement in FENCE_POSTGRES {
+                sqlx::raw_sql(*statement).execute(&mut *tx).await?;
+            }
+        }
+    }
+    sqlx::query(
+        "INSERT INTO gptimage_format (one, format) VALUES (1, $1)
+         ON CONFLICT (one) DO UPDATE SET format = excluded.format
+         WHERE gptimage_format.format < excluded.format",
+    )
+    .bind(STATE_FORMAT)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     if let Backend::Sqlite { .. } = backend {
         // WAL: readers never block the writer. The mode is kept in the file.
@@ -240,5 +312,5 @@ pub(super) async fn create(conn: &mut AnyConnection, backend: &Backend) -> Resul
             .execute(&mut *conn)
             .await?;
     }
-    Ok(())
+    Ok(None)
 }

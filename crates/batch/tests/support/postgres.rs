@@ -258,6 +258,12 @@ impl Postgres {
     /// The rows a query returns in `database`, as psql prints them unaligned (`|` between
     /// columns, a line a row).
     pub fn query(&self, database: &str, statement: &str) -> String {
+        self.try_sql(database, statement)
+            .unwrap_or_else(|error| panic!("psql {statement}: {error}"))
+    }
+
+    /// Like [`query`](Self::query), the server's error returned rather than a panic.
+    pub fn try_sql(&self, database: &str, statement: &str) -> Result<String, String> {
         let output = Command::new(self.bin.join("psql"))
             .args([
                 "-h",
@@ -278,12 +284,10 @@ impl Postgres {
             ])
             .output()
             .expect("psql runs");
-        assert!(
-            output.status.success(),
-            "psql {statement}: {}",
-            text(&output)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        if !output.status.success() {
+            return Err(text(&output));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
     /// Runs one SQL statement in `database` as the superuser.
