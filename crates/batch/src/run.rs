@@ -250,7 +250,14 @@ impl Batch {
                 && !over_budget.load(Ordering::SeqCst)
                 && jobs.len() < options.concurrency.max(1)
             {
-                let claim = match self.within(store.claim(worker)).await {
+                // A claim waits for the state (a lock, a connection): liveness lost meanwhile
+                // ends the wait at once.
+                let claimed = tokio::select! {
+                    biased;
+                    Some(error) = troubles.recv() => Err(error),
+                    claimed = self.within(store.claim(worker)) => claimed,
+                };
+                let claim = match claimed {
                     Ok(Some(claim)) => claim,
                     Ok(None) => break,
                     Err(error) => {
@@ -281,8 +288,16 @@ impl Batch {
                 }
                 // Lines waiting out a setback come back when it ends; lines others hold may
                 // come back if they die. Otherwise nothing is left this worker can progress.
-                let next = self.within(store.next_retry(worker)).await?;
-                let others_busy = self.within(store.others_busy(worker)).await?;
+                let looked = async {
+                    let next = self.within(store.next_retry(worker)).await?;
+                    let others_busy = self.within(store.others_busy(worker)).await?;
+                    Ok::<_, Error>((next, others_busy))
+                };
+                let (next, others_busy) = tokio::select! {
+                    biased;
+                    Some(error) = troubles.recv() => return Err(error),
+                    looked = looked => looked?,
+                };
                 let pause = match (next, others_busy) {
                     (None, false) => break,
                     (None, true) => IDLE_POLL,
@@ -700,6 +715,24 @@ impl Job {
                 } else {
                     LineState::Refused
                 };
+                // An answer lost while the worker listens for callbacks (--listen): the line
+                // stays `submitting`, this worker's, while the callback may name its task (a
+                // status request confirms it); only if none does is it recorded `unknown`. So
+                // no token exists for a line whose task may still be recovered.
+                if state == LineState::Unknown
+                    && let Some(task_id) = self.recovered(&error, cancelled).await
+                {
+                    if let Err(error) = store.submitted(worker, item, &task_id).await {
+                        eprintln!(
+                            "line {number} was recovered as task {task_id} but the state could \
+                             not record it; fetch it with: gptimage wait {task_id}"
+                        );
+                        return Err(error);
+                    }
+                    record.state = LineState::Submitted;
+                    record.task_id = Some(task_id);
+                    return Ok(Sent::Submitted);
+                }
                 let (kind, message) = (error.kind().as_str(), error.to_string());
                 store
                     .not_submitted(worker, item, (state, claim.refusals), kind, &message)
@@ -712,6 +745,21 @@ impl Job {
                 record.error = Some((kind.to_owned(), message));
                 Ok(Sent::Over(Box::new(record.clone())))
             }
+        }
+    }
+
+    /// The task of a submission whose answer was lost, if the worker listens for callbacks
+    /// (`--listen`) and one confirmed it within the wait timeout; `None` at once otherwise,
+    /// and at a stop.
+    async fn recovered(
+        &self,
+        error: &gptimage::Error,
+        cancelled: &mut watch::Receiver<bool>,
+    ) -> Option<String> {
+        tokio::select! {
+            biased;
+            _ = async { cancelled.wait_for(|c| *c).await.is_ok() } => None,
+            found = self.client.recover(error) => found.ok().flatten().map(|t| t.task_id),
         }
     }
 

@@ -22,7 +22,7 @@ pub(crate) struct Context {
     pub(crate) client: Client,
     pub(crate) quiet: bool,
     pub(crate) verbose: bool,
-    _listener: Option<gptimage::webhook::Listener>,
+    listener: Option<gptimage::webhook::Listener>,
     #[cfg(feature = "emulator")]
     emulator: Option<Emulator>,
 }
@@ -146,7 +146,7 @@ impl Context {
             client,
             quiet: global.quiet,
             verbose: global.verbose,
-            _listener: listener,
+            listener,
             #[cfg(feature = "emulator")]
             emulator,
         })
@@ -241,10 +241,28 @@ impl Context {
         out: &Path,
         stem: Option<&str>,
     ) -> Result<Report, Error> {
+        self.finish_within(task_id, out, stem, None).await
+    }
+
+    /// [`finish`](Self::finish), the wait given `left` instead of the whole timeout (what a
+    /// recovery left of it).
+    pub(crate) async fn finish_within(
+        &self,
+        task_id: &str,
+        out: &Path,
+        stem: Option<&str>,
+        left: Option<std::time::Duration>,
+    ) -> Result<Report, Error> {
+        let client = match left {
+            Some(left) => self
+                .client
+                .with_options(&gptimage::CallOptions::new().wait_timeout(left))?,
+            None => self.client.clone(),
+        };
         let spinner = progress::spinner(progress::enabled(self.quiet));
         spinner.set_message(format!("task {task_id}: waiting"));
         let waited = {
-            let wait = self.client.wait_with(task_id, |task: &TaskInfo| {
+            let wait = client.wait_with(task_id, |task: &TaskInfo| {
                 spinner.set_message(format!("task {task_id}: {}", task.status));
             });
             tokio::select! {
@@ -335,8 +353,32 @@ pub(crate) async fn generate(
     args: &Generate,
     request: GenerateRequest,
 ) -> Report {
+    let started = std::time::Instant::now();
+    let mut left = None;
     let created = match context.client.submit(&request).await {
         Ok(created) => created,
+        // The answer was lost, but the submission carried our callback URL (--listen): its
+        // callback names the task, and a status request confirms it. Nothing is resubmitted.
+        Err(error) if error.may_have_created_task() && context.listener.is_some() => {
+            if !context.quiet {
+                say!(
+                    "the submission's answer was lost; waiting for its callback to name its task \
+                     (nothing is sent again)"
+                );
+            }
+            match context.client.recover(&error).await {
+                Ok(Some(found)) => {
+                    if !context.quiet {
+                        say!("recovered task {} from its callback", found.task_id);
+                    }
+                    // One --timeout in all: the wait gets what the recovery left.
+                    let timeout = context.client.config().wait_timeout();
+                    left = Some(timeout.saturating_sub(started.elapsed()));
+                    found
+                }
+                _ => return failure(None, &error, &args.output.out),
+            }
+        }
         Err(error) => return failure(None, &error, &args.output.out),
     };
     if context.verbose || (args.no_wait && !context.quiet && !args.output.json) {
@@ -350,7 +392,7 @@ pub(crate) async fn generate(
         };
     }
     match context
-        .finish(&created.task_id, &args.output.out, None)
+        .finish_within(&created.task_id, &args.output.out, None, left)
         .await
     {
         Ok(report) => report,

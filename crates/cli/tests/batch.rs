@@ -467,6 +467,39 @@ fn a_batch_with_listen_ends_each_wait_on_its_callback() {
 }
 
 #[test]
+fn a_batch_line_whose_answer_was_lost_is_settled_by_its_callback() {
+    // Two answers lost (the tasks made, the connections dropped): with --listen, each line's
+    // callback names its task, a status request confirms it, and the line is done. Nothing is
+    // resent, and nothing is left for the user to check.
+    let config = Config::instant()
+        .with_timings(Duration::ZERO, Duration::from_millis(300))
+        .with_fault(
+            Fault::new(FaultKind::DropConnection)
+                .on(Endpoint::Generate)
+                .times(2),
+        );
+    let emulator = Emulator::spawn(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(4, "lost and found"));
+    let out = dir.path().join("out");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let output = run(&mut batch(&emulator, &file, &out, &["--listen", &listen]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let counters = emulator.counters();
+    assert_eq!(counters.generate_requests, 4, "never resent");
+    assert_eq!(counters.tasks_created, 4);
+    assert!(
+        counters.tasks_created_by_prompt.values().all(|n| *n == 1),
+        "{:?}",
+        counters.tasks_created_by_prompt
+    );
+    let status = batch_status(out.to_str().unwrap());
+    assert_eq!(count(&status, "done"), 4, "{status}");
+    assert_eq!(count(&status, "unknown"), 0, "{status}");
+    assert_eq!(pngs(&out).len(), 4);
+}
+
+#[test]
 fn max_credits_submits_exactly_what_the_budget_allows_across_reruns() {
     let emulator = Emulator::spawn(Config::instant()).unwrap();
     let dir = tempfile::tempdir().unwrap();

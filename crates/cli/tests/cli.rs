@@ -493,3 +493,47 @@ fn listen_path_takes_callbacks_behind_a_path_stripping_proxy() {
     exits_saying(&output, 2, "local path");
     assert_eq!(emulator.counters().generate_requests, 1);
 }
+
+#[test]
+fn a_lost_answer_is_recovered_from_its_callback_with_listen() {
+    // The service makes the task and the answer is lost: the callback names the task, a
+    // status request confirms it, and the image is saved; nothing is sent twice.
+    let losing = || {
+        let config = Config::instant()
+            .with_timings(Duration::ZERO, Duration::from_millis(300))
+            .with_fault(
+                Fault::new(FaultKind::DropConnection)
+                    .on(Endpoint::Generate)
+                    .times(1),
+            );
+        Emulator::spawn(config).unwrap()
+    };
+    let emulator = losing();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let output = run(against(&emulator)
+        .args(["generate", "answer lost", "--json", "--listen", &listen])
+        .arg("--out")
+        .arg(dir.path()));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(json(&output)["status"], "SUCCESS");
+    assert!(
+        stderr(&output).contains("recovered task"),
+        "{}",
+        stderr(&output)
+    );
+    let counters = emulator.counters();
+    assert_eq!(counters.generate_requests, 1, "never resubmitted");
+    assert_eq!(counters.tasks_created, 1);
+    assert_eq!(pngs(dir.path()).len(), 1);
+    // Without --listen there is no callback to learn from: the outcome stays unknown.
+    let emulator = losing();
+    let output = run(against(&emulator).args(["generate", "answer lost too"]));
+    assert_ne!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("outcome is unknown"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(emulator.counters().generate_requests, 1);
+}

@@ -208,6 +208,12 @@ impl Emulator {
         self.app.store.task_request(task_id)
     }
 
+    /// The ids of the tasks made for requests with `prompt` (sorted): for tests that find the
+    /// task of a submission whose answer they made the emulator drop.
+    pub fn task_ids_for(&self, prompt: &str) -> Vec<String> {
+        self.app.store.task_ids_for(prompt)
+    }
+
     /// When a task ended (`SUCCESS` or `FAILED`), on this process's clock: for benchmarks that
     /// measure how late a client notices.
     pub fn task_finished_at(&self, task_id: &str) -> Option<std::time::Instant> {

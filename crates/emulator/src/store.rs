@@ -343,6 +343,19 @@ impl Store {
         self.lock().tasks.get(id).and_then(|t| t.finished)
     }
 
+    /// The ids of the tasks whose request had `prompt`.
+    pub(crate) fn task_ids_for(&self, prompt: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .lock()
+            .tasks
+            .iter()
+            .filter(|(_, task)| task.request.prompt() == prompt)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     pub(crate) fn task_request(&self, id: &str) -> Option<GenerateRequest> {
         self.lock().tasks.get(id).map(|t| t.request.clone())
     }

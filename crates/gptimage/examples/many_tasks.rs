@@ -1,5 +1,6 @@
 //! Many tasks at once: at most 3 in flight, sharing the client's pacer; each task id reported
-//! as soon as it exists, each result as it completes; a failure does not stop the others.
+//! as soon as it exists, each result as it completes; a failure (a task's, or a download's)
+//! does not stop the others.
 //!
 //! ```text
 //! cargo run -p gptimage --example many_tasks
@@ -37,9 +38,15 @@ async fn run(client: &Client, out: &str) -> Result<(), gptimage::Error> {
                 index,
                 result: Ok(task),
             } => {
+                // A failed download is this task's, not the batch's: report it and go on (a `?`
+                // here would drop the stream, and with it the events of tasks still running).
                 let stem = format!("many-{index}");
-                for path in client.download_to_dir_as(&task, out, &stem).await? {
-                    println!("{}", path.display());
+                match client.download_to_dir_as(&task, out, &stem).await {
+                    Ok(paths) => paths.iter().for_each(|p| println!("{}", p.display())),
+                    Err(error) => eprintln!(
+                        "{index}: task {} done, images not saved: {error}",
+                        task.task_id
+                    ),
                 }
             }
             ManyEvent::Finished {

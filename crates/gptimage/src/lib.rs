@@ -86,11 +86,15 @@ pub use gptimage_types::{
 pub use gptimage_transport::{
     API_KEY_ENV, BASE_URL_ENV, CallOptions, ClientBuilder, Config, DEFAULT_BASE_URL, Error,
     ErrorKind, FromConfig, Image, ManyEvent, Pacing, PollSchedule, Progress, Rate, Result,
-    RetryPolicy, Stopper,
+    RetryPolicy, Stopper, Submission,
 };
 
 #[cfg(feature = "async")]
 pub use gptimage_transport::{Client, ManyTasks, TaskWatch, Turn};
+
+// The task tracker for services.
+#[cfg(feature = "async")]
+pub use gptimage_transport::{Ended, TaskUpdates, Tracker, TrackerBuilder};
 
 /// The blocking client (feature `blocking`).
 #[cfg(feature = "blocking")]

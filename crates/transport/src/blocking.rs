@@ -10,7 +10,7 @@ use gptimage_types::{CreatedTask, GenerateRequest, TaskInfo};
 use crate::config::{ClientBuilder, Config, FromConfig, sealed};
 use crate::core::{CallMachine, DownloadMachine, Image, Machine, Next, WaitMachine};
 use crate::error::{Error, Result};
-use crate::progress::{self, ManyEvent, Progress, Stopper};
+use crate::progress::{self, ManyEvent, Progress, Stopper, Submission};
 use crate::transport::BlockingTransport;
 use crate::ureq_transport::UreqTransport;
 use crate::webhook::Hints;
@@ -45,15 +45,155 @@ drive::client_shell!(BlockingTransport, UreqTransport, "blocking::Client");
 
 impl Client {
     /// Starts a task. Retried only when no task can have been created; when the outcome is
-    /// unknown, the error says so ([`ErrorKind::OutcomeUnknown`](crate::ErrorKind)).
+    /// unknown, the error says so ([`ErrorKind::OutcomeUnknown`](crate::ErrorKind)), and, if
+    /// the client has webhooks, the task can still be recovered from its callback
+    /// ([`recover`](Self::recover)). Its outcome also goes to the client's
+    /// [`on_submission`](crate::ClientBuilder::on_submission) sink.
     pub fn submit(&self, request: &GenerateRequest) -> Result<CreatedTask> {
+        self.submission(request, None)
+    }
+
+    /// One submission, left unsent if `stop` comes before its request is on the wire; its
+    /// outcome reported to the sink.
+    fn submission(&self, request: &GenerateRequest, stop: Option<&Stopper>) -> Result<CreatedTask> {
+        let _counted = Submitting::new(&self.inner.submitting);
         let watch = drive::watch(self.config(), request)?;
         let callback = watch.as_ref().map(|w| w.url.as_str());
         let pacer = &self.inner.pacer;
         let submit = CallMachine::submit(self.config(), request, callback, pacer, drive::seed());
-        let result = self.drive(submit, None);
-        drive::settle(self.config(), watch, &result);
+        let result = self.drive_submission(submit, stop);
+        let result = drive::settle(self.config(), watch, result);
+        let sink = self.config().on_submission.as_ref();
+        match &result {
+            Ok(created) => progress::report(
+                sink,
+                &Submission::Created {
+                    request,
+                    task_id: &created.task_id,
+                    abandoned: false,
+                },
+            ),
+            Err(error) if error.kind() == crate::ErrorKind::OutcomeUnknown => progress::report(
+                sink,
+                &Submission::Unknown {
+                    request,
+                    error,
+                    abandoned: false,
+                },
+            ),
+            Err(_) => {}
+        }
         result
+    }
+
+    /// Waits, at most `within`, until no submission of this client is under way (see
+    /// [`in_flight`](Self::in_flight)), those of a dropped `generate_many` included; whether
+    /// none is. For a program's shutdown, before it exits.
+    pub fn drain(&self, within: Duration) -> bool {
+        let deadline = crate::core::later(Instant::now(), within);
+        while self.in_flight() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// The task of a submission whose answer was lost (`err` an
+    /// [`OutcomeUnknown`](crate::ErrorKind::OutcomeUnknown) of this client's `submit` of
+    /// `request`), once its callback has named it and a status request has confirmed it (the
+    /// task exists under this key and echoes the submission's own callback URL and prompt),
+    /// waiting at most the wait timeout; `None` if the client has no webhooks, the error is
+    /// another, or no confirmed callback came. Nothing is ever resubmitted.
+    ///
+    /// ```no_run
+    /// # fn run(client: gptimage_transport::blocking::Client, request: gptimage_types::GenerateRequest) -> Result<(), gptimage_transport::Error> {
+    /// let created = match client.submit(&request) {
+    ///     Ok(created) => created,
+    ///     Err(lost) if lost.may_have_created_task() => match client.recover(&request, &lost)? {
+    ///         Some(found) => found,
+    ///         None => return Err(lost), // check the account before sending it again
+    ///     },
+    ///     Err(other) => return Err(other),
+    /// };
+    /// # let _ = created;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn recover(&self, request: &GenerateRequest, err: &Error) -> Result<Option<CreatedTask>> {
+        Ok(self.recover_until(request, err, None))
+    }
+
+    /// [`recover`](Self::recover), ended early by `stop`.
+    fn recover_until(
+        &self,
+        request: &GenerateRequest,
+        err: &Error,
+        stop: Option<&Stopper>,
+    ) -> Option<CreatedTask> {
+        let lost = err.lost()?;
+        if let Some(task_id) = lost.recovered() {
+            return Some(CreatedTask::new(
+                task_id,
+                gptimage_types::TaskStatus::Pending,
+            ));
+        }
+        let deadline = crate::core::later(Instant::now(), self.config().wait_timeout());
+        let mut seen = 0;
+        loop {
+            if stop.is_some_and(Stopper::is_stopped) || Instant::now() >= deadline {
+                lost.give_up();
+                return None;
+            }
+            let slice = match stop {
+                Some(_) => deadline.min(Instant::now() + STOP_SLICE),
+                None => deadline,
+            };
+            if !lost.wait_candidate(seen, slice) {
+                continue;
+            }
+            for candidate in lost.candidates(seen) {
+                seen += 1;
+                let Ok(info) = self.status(&candidate) else {
+                    continue;
+                };
+                if drive::confirms(lost, request, &info) {
+                    lost.found(&candidate);
+                    progress::report(
+                        self.config().on_submission.as_ref(),
+                        &Submission::Recovered {
+                            request,
+                            task_id: &candidate,
+                        },
+                    );
+                    return Some(CreatedTask::new(
+                        candidate,
+                        gptimage_types::TaskStatus::Pending,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Submits `request`; an unknown outcome is recovered from its callback if one confirms
+    /// it within the wait timeout (with webhooks), else returned. With the task, the client to
+    /// wait for it with: one whose wait timeout is what the recovery left of it.
+    fn submit_or_recover(&self, request: &GenerateRequest) -> Result<(CreatedTask, Client)> {
+        let started = Instant::now();
+        match self.submit(request) {
+            Err(error) if error.lost().is_some() => {
+                let found = self.recover_until(request, &error, None).ok_or(error)?;
+                let left = self
+                    .config()
+                    .wait_timeout()
+                    .saturating_sub(started.elapsed());
+                let options = crate::CallOptions::new().wait_timeout(left);
+                Ok((found, self.with_options(&options)?))
+            }
+            Err(error) => Err(error),
+            Ok(created) => Ok((created, self.clone())),
+        }
     }
 
     /// Reports a task once.
@@ -87,8 +227,9 @@ impl Client {
     /// Submits `request` and waits for it to end. An error after the submission carries the
     /// task id ([`Error::task_id`](crate::Error::task_id)), so the wait can be resumed with [`wait`](Self::wait).
     pub fn generate(&self, request: &GenerateRequest) -> Result<TaskInfo> {
-        let created = self.submit(request)?;
-        self.wait(&created.task_id)
+        let (created, waiting) = self.submit_or_recover(request)?;
+        waiting
+            .wait(&created.task_id)
             .map_err(|e| e.with_task_id(&created.task_id))
     }
 
@@ -116,10 +257,11 @@ impl Client {
         request: &GenerateRequest,
         mut on_progress: impl FnMut(Progress<'_>),
     ) -> Result<TaskInfo> {
-        let created = self.submit(request)?;
+        let (created, waiting) = self.submit_or_recover(request)?;
         on_progress(Progress::Submitted(&created));
         let on_change = |info: &TaskInfo| on_progress(Progress::Changed(info));
-        self.follow(&created.task_id, on_change, None)
+        waiting
+            .follow(&created.task_id, on_change, None)
             .unwrap_or_else(|| Err(Error::deadline(&created.task_id, Duration::ZERO)))
             .map_err(|e| e.with_task_id(&created.task_id))
     }
@@ -183,43 +325,57 @@ impl Client {
     {
         let requests: Arc<Mutex<Queue>> =
             Arc::new(Mutex::new(Box::new(requests.into_iter().enumerate())));
-        let (events, receiver) = std::sync::mpsc::channel();
+        let threads = concurrency.clamp(1, MAX_THREADS);
+        // Events wait for the reader: memory is bounded by the threads, not the requests.
+        let (events, receiver) = std::sync::mpsc::sync_channel(threads.saturating_mul(2));
         let stopper = Stopper::new();
-        let workers = (0..concurrency.max(1))
-            .filter_map(|n| {
-                let (client, requests) = (self.clone(), Arc::clone(&requests));
-                let (events, stop) = (events.clone(), stopper.clone());
-                std::thread::Builder::new()
-                    .name(format!("gptimage-many-{n}"))
-                    .spawn(move || {
-                        while !stop.is_stopped() {
-                            let next = requests.lock().unwrap_or_else(|e| e.into_inner()).next();
-                            let Some((index, request)) = next else { break };
-                            if !client.one_of_many(index, &request, &events, &stop) {
-                                break;
-                            }
+        let mut refused = None;
+        for n in 0..threads {
+            let (client, queue) = (self.clone(), Arc::clone(&requests));
+            let (events, stop) = (events.clone(), stopper.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("gptimage-many-{n}"))
+                .spawn(move || {
+                    while !stop.is_stopped() {
+                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                        let Some((index, request)) = next else { break };
+                        if !client.one_of_many(index, &request, &events, &stop) {
+                            break;
                         }
-                    })
-                    .ok()
-            })
-            .collect();
+                    }
+                });
+            if let Err(error) = spawned {
+                // Fewer threads do the same work; with none, every request says why.
+                refused = (n == 0).then(|| error.to_string());
+                break;
+            }
+        }
         ManyTasks {
             events: receiver,
-            workers,
             stopper,
+            unstarted: refused.map(|why| (requests, why)),
         }
     }
 
-    /// One request of [`generate_many`](Self::generate_many): its submission always reports;
-    /// its wait ends at the stop. Whether anyone still listens.
+    /// One request of [`generate_many`](Self::generate_many): a stop before its request is on
+    /// the wire leaves it unsent ([`NotSent`](crate::ErrorKind::NotSent)); a submission sent
+    /// always reports (a lost answer recovered from its callback first, with webhooks), to the
+    /// events or, once nobody reads them, to the client's sink; its wait ends at the stop.
+    /// Whether anyone still listens.
     fn one_of_many(
         &self,
         index: usize,
         request: &GenerateRequest,
-        events: &std::sync::mpsc::Sender<ManyEvent>,
+        events: &std::sync::mpsc::SyncSender<ManyEvent>,
         stop: &Stopper,
     ) -> bool {
-        let created = match self.submit(request) {
+        let submitted = match self.submission(request, Some(stop)) {
+            Err(error) if error.lost().is_some() && !stop.is_stopped() => {
+                self.recover_until(request, &error, Some(stop)).ok_or(error)
+            }
+            other => other,
+        };
+        let created = match submitted {
             Ok(created) => created,
             Err(error) => {
                 let result = Err(error);
@@ -314,6 +470,43 @@ impl Client {
             .expect("without a stop signal, a drive always ends with the machine")
     }
 
+    /// The drive loop of a submission: like [`drive`](Self::drive), except that a pause (a
+    /// pacer wait, a backoff after a 429) ends the moment `stop` comes, and no attempt starts
+    /// after it: the submission ends [`NotSent`](crate::ErrorKind::NotSent). An attempt on the
+    /// wire runs to its answer. (The machine pauses or retries only while no task can have been
+    /// made, so leaving then is provably free.)
+    fn drive_submission<M: Machine<Output = CreatedTask>>(
+        &self,
+        mut machine: M,
+        stop: Option<&Stopper>,
+    ) -> Result<CreatedTask> {
+        #[cfg(feature = "tracing")]
+        let _span = machine.span().entered();
+        let unsent = || Error::not_sent("it was stopped before it was sent", None);
+        loop {
+            match machine.poll(Instant::now()) {
+                Next::Done(result) => return result,
+                Next::SleepUntil(until) => match stop {
+                    None => std::thread::sleep(until.saturating_duration_since(Instant::now())),
+                    Some(stop) => {
+                        if stop.sleep_until(until) {
+                            return Err(unsent());
+                        }
+                    }
+                },
+                Next::Send(request, options, _op) => {
+                    if stop.is_some_and(Stopper::is_stopped) {
+                        return Err(unsent());
+                    }
+                    #[cfg(feature = "tracing")]
+                    let _span = drive::span(_op).entered();
+                    let answer = self.inner.transport.send(request, options);
+                    machine.handle(Instant::now(), answer);
+                }
+            }
+        }
+    }
+
     /// [`drive_mut`](Self::drive_mut), whose pauses also end at `stop`: `None` if it came.
     /// (With webhooks, a pause looks at the stop every 100 ms: the hint and the stop are two
     /// condition variables.)
@@ -403,13 +596,27 @@ impl Iterator for TaskWatch<'_> {
     }
 }
 
-/// The events of [`Client::generate_many`], as an iterator; dropping it stops the work and
-/// waits for its threads.
-#[derive(Debug)]
+/// The most threads [`Client::generate_many`] starts, whatever concurrency it is asked for:
+/// each is a whole thread with its own stack. For more in flight, use the async client.
+pub const MAX_THREADS: usize = 128;
+
+/// The events of [`Client::generate_many`], as an iterator. Dropping it stops the work and
+/// returns at once: nothing more is sent, and a submission on the wire finishes on its thread,
+/// its task id (or unknown outcome) going to the client's
+/// [`on_submission`](crate::ClientBuilder::on_submission) sink and to a `tracing` event.
 pub struct ManyTasks {
     events: std::sync::mpsc::Receiver<ManyEvent>,
-    workers: Vec<std::thread::JoinHandle<()>>,
     stopper: Stopper,
+    /// When no thread could be started: the requests, each reported as not sent, and why.
+    unstarted: Option<(Arc<Mutex<Queue>>, String)>,
+}
+
+impl std::fmt::Debug for ManyTasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManyTasks")
+            .field("stopped", &self.stopper.is_stopped())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ManyTasks {
@@ -425,6 +632,14 @@ impl Iterator for ManyTasks {
     /// The next event; `None` once every request is over (or, after a stop, once every
     /// submission on its way has reported).
     fn next(&mut self) -> Option<ManyEvent> {
+        if let Some((queue, why)) = &self.unstarted {
+            let (index, _) = queue.lock().unwrap_or_else(|e| e.into_inner()).next()?;
+            let why = format!("no thread could be started for it ({why})");
+            return Some(ManyEvent::Finished {
+                index,
+                result: Err(Error::not_sent(why, None)),
+            });
+        }
         // Every worker holds a sender; the channel ends when the last one is done.
         self.events.recv().ok()
     }
@@ -432,9 +647,8 @@ impl Iterator for ManyTasks {
 
 impl Drop for ManyTasks {
     fn drop(&mut self) {
+        // Stopped, not joined: a thread with a request on the wire finishes it and reports to
+        // the sink; every other thread ends at once (its pauses wake on the stop).
         self.stopper.stop();
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
     }
 }

@@ -14,7 +14,7 @@ use gptimage_types::{CreatedTask, GenerateRequest, TaskInfo};
 use crate::config::{ClientBuilder, Config, FromConfig, sealed};
 use crate::core::{CallMachine, DownloadMachine, Image, Machine, Next, TurnMachine, WaitMachine};
 use crate::error::{Error, Result};
-use crate::progress::{self, ManyEvent, Progress, Stopper};
+use crate::progress::{self, ManyEvent, Progress, Stopper, Submission};
 use crate::reqwest_transport::ReqwestTransport;
 use crate::transport::AsyncTransport;
 use crate::webhook::Hints;
@@ -51,18 +51,176 @@ drive::client_shell!(AsyncTransport, ReqwestTransport, "Client");
 
 impl Client {
     /// Starts a task. Retried only when no task can have been created; when the outcome is
-    /// unknown, the error says so ([`ErrorKind::OutcomeUnknown`](crate::ErrorKind)).
+    /// unknown, the error says so ([`ErrorKind::OutcomeUnknown`](crate::ErrorKind)), and, if
+    /// the client has webhooks, the task can still be recovered from its callback
+    /// ([`recover`](Self::recover)).
     ///
-    /// Dropping the future cancels the call; dropped once the request is on its way, it may
-    /// have reached the service, so a task may exist, and its id is lost with the answer.
+    /// The submission survives its caller: dropping this future (an HTTP handler whose client
+    /// disconnected, a `select!` that took another branch) cancels it only while nothing has
+    /// been sent (a pacer wait, a backoff after a 429); once its request is on the wire, it runs
+    /// to its answer on a task of its own, and the outcome (the task id, or unknown) goes to the
+    /// client's [`on_submission`](crate::ClientBuilder::on_submission) sink and to a `tracing`
+    /// event. A paid task's id is never lost with a dropped future. Runs on the current tokio
+    /// runtime.
     pub async fn submit(&self, request: &GenerateRequest) -> Result<CreatedTask> {
+        let caller = Stopper::new();
+        let _gone = GoneOnDrop(caller.clone());
+        let (client, request) = (self.clone(), request.clone());
+        let detached =
+            tokio::spawn(async move { client.submission(&request, &caller, None).await });
+        detached.await.unwrap_or_else(|join| {
+            Err(Error::outcome_unknown(
+                format!("the submission's task ended abnormally ({join})"),
+                None,
+            ))
+        })
+    }
+
+    /// One submission, left unsent if `caller` goes (or `stop` comes) before its request is on
+    /// the wire; its outcome reported to the sink; an unknown outcome watched for its callback.
+    async fn submission(
+        &self,
+        request: &GenerateRequest,
+        caller: &Stopper,
+        stop: Option<&Stopper>,
+    ) -> Result<CreatedTask> {
+        let _counted = Submitting::new(&self.inner.submitting);
         let watch = drive::watch(self.config(), request)?;
         let callback = watch.as_ref().map(|w| w.url.as_str());
         let pacer = &self.inner.pacer;
         let submit = CallMachine::submit(self.config(), request, callback, pacer, drive::seed());
-        let result = self.drive(submit, None).await;
-        drive::settle(self.config(), watch, &result);
+        let result = self.drive_submission(submit, caller, stop).await;
+        let result = drive::settle(self.config(), watch, result);
+        self.reported(request, &result, caller.is_stopped());
+        if let Err(error) = &result
+            && let Some(lost) = error.lost()
+        {
+            self.watch_lost(request.clone(), lost.clone());
+        }
         result
+    }
+
+    /// Waits, at most `within`, until no submission of this client is under way (see
+    /// [`in_flight`](Self::in_flight)); whether none is. For a service's shutdown: after the
+    /// server stops taking requests, and before the runtime ends.
+    ///
+    /// ```no_run
+    /// # async fn run(client: gptimage_transport::Client) {
+    /// use std::time::Duration;
+    /// // axum::serve(…).with_graceful_shutdown(…).await; then:
+    /// if !client.drain(Duration::from_secs(90)).await {
+    ///     eprintln!("{} submissions still under way", client.in_flight());
+    /// }
+    /// # }
+    /// ```
+    pub async fn drain(&self, within: Duration) -> bool {
+        let deadline = crate::core::later(now(), within);
+        while self.in_flight() > 0 {
+            if now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Tells the sink and the log what a sent submission came to.
+    fn reported(&self, request: &GenerateRequest, result: &Result<CreatedTask>, abandoned: bool) {
+        let sink = self.config().on_submission.as_ref();
+        match result {
+            Ok(created) => progress::report(
+                sink,
+                &Submission::Created {
+                    request,
+                    task_id: &created.task_id,
+                    abandoned,
+                },
+            ),
+            Err(error) if error.kind() == crate::ErrorKind::OutcomeUnknown => progress::report(
+                sink,
+                &Submission::Unknown {
+                    request,
+                    error,
+                    abandoned,
+                },
+            ),
+            Err(_) => {}
+        }
+    }
+
+    /// Watches a lost submission's callback token on a task of its own, for at most the wait
+    /// timeout: each task id a callback names is asked for once, and the first whose status
+    /// echoes this submission's callback URL and prompt is the recovered task (reported to
+    /// the sink, and to [`recover`](Self::recover)).
+    fn watch_lost(&self, request: GenerateRequest, lost: crate::webhook::Lost) {
+        let client = self.clone();
+        tokio::spawn(async move {
+            let deadline = crate::core::later(now(), client.config().wait_timeout());
+            let mut seen = 0;
+            loop {
+                let next = tokio::time::timeout_at(deadline.into(), lost.next_candidate(seen));
+                if next.await.is_err() {
+                    lost.give_up();
+                    return;
+                }
+                for candidate in lost.candidates(seen) {
+                    seen += 1;
+                    let Ok(info) = client.status(&candidate).await else {
+                        continue;
+                    };
+                    if drive::confirms(&lost, &request, &info) {
+                        lost.found(&candidate);
+                        progress::report(
+                            client.config().on_submission.as_ref(),
+                            &Submission::Recovered {
+                                request: &request,
+                                task_id: &candidate,
+                            },
+                        );
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The task of a submission whose answer was lost (`err` an
+    /// [`OutcomeUnknown`](crate::ErrorKind::OutcomeUnknown) from this client), once its
+    /// callback has named it and a status request has confirmed it (the task exists under this
+    /// key and echoes the submission's own callback URL and prompt); `None` if the client has
+    /// no webhooks, the error is another, or no confirmed callback came within the wait
+    /// timeout. What is confirmed is the task's existence and its origin; a callback alone
+    /// never is. Nothing is ever resubmitted.
+    ///
+    /// ```no_run
+    /// # async fn run(client: gptimage_transport::Client, request: gptimage_types::GenerateRequest) -> Result<(), gptimage_transport::Error> {
+    /// let created = match client.submit(&request).await {
+    ///     Ok(created) => created,
+    ///     Err(lost) if lost.may_have_created_task() => match client.recover(&lost).await? {
+    ///         Some(found) => found, // the same task: nothing paid twice
+    ///         None => return Err(lost), // check the account before sending it again
+    ///     },
+    ///     Err(other) => return Err(other),
+    /// };
+    /// # let _ = created;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recover(&self, err: &Error) -> Result<Option<CreatedTask>> {
+        match err.lost() {
+            Some(lost) => Ok(self.recovered(lost).await),
+            None => Ok(None),
+        }
+    }
+
+    /// The recovered task of a lost submission, once its watch is over (at most the wait
+    /// timeout).
+    pub(crate) async fn recovered(&self, lost: &crate::webhook::Lost) -> Option<CreatedTask> {
+        let wait = tokio::time::timeout(self.config().wait_timeout(), lost.outcome());
+        wait.await
+            .ok()
+            .flatten()
+            .map(|task_id| CreatedTask::new(task_id, gptimage_types::TaskStatus::Pending))
     }
 
     /// Takes a turn of this client's pacer for one submission, waiting for it if the client is
@@ -116,8 +274,37 @@ impl Client {
         let submit = CallMachine::submit(self.config(), request, callback, pacer, drive::seed())
             .fenced(send_by);
         let result = self.drive(submit, None).await;
-        drive::settle(self.config(), watch, &result);
+        let result = drive::settle(self.config(), watch, result);
+        self.reported(request, &result, false);
+        if let Err(error) = &result
+            && let Some(lost) = error.lost()
+        {
+            self.watch_lost(request.clone(), lost.clone());
+        }
         result
+    }
+
+    /// Submits `request`; an unknown outcome is recovered from its callback if one confirms
+    /// it within the wait timeout (with webhooks), else returned. With the task, the client to
+    /// wait for it with: one whose wait timeout is what the recovery left of it, so that a
+    /// generation never waits longer than its deadline in all.
+    async fn submit_or_recover(&self, request: &GenerateRequest) -> Result<(CreatedTask, Client)> {
+        let started = tokio::time::Instant::now();
+        match self.submit(request).await {
+            Err(error) if error.lost().is_some() => match self.recover(&error).await? {
+                Some(found) => {
+                    let left = self
+                        .config()
+                        .wait_timeout()
+                        .saturating_sub(started.elapsed());
+                    let options = crate::CallOptions::new().wait_timeout(left);
+                    Ok((found, self.with_options(&options)?))
+                }
+                None => Err(error),
+            },
+            Err(error) => Err(error),
+            Ok(created) => Ok((created, self.clone())),
+        }
     }
 
     /// Reports a task once.
@@ -161,8 +348,9 @@ impl Client {
     /// the moment it is known, use [`generate_with`](Self::generate_with). Dropped during the
     /// wait, the task goes on at the service.
     pub async fn generate(&self, request: &GenerateRequest) -> Result<TaskInfo> {
-        let created = self.submit(request).await?;
-        self.wait(&created.task_id)
+        let (created, waiting) = self.submit_or_recover(request).await?;
+        waiting
+            .wait(&created.task_id)
             .await
             .map_err(|e| e.with_task_id(&created.task_id))
     }
@@ -193,10 +381,10 @@ impl Client {
         request: &GenerateRequest,
         mut on_progress: impl FnMut(Progress<'_>) + Send,
     ) -> Result<TaskInfo> {
-        let created = self.submit(request).await?;
+        let (created, waiting) = self.submit_or_recover(request).await?;
         on_progress(Progress::Submitted(&created));
         let on_change = |info: &TaskInfo| on_progress(Progress::Changed(info));
-        let ended = self.follow(&created.task_id, on_change, None).await;
+        let ended = waiting.follow(&created.task_id, on_change, None).await;
         ended
             .unwrap_or_else(|| Err(Error::deadline(&created.task_id, Duration::ZERO)))
             .map_err(|e| e.with_task_id(&created.task_id))
@@ -255,9 +443,15 @@ impl Client {
     /// known, [`ManyEvent::Finished`] at each end. [`ManyTasks::stopper`] stops it cleanly
     /// (see [`Stopper`]).
     ///
-    /// It runs on tasks of the current tokio runtime, so call it inside one. Dropping the
-    /// stream cancels everything at once: a submission then on its way may have created a
-    /// task whose id you never see, so stop first when that matters.
+    /// It runs on tasks of the current tokio runtime, so call it inside one. Its memory is
+    /// bounded by `concurrency`, not by how many requests there are: events wait for the
+    /// reader (a slow reader slows the work), and nothing finished is kept.
+    ///
+    /// Dropping the stream stops it (as [`Stopper::stop`] does) and lets go of it: nothing
+    /// more is sent, and a submission on the wire still finishes, its task id (or unknown
+    /// outcome) going to the client's [`on_submission`](crate::ClientBuilder::on_submission)
+    /// sink and to a `tracing` event, so nothing paid for is forgotten. [`ManyTasks::abort`]
+    /// ends everything at once instead.
     ///
     /// ```no_run
     /// use gptimage_transport::{Client, ManyEvent};
@@ -284,12 +478,13 @@ impl Client {
         I: IntoIterator<Item = GenerateRequest>,
         I::IntoIter: Send + 'static,
     {
-        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let concurrency = concurrency.max(1);
+        let (events, receiver) = tokio::sync::mpsc::channel(concurrency.saturating_mul(2));
         let stopper = Stopper::new();
         let driver = tokio::spawn(many(
             self.clone(),
             requests.into_iter(),
-            concurrency.max(1),
+            concurrency,
             events,
             stopper.clone(),
         ));
@@ -373,6 +568,54 @@ impl Client {
             .map_err(|e| Error::download("the writing thread failed", Some(Box::new(e))))?
     }
 
+    /// The drive loop of a submission: like [`drive`](Self::drive), except that a pause (a
+    /// pacer wait, a backoff after a 429) ends the moment `caller` goes or `stop` comes, and no
+    /// attempt starts after that: the submission ends [`NotSent`](crate::ErrorKind::NotSent).
+    /// An attempt already on the wire runs to its answer. (The machine pauses or retries only
+    /// while no task can have been made, so leaving then is provably free.)
+    async fn drive_submission<M: Machine<Output = CreatedTask>>(
+        &self,
+        mut machine: M,
+        caller: &Stopper,
+        stop: Option<&Stopper>,
+    ) -> Result<CreatedTask> {
+        let left = || caller.is_stopped() || stop.is_some_and(Stopper::is_stopped);
+        let unsent = || {
+            Error::not_sent(
+                "it was stopped, or its caller went away, before it was sent",
+                None,
+            )
+        };
+        #[cfg(feature = "tracing")]
+        let span = machine.span();
+        let run = async move {
+            loop {
+                match machine.poll(now()) {
+                    Next::Done(result) => return result,
+                    Next::SleepUntil(until) => {
+                        let sleep = tokio::time::sleep_until(until.into());
+                        if left() || sleep_or_stopped(sleep, caller, stop).await {
+                            return Err(unsent());
+                        }
+                    }
+                    Next::Send(request, options, _op) => {
+                        if left() {
+                            return Err(unsent());
+                        }
+                        let send = self.inner.transport.send(request, options);
+                        #[cfg(feature = "tracing")]
+                        let send = tracing::Instrument::instrument(send, drive::span(_op));
+                        let answer = send.await;
+                        machine.handle(now(), answer);
+                    }
+                }
+            }
+        };
+        #[cfg(feature = "tracing")]
+        let run = tracing::Instrument::instrument(run, span);
+        run.await
+    }
+
     /// The one loop: asks the machine what to do, does it on tokio, and reports back; a pause
     /// ends early when a hint comes.
     async fn drive<M: Machine>(
@@ -393,13 +636,13 @@ impl Client {
         let span = machine.span();
         let run = async move {
             loop {
-                match machine.poll(Instant::now()) {
+                match machine.poll(now()) {
                     Next::Done(result) => return result,
                     Next::SleepUntil(until) => match hints.as_mut() {
                         None => tokio::time::sleep_until(until.into()).await,
                         Some(hints) => {
                             if sleep_or_hint(until, hints).await {
-                                machine.hint(Instant::now());
+                                machine.hint(now());
                             }
                         }
                     },
@@ -408,7 +651,7 @@ impl Client {
                         #[cfg(feature = "tracing")]
                         let send = tracing::Instrument::instrument(send, drive::span(_op));
                         let answer = send.await;
-                        machine.handle(Instant::now(), answer);
+                        machine.handle(now(), answer);
                     }
                 }
             }
@@ -480,10 +723,11 @@ impl futures_core::Stream for TaskWatch {
 }
 
 /// The events of [`Client::generate_many`]. A [`Stream`](futures_core::Stream), with an
-/// inherent [`next`](Self::next); dropping it cancels everything.
+/// inherent [`next`](Self::next); dropping it stops the work and lets it finish on its own
+/// (see [`Client::generate_many`]).
 #[derive(Debug)]
 pub struct ManyTasks {
-    events: tokio::sync::mpsc::UnboundedReceiver<ManyEvent>,
+    events: tokio::sync::mpsc::Receiver<ManyEvent>,
     driver: tokio::task::JoinHandle<()>,
     stopper: Stopper,
 }
@@ -499,6 +743,14 @@ impl ManyTasks {
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()
     }
+
+    /// Ends everything at once, without waiting for any answer: the old behaviour of dropping
+    /// the stream. A submission on the wire is dropped with its answer, so a task may exist
+    /// whose id nobody hears: prefer [`Stopper::stop`], or dropping the stream.
+    pub fn abort(self) {
+        self.stopper.stop();
+        self.driver.abort();
+    }
 }
 
 impl futures_core::Stream for ManyTasks {
@@ -511,7 +763,8 @@ impl futures_core::Stream for ManyTasks {
 
 impl Drop for ManyTasks {
     fn drop(&mut self) {
-        self.driver.abort();
+        // Stopped, not aborted: what is on the wire finishes and reports to the sink.
+        self.stopper.stop();
     }
 }
 
@@ -521,7 +774,7 @@ async fn many(
     client: Client,
     requests: impl Iterator<Item = GenerateRequest>,
     limit: usize,
-    events: tokio::sync::mpsc::UnboundedSender<ManyEvent>,
+    events: tokio::sync::mpsc::Sender<ManyEvent>,
     stop: Stopper,
 ) {
     let mut requests = requests.enumerate();
@@ -541,30 +794,51 @@ async fn many(
 }
 
 impl Client {
-    /// One request of [`generate_many`](Self::generate_many): its submission always reports;
-    /// its wait ends at the stop.
+    /// One request of [`generate_many`](Self::generate_many): a stop before its request is on
+    /// the wire leaves it unsent ([`NotSent`](crate::ErrorKind::NotSent)); a submission sent
+    /// always reports (a lost answer recovered from its callback first, with webhooks); its
+    /// wait ends at the stop.
     async fn one_of_many(
         &self,
         index: usize,
         request: GenerateRequest,
-        events: tokio::sync::mpsc::UnboundedSender<ManyEvent>,
+        events: tokio::sync::mpsc::Sender<ManyEvent>,
         stop: Stopper,
     ) {
-        let created = match self.submit(&request).await {
+        let submitted = match self
+            .submission(&request, &Stopper::new(), Some(&stop))
+            .await
+        {
+            Err(error) if error.lost().is_some() => {
+                // Recovered unless the stop comes first.
+                let found = tokio::select! {
+                    biased;
+                    () = stop.stopped() => None,
+                    found = self.recover(&error) => found.ok().flatten(),
+                };
+                found.ok_or(error)
+            }
+            other => other,
+        };
+        let created = match submitted {
             Ok(created) => created,
             Err(error) => {
-                let _ = events.send(ManyEvent::Finished {
-                    index,
-                    result: Err(error),
-                });
+                let _ = events
+                    .send(ManyEvent::Finished {
+                        index,
+                        result: Err(error),
+                    })
+                    .await;
                 return;
             }
         };
         let task_id = created.task_id;
-        let _ = events.send(ManyEvent::Submitted {
-            index,
-            task_id: task_id.clone(),
-        });
+        let _ = events
+            .send(ManyEvent::Submitted {
+                index,
+                task_id: task_id.clone(),
+            })
+            .await;
         let event = match self.follow(&task_id, |_| {}, Some(&stop)).await {
             Some(result) => ManyEvent::Finished {
                 index,
@@ -572,12 +846,51 @@ impl Client {
             },
             None => ManyEvent::Stopped { index, task_id },
         };
-        let _ = events.send(event);
+        let _ = events.send(event).await;
     }
+}
+
+/// The instant the machines read: tokio's clock, so that a test under paused time
+/// (`#[tokio::test(start_paused = true)]`) runs a ten-minute wait in no time, deadlines, pacer
+/// waits and `Retry-After` included. Outside paused time it is the system's monotonic clock.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sleeps, or less if `caller` goes or `stop` comes first; whether one of them did.
+async fn sleep_or_stopped(
+    sleep: impl Future<Output = ()>,
+    caller: &Stopper,
+    stop: Option<&Stopper>,
+) -> bool {
+    let mut sleep = std::pin::pin!(sleep);
+    let mut gone = std::pin::pin!(caller.stopped());
+    let mut stopped = stop.map(|s| Box::pin(s.stopped()));
+    std::future::poll_fn(|cx| {
+        if gone.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        if let Some(stopped) = stopped.as_mut()
+            && stopped.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(true);
+        }
+        sleep.as_mut().poll(cx).map(|()| false)
+    })
+    .await
+}
+
+/// Gives its signal when dropped: a caller's future that is dropped says it is gone.
+struct GoneOnDrop(Stopper);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 /// Sleeps until `until`, or less if a hint comes first; whether one came.

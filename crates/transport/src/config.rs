@@ -345,6 +345,7 @@ pub struct Config {
     pub(crate) poll_explicit: bool,
     pub(crate) webhooks: Option<crate::webhook::Receiver>,
     pub(crate) rate: Option<Rate>,
+    pub(crate) on_submission: Option<crate::progress::SubmissionSink>,
 }
 
 impl std::fmt::Debug for Config {
@@ -363,6 +364,10 @@ impl std::fmt::Debug for Config {
             .field("proxy", &self.proxy.as_ref().map(|_| "<set>"))
             .field("webhooks", &self.webhooks)
             .field("rate", &self.rate)
+            .field(
+                "on_submission",
+                &self.on_submission.as_ref().map(|_| "<set>"),
+            )
             .finish()
     }
 }
@@ -529,6 +534,7 @@ pub struct ClientBuilder<C> {
     proxy: Option<String>,
     webhooks: Option<crate::webhook::Receiver>,
     rate: Option<Rate>,
+    on_submission: Option<crate::progress::SubmissionSink>,
     client: PhantomData<fn() -> C>,
 }
 
@@ -558,6 +564,7 @@ impl<C> Default for ClientBuilder<C> {
             proxy: None,
             webhooks: None,
             rate: None,
+            on_submission: None,
             client: PhantomData,
         }
     }
@@ -647,6 +654,38 @@ impl<C: FromConfig> ClientBuilder<C> {
     /// ```
     pub fn webhooks(mut self, receiver: crate::webhook::Receiver) -> Self {
         self.webhooks = Some(receiver);
+        self
+    }
+
+    /// Calls `sink` with the outcome of every submission that was sent: the task the service
+    /// named, an unknown outcome (a task may exist), and a lost task recovered later from its
+    /// callback. It hears what a caller could not: a submission whose caller's future was
+    /// dropped mid-request (an HTTP handler whose client went away) still finishes, and reports
+    /// here (and as a `tracing` event). Keep it quick: it runs on the client's own task, so hand
+    /// the outcome to a channel or a database task rather than block.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use gptimage_transport::{Client, Submission};
+    ///
+    /// let ledger = Arc::new(Mutex::new(Vec::new()));
+    /// let keep = Arc::clone(&ledger);
+    /// let client = Client::builder()
+    ///     .api_key("sk-example")
+    ///     .on_submission(move |outcome| {
+    ///         if let Submission::Created { task_id, .. } = outcome {
+    ///             keep.lock().unwrap().push(task_id.to_string());
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// # let _ = client;
+    /// # Ok::<(), gptimage_transport::Error>(())
+    /// ```
+    pub fn on_submission(
+        mut self,
+        sink: impl Fn(&crate::Submission<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_submission = Some(std::sync::Arc::new(sink));
         self
     }
 
@@ -766,6 +805,7 @@ impl<C: FromConfig> ClientBuilder<C> {
             poll_explicit: self.poll.is_some(),
             webhooks: self.webhooks,
             rate: self.rate,
+            on_submission: self.on_submission,
         })
     }
 

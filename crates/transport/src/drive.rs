@@ -6,7 +6,7 @@ use gptimage_types::{CreatedTask, GenerateRequest, TaskInfo};
 use crate::config::Config;
 use crate::core::WaitMachine;
 use crate::error::{ErrorKind, Result};
-use crate::webhook::{Hints, Watch};
+use crate::webhook::{Hints, Lost, Watch};
 
 /// The callback URL a submission carries: one of the client's receiver's, unless the request
 /// names its own (then no hint can come, and the wait polls as usual).
@@ -17,15 +17,47 @@ pub(crate) fn watch(config: &Config, request: &GenerateRequest) -> Result<Option
     }
 }
 
-/// After a submission: the callback URL now belongs to the task, or (no task id learned) is
-/// forgotten.
-pub(crate) fn settle(config: &Config, watch: Option<Watch>, result: &Result<CreatedTask>) {
-    if let (Some(receiver), Some(watch)) = (&config.webhooks, watch) {
-        match result {
-            Ok(created) => receiver.bind(&watch, &created.task_id),
-            Err(_) => receiver.forget(&watch),
+/// After a submission: the callback URL now belongs to the task; or, the answer lost, it is
+/// kept so the task can be recovered from its callback (the error carries it); or (no task
+/// made) it is forgotten.
+pub(crate) fn settle(
+    config: &Config,
+    watch: Option<Watch>,
+    result: Result<CreatedTask>,
+) -> Result<CreatedTask> {
+    let (Some(receiver), Some(watch)) = (&config.webhooks, watch) else {
+        return result;
+    };
+    match result {
+        Ok(created) => {
+            receiver.bind(&watch, &created.task_id);
+            Ok(created)
+        }
+        Err(error) if error.kind() == ErrorKind::OutcomeUnknown => {
+            Err(error.with_lost(receiver.lose(&watch)))
+        }
+        Err(error) => {
+            receiver.forget(&watch);
+            Err(error)
         }
     }
+}
+
+/// Whether `info`, the status of a task a lost submission's callback named, confirms it as
+/// that submission's task: the service knows it under this key (it answered), and the request
+/// it echoes carries the submission's own callback URL (a secret no one else sent) and prompt.
+/// A status that echoes no request confirms nothing: the task stays unknown.
+pub(crate) fn confirms(lost: &Lost, request: &GenerateRequest, info: &TaskInfo) -> bool {
+    let echoed = match &info.request {
+        Some(serde_json::Value::String(text)) => serde_json::from_str(text).ok(),
+        Some(value) => Some(value.clone()),
+        None => None,
+    };
+    let Some(echoed) = echoed else {
+        return false;
+    };
+    echoed.get("callback_url").and_then(|v| v.as_str()) == Some(lost.url())
+        && echoed.get("prompt").and_then(|v| v.as_str()) == Some(request.prompt())
 }
 
 /// The hints a wait for `task_id` listens to, if this client's receiver gave its submission a
@@ -102,6 +134,24 @@ macro_rules! client_shell {
         struct Inner {
             transport: Box<dyn $transport>,
             pacer: std::sync::Mutex<crate::core::pace::Pacer>,
+            /// Submissions under way (see `in_flight`).
+            submitting: std::sync::atomic::AtomicUsize,
+        }
+
+        /// Counts a submission under way while it lives.
+        struct Submitting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+        impl<'a> Submitting<'a> {
+            fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Self(count)
+            }
+        }
+
+        impl Drop for Submitting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
         }
 
         impl std::fmt::Debug for Client {
@@ -139,6 +189,7 @@ macro_rules! client_shell {
                     inner: Arc::new(Inner {
                         transport: Box::new(transport),
                         pacer: std::sync::Mutex::new(pacer),
+                        submitting: std::sync::atomic::AtomicUsize::new(0),
                     }),
                     config: Arc::new(config),
                 }
@@ -186,6 +237,16 @@ macro_rules! client_shell {
             pub fn config(&self) -> &Config {
                 &self.config
             }
+
+            /// How many submissions of this client (and its clones) are under way now, those
+            /// whose callers went away included: a service about to shut down waits for them
+            /// with `drain`, so that the runtime or the process does not end a POST on the wire
+            /// before its task id reached the `on_submission` sink.
+            pub fn in_flight(&self) -> usize {
+                self.inner
+                    .submitting
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            }
         }
     };
 }
@@ -194,7 +255,7 @@ pub(crate) use client_shell;
 /// The span of one HTTP exchange.
 #[cfg(feature = "tracing")]
 pub(crate) fn span(op: crate::core::request::Op) -> tracing::Span {
-    tracing::debug_span!("gptimage.request", op = ?op)
+    tracing::debug_span!(target: "gptimage", "gptimage.request", op = ?op)
 }
 
 #[cfg(test)]

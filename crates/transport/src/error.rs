@@ -230,6 +230,9 @@ pub struct Error {
 struct Inner {
     repr: Repr,
     task_id: Option<String>,
+    /// For an unknown outcome whose submission carried one of the client's callback URLs: that
+    /// URL's token, kept so the lost task can be recovered when its callback comes.
+    lost: Option<crate::webhook::Lost>,
 }
 
 /// What went wrong, one variant per [`ErrorKind`], each holding only what that kind has.
@@ -353,6 +356,7 @@ impl Error {
             inner: Box::new(Inner {
                 repr: repr.redacted(),
                 task_id: None,
+                lost: None,
             }),
         }
     }
@@ -448,6 +452,17 @@ impl Error {
             http_status: None,
             write: true,
         })
+    }
+
+    /// The same unknown outcome, recoverable by its callback (see `Client::recover`).
+    pub(crate) fn with_lost(mut self, lost: crate::webhook::Lost) -> Self {
+        self.inner.lost = Some(lost);
+        self
+    }
+
+    /// The callback token of a lost submission, if it had one of the client's.
+    pub(crate) fn lost(&self) -> Option<&crate::webhook::Lost> {
+        self.inner.lost.as_ref()
     }
 
     /// The same error about `task_id`, unless it already names a task.
@@ -577,6 +592,62 @@ impl Error {
         }
     }
 
+    /// Whether the same call, made again later as it is, may succeed: the failure was the
+    /// service's or the network's, not the request's or the key's. True for a request never
+    /// sent ([`NotSent`](ErrorKind::NotSent)), a transport failure (a submission reports one
+    /// only when it was not sent), a 429 or a 5xx, a deadline passed (wait again with the task
+    /// id), an answer a proxy mangled with a 5xx, and a download the network broke. False for an
+    /// invalid request, a misconfigured client, a refusal (400, 401, 402, 404), a failed task, a
+    /// result URL refused (ask for the task's status again for fresh ones), a disk that could
+    /// not be written, and above all an unknown outcome: a task may exist, so a submission must
+    /// not be repeated blindly (see [`may_have_created_task`](Self::may_have_created_task)).
+    ///
+    /// ```
+    /// # fn check(err: &gptimage_transport::Error) {
+    /// if err.may_have_created_task() {
+    ///     eprintln!("do not resubmit: {err}"); // recover it, or check the account
+    /// } else if err.is_retryable() {
+    ///     eprintln!("try again later: {err}");
+    /// } else {
+    ///     eprintln!("fix the request or the key: {err}");
+    /// }
+    /// # }
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        match &self.inner.repr {
+            Repr::NotSent { .. } | Repr::Transport { .. } | Repr::DeadlinePassed { .. } => true,
+            Repr::Api { code, .. } => *code == 429 || *code >= 500,
+            Repr::InvalidResponse { http_status, .. } => http_status.is_some_and(|s| s >= 500),
+            Repr::Download {
+                http_status, write, ..
+            } => !write && http_status.is_none_or(|s| s == 408 || s == 429 || s >= 500),
+            Repr::InvalidRequest(_)
+            | Repr::Config(_)
+            | Repr::OutcomeUnknown { .. }
+            | Repr::TaskFailed { .. } => false,
+        }
+    }
+
+    /// Whether a task exists, or may exist, although the call failed: the submission's outcome
+    /// is unknown (a task may have been made and charged), or the error is about a task the
+    /// service created (its wait passed its deadline, a status request or a download failed,
+    /// or it failed: then its credits came back). When true, submitting the same request again
+    /// makes another task: for an unknown outcome, recover the lost one (`Client::recover`) or
+    /// check the account first; otherwise resume with [`task_id`](Self::task_id). This is the
+    /// check that matters before resubmitting; [`is_retryable`](Self::is_retryable) says
+    /// whether the same call (a wait, a status, a download) may succeed later.
+    ///
+    /// ```
+    /// use gptimage_transport::{Error, ErrorKind};
+    /// use gptimage_types::GenerateRequest;
+    ///
+    /// let invalid = Error::from(GenerateRequest::text_to_image("").build().unwrap_err());
+    /// assert!(!invalid.may_have_created_task()); // nothing was sent
+    /// ```
+    pub fn may_have_created_task(&self) -> bool {
+        self.kind() == ErrorKind::OutcomeUnknown || self.inner.task_id.is_some()
+    }
+
     /// Whether a request timed out.
     pub fn is_timeout(&self) -> bool {
         self.transport_kind() == Some(TransportErrorKind::Timeout)
@@ -690,23 +761,34 @@ impl fmt::Debug for Error {
 }
 
 impl StdError for Error {
+    /// The first cause whose words the message does not already say: a chain printed cause by
+    /// cause (`anyhow`, `eyre`, `tracing`) never repeats itself. (A validation error is already
+    /// in the message, so it is never a source.)
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        // A validation error is already in the message, so it is not repeated as the source.
-        match &self.inner.repr {
+        let first: &(dyn StdError + 'static) = match &self.inner.repr {
             Repr::Transport { source, .. }
             | Repr::OutcomeUnknown {
                 source: Some(source),
                 ..
-            } => Some(source),
+            } => source,
             Repr::Download {
                 source: Some(source),
                 ..
-            } => Some(&**source),
+            } => &**source,
             Repr::NotSent {
                 after: Some(after), ..
-            } => Some(&**after),
-            _ => None,
+            } => &**after,
+            _ => return None,
+        };
+        let said = self.to_string();
+        let mut cause = Some(first);
+        while let Some(error) = cause {
+            if !said.contains(&error.to_string()) {
+                return Some(error);
+            }
+            cause = error.source();
         }
+        None
     }
 }
 

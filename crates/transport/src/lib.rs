@@ -93,6 +93,8 @@ pub mod webhook;
 mod client;
 #[cfg(feature = "async")]
 mod reqwest_transport;
+#[cfg(feature = "async")]
+mod tracker;
 #[cfg(feature = "blocking")]
 mod ureq_transport;
 
@@ -111,4 +113,6 @@ pub use config::{
 pub use core::Image;
 pub use core::pace::Pacing;
 pub use error::{Error, ErrorKind, Result};
-pub use progress::{ManyEvent, Progress, Stopper};
+pub use progress::{ManyEvent, Progress, Stopper, Submission};
+#[cfg(feature = "async")]
+pub use tracker::{Ended, TaskUpdates, Tracker, TrackerBuilder};

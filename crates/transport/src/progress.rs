@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use gptimage_types::{CreatedTask, TaskInfo};
+use gptimage_types::{CreatedTask, GenerateRequest, TaskInfo};
 
 use crate::error::Result;
 
@@ -20,6 +20,83 @@ pub enum Progress<'a> {
     Submitted(&'a CreatedTask),
     /// The task's status changed (each change once, not every poll).
     Changed(&'a TaskInfo),
+}
+
+/// What became of a submission that was sent, as the client's
+/// [`on_submission`](crate::ClientBuilder::on_submission) sink hears it: the ledger of every
+/// task the key may have paid for, whoever was (or was no longer) waiting for the answer.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Submission<'a> {
+    /// The service named the task.
+    Created {
+        /// The request sent.
+        request: &'a GenerateRequest,
+        /// The task it made.
+        task_id: &'a str,
+        /// Whether its caller had gone (its future dropped) before the answer came.
+        abandoned: bool,
+    },
+    /// The answer was lost: a task may exist, and may be charged. If the submission carried one
+    /// of the client's callback URLs, a [`Recovered`](Self::Recovered) may follow.
+    Unknown {
+        /// The request sent.
+        request: &'a GenerateRequest,
+        /// Why the outcome is unknown.
+        error: &'a crate::Error,
+        /// Whether its caller had gone (its future dropped) before the answer came.
+        abandoned: bool,
+    },
+    /// A task whose submission's answer was lost, found from its callback and confirmed by a
+    /// status request (the task exists under this key, and its echoed request carries the
+    /// submission's own callback URL).
+    Recovered {
+        /// The request sent.
+        request: &'a GenerateRequest,
+        /// The task it made.
+        task_id: &'a str,
+    },
+}
+
+/// The sink of [`Submission`]s a client was built with.
+pub(crate) type SubmissionSink = Arc<dyn Fn(&Submission<'_>) + Send + Sync>;
+
+/// Tells the sink and the log what became of a submission.
+pub(crate) fn report(sink: Option<&SubmissionSink>, outcome: &Submission<'_>) {
+    #[cfg(feature = "tracing")]
+    match outcome {
+        Submission::Created {
+            task_id, abandoned, ..
+        } => tracing::info!(
+            target: "gptimage",
+            task_id = %task_id,
+            abandoned = *abandoned,
+            "task created"
+        ),
+        Submission::Unknown {
+            error, abandoned, ..
+        } => tracing::warn!(
+            target: "gptimage",
+            error = %error,
+            abandoned = *abandoned,
+            "submission outcome unknown: a task may exist"
+        ),
+        Submission::Recovered { task_id, .. } => tracing::info!(
+            target: "gptimage",
+            task_id = %task_id,
+            "lost task recovered from its callback"
+        ),
+    }
+    if let Some(sink) = sink {
+        // A sink that panics loses its own record, never the submission's outcome.
+        let heard = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(outcome)));
+        #[cfg(feature = "tracing")]
+        if heard.is_err() {
+            tracing::error!(target: "gptimage", "the on_submission sink panicked");
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = heard;
+    }
 }
 
 /// One event of `generate_many`, with the index of its request in the input.
@@ -93,7 +170,10 @@ struct StopInner {
 #[derive(Default)]
 struct StopState {
     stopped: bool,
-    wakers: Vec<Waker>,
+    /// The futures waiting for the signal, by registration: each removes its own when it is
+    /// dropped, so a long run's finished waits leave nothing behind (a waker holds its task).
+    wakers: std::collections::HashMap<u64, Waker>,
+    next: u64,
 }
 
 impl std::fmt::Debug for Stopper {
@@ -122,7 +202,7 @@ impl Stopper {
             std::mem::take(&mut state.wakers)
         };
         self.inner.changed.notify_all();
-        for waker in wakers {
+        for waker in wakers.into_values() {
             waker.wake();
         }
     }
@@ -135,7 +215,10 @@ impl Stopper {
     /// Completes once the signal is given.
     #[cfg_attr(not(feature = "async"), allow(dead_code))]
     pub(crate) fn stopped(&self) -> Stopped<'_> {
-        Stopped { stopper: self }
+        Stopped {
+            stopper: self,
+            key: None,
+        }
     }
 
     /// Blocks until `until` or the signal, whichever comes first; whether the signal came.
@@ -160,23 +243,47 @@ impl Stopper {
     }
 }
 
-/// The future of [`Stopper::stopped`].
+/// The future of [`Stopper::stopped`]: registered while it waits, unregistered when dropped.
 pub(crate) struct Stopped<'a> {
     stopper: &'a Stopper,
+    key: Option<u64>,
 }
 
 impl Future for Stopped<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = self.stopper.state();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let stopper = self.stopper;
+        let mut state = stopper.state();
         if state.stopped {
             return Poll::Ready(());
         }
-        if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            state.wakers.push(cx.waker().clone());
+        let key = match self.key {
+            Some(key) => key,
+            None => {
+                let key = state.next;
+                state.next = state.next.wrapping_add(1);
+                key
+            }
+        };
+        match state.wakers.get_mut(&key) {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            Some(waker) => waker.clone_from(cx.waker()),
+            None => {
+                state.wakers.insert(key, cx.waker().clone());
+            }
         }
+        drop(state);
+        self.key = Some(key);
         Poll::Pending
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.stopper.state().wakers.remove(&key);
+        }
     }
 }
 

@@ -1,9 +1,13 @@
 //! Webhooks: a [`Receiver`] that gives each submission its own secret callback URL and turns a
 //! genuine delivery into a *hint* that makes the wait for that task ask `/status` at once.
 //!
-//! A callback is never a result: its body is not even read. It only wakes a wait, and the status
-//! request decides; polling goes on as the fallback, at a slower pace, so a lost callback costs
-//! time, never correctness. Deliveries may come more than once, late, or never.
+//! A callback is never a result. It wakes a wait, and the status request decides; polling goes
+//! on as the fallback, at a slower pace, so a lost callback costs time, never correctness.
+//! Deliveries may come more than once, late, or never. Its body is read for one purpose only:
+//! while no task is bound to its token (the submission's answer has not come, or was lost), the
+//! task id it names is kept as a *candidate*, which a status request must confirm (the task
+//! exists under this key and echoes the submission's own callback URL and prompt) before the
+//! client takes it as the lost submission's task (`Client::recover`).
 //!
 //! ```no_run
 //! # #[cfg(all(feature = "async", feature = "listener"))]
@@ -95,6 +99,193 @@ struct Entry {
     task_id: Option<String>,
     hints: u64,
     wakers: Vec<Waker>,
+    /// While no task is bound to the token (its submission not yet answered, or its answer
+    /// lost): the task ids its callbacks named, not yet confirmed (at most [`MAX_CANDIDATES`],
+    /// the first ones kept). A callback may come before the client gives up on its POST.
+    candidates: Option<Vec<String>>,
+    /// The task a lost submission was recovered as, once confirmed.
+    recovered: Option<String>,
+}
+
+/// Task ids kept from the callbacks of one lost submission: a genuine sender names one; more
+/// can only come from someone who has the token, and are each confirmed (or not) anyway.
+const MAX_CANDIDATES: usize = 8;
+
+/// The callback token of a submission whose answer was lost, kept so that its task can be
+/// recovered: a callback on it names a *candidate* task id, which a status request must confirm
+/// (the task exists under this key, and its echoed request carries this very callback URL).
+#[derive(Clone)]
+pub(crate) struct Lost {
+    receiver: Receiver,
+    selector: String,
+    /// The callback URL the submission carried.
+    url: String,
+}
+
+impl std::fmt::Debug for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lost { .. }")
+    }
+}
+
+impl Lost {
+    /// The callback URL the lost submission carried (a secret).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The candidates named so far, from the `seen`th on.
+    pub(crate) fn candidates(&self, seen: usize) -> Vec<String> {
+        let registry = self.receiver.registry();
+        registry
+            .by_selector
+            .get(&self.selector)
+            .and_then(|entry| entry.candidates.as_ref())
+            .map(|c| c.iter().skip(seen).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Completes when a candidate beyond the first `seen` arrives (at once if one has).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn next_candidate(&self, seen: usize) -> NextCandidate<'_> {
+        NextCandidate { lost: self, seen }
+    }
+
+    /// Blocks until a candidate beyond the first `seen` arrives or `until` passes; whether one
+    /// did.
+    #[cfg_attr(not(feature = "blocking"), allow(dead_code))]
+    pub(crate) fn wait_candidate(&self, seen: usize, until: Instant) -> bool {
+        let shared = self.receiver.shared.clone();
+        let mut registry = self.receiver.registry();
+        loop {
+            let count = registry
+                .by_selector
+                .get(&self.selector)
+                .and_then(|entry| entry.candidates.as_ref())
+                .map_or(0, Vec::len);
+            if count > seen || self.settled(&registry).is_some() {
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            registry = shared
+                .changed
+                .wait_timeout(registry, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The task is confirmed: the token is bound to it, so its wait listens to the callbacks.
+    pub(crate) fn found(&self, task_id: &str) {
+        let mut registry = self.receiver.registry();
+        if let Some(entry) = registry.by_selector.get_mut(&self.selector) {
+            entry.candidates = None;
+            entry.recovered = Some(task_id.to_owned());
+            entry.task_id = Some(task_id.to_owned());
+            for waker in entry.wakers.drain(..) {
+                waker.wake();
+            }
+            registry
+                .by_task
+                .insert(task_id.to_owned(), self.selector.clone());
+        }
+        drop(registry);
+        self.receiver.shared.changed.notify_all();
+    }
+
+    /// No task was confirmed in time: the token stays genuine (a late callback is answered
+    /// 200), but nothing waits for it any more.
+    pub(crate) fn give_up(&self) {
+        let mut registry = self.receiver.registry();
+        if let Some(entry) = registry.by_selector.get_mut(&self.selector)
+            && entry.recovered.is_none()
+        {
+            entry.candidates = None;
+            for waker in entry.wakers.drain(..) {
+                waker.wake();
+            }
+        }
+        drop(registry);
+        self.receiver.shared.changed.notify_all();
+    }
+
+    /// The recovered task: `Some(Some(id))` once confirmed, `Some(None)` once given up (or the
+    /// token evicted), `None` while recovery goes on.
+    fn settled(&self, registry: &Registry) -> Option<Option<String>> {
+        match registry.by_selector.get(&self.selector) {
+            None => Some(None),
+            Some(entry) => match (&entry.recovered, &entry.candidates) {
+                (Some(task_id), _) => Some(Some(task_id.clone())),
+                (None, None) => Some(None),
+                (None, Some(_)) => None,
+            },
+        }
+    }
+
+    /// The recovered task, if recovery already confirmed one.
+    #[cfg_attr(not(feature = "blocking"), allow(dead_code))]
+    pub(crate) fn recovered(&self) -> Option<String> {
+        let registry = self.receiver.registry();
+        registry
+            .by_selector
+            .get(&self.selector)
+            .and_then(|entry| entry.recovered.clone())
+    }
+
+    /// Completes with the recovered task's id once recovery is over (`None`: not recovered).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn outcome(&self) -> Outcome<'_> {
+        Outcome { lost: self }
+    }
+}
+
+/// The future of [`Lost::outcome`].
+pub(crate) struct Outcome<'a> {
+    lost: &'a Lost,
+}
+
+impl Future for Outcome<'_> {
+    type Output = Option<String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        let mut registry = self.lost.receiver.registry();
+        if let Some(settled) = self.lost.settled(&registry) {
+            return Poll::Ready(settled);
+        }
+        if let Some(entry) = registry.by_selector.get_mut(&self.lost.selector)
+            && !entry.wakers.iter().any(|w| w.will_wake(cx.waker()))
+        {
+            entry.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// The future of [`Lost::next_candidate`].
+pub(crate) struct NextCandidate<'a> {
+    lost: &'a Lost,
+    seen: usize,
+}
+
+impl Future for NextCandidate<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut registry = self.lost.receiver.registry();
+        let Some(entry) = registry.by_selector.get_mut(&self.lost.selector) else {
+            return Poll::Pending;
+        };
+        if entry.candidates.as_ref().map_or(0, Vec::len) > self.seen || entry.recovered.is_some() {
+            return Poll::Ready(());
+        }
+        if !entry.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            entry.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
 }
 
 /// A callback URL issued for one submission.
@@ -228,6 +419,8 @@ impl Receiver {
                 task_id: None,
                 hints: 0,
                 wakers: Vec::new(),
+                candidates: Some(Vec::new()),
+                recovered: None,
             },
         );
         registry.order.push_back(selector.clone());
@@ -239,10 +432,32 @@ impl Receiver {
         let mut registry = self.registry();
         if let Some(entry) = registry.by_selector.get_mut(&watch.selector) {
             entry.task_id = Some(task_id.to_owned());
+            entry.candidates = None;
             registry
                 .by_task
                 .insert(task_id.to_owned(), watch.selector.clone());
         }
+    }
+
+    /// Keeps a callback URL whose submission's answer was lost, for its task to be recovered
+    /// when a callback comes on it (until the receiver's capacity evicts it).
+    pub(crate) fn lose(&self, watch: &Watch) -> Lost {
+        // Its candidates, kept since the URL was issued, stay: a callback may have come while
+        // the POST was still waiting for its answer.
+        Lost {
+            receiver: self.clone(),
+            selector: watch.selector.clone(),
+            url: watch.url.clone(),
+        }
+    }
+
+    /// Whether a genuine callback on `token` should be read: only one for a lost submission,
+    /// whose body may name its task.
+    pub(crate) fn wants_body(&self, token: &Token) -> bool {
+        self.registry()
+            .by_selector
+            .get(token.selector.as_str())
+            .is_some_and(|entry| entry.candidates.is_some())
     }
 
     /// Forgets a callback URL: its submission made no task, or the wait for it is over.
@@ -269,6 +484,8 @@ impl Receiver {
             && let Some(entry) = registry.by_selector.get_mut(&selector)
         {
             entry.task_id = None;
+            // No wait listens any more; a waker would keep its task's memory alive.
+            entry.wakers = Vec::new();
         }
     }
 
@@ -290,7 +507,8 @@ impl Receiver {
     /// Handles one delivery, from any HTTP server: `POST {local path}{token}` with a body of at
     /// most [`MAX_CALLBACK_BYTES`]. A token this receiver issued is answered `200` at once and
     /// wakes the wait for its task; anything else is answered `404`, `405` or `413` and changes
-    /// nothing. The body is never read: a callback is a hint, never a result.
+    /// nothing. The body is read only for a token with no task bound yet (see the module's
+    /// documentation): a callback is a hint, never a result.
     ///
     /// A server that can answer before it reads a body should ask [`refusal`](Self::refusal)
     /// first, and read the body only of a request it does not refuse (as the built-in listener
@@ -313,7 +531,8 @@ impl Receiver {
         if request.body().len() > MAX_CALLBACK_BYTES {
             return Refused::TooLarge.noted().response();
         }
-        self.deliver(token)
+        let body = self.wants_body(&token).then(|| request.body().as_slice());
+        self.deliver(token, body)
     }
 
     /// The answer that refuses `request` on its head alone, or `None` for a genuine callback,
@@ -374,12 +593,24 @@ impl Receiver {
     }
 
     /// Counts a genuine delivery for `token` and wakes its waiters; the `200` to answer it with.
-    pub(crate) fn deliver(&self, token: Token) -> http::Response<Vec<u8>> {
+    /// For a lost submission's token, `body` (read because [`wants_body`](Self::wants_body)
+    /// said so) may name a candidate task, kept for a status request to confirm.
+    pub(crate) fn deliver(&self, token: Token, body: Option<&[u8]>) -> http::Response<Vec<u8>> {
+        let named = body
+            .and_then(|body| gptimage_types::parse_webhook(body).ok())
+            .map(|task| task.task_id)
+            .filter(|id| !id.is_empty() && id.len() <= 256);
         let mut registry = self.registry();
         let Some(entry) = registry.by_selector.get_mut(token.selector.as_str()) else {
             // Forgotten between the head and now (the receiver's capacity): as if never issued.
             return Refused::Unknown.noted().response();
         };
+        if let (Some(candidates), Some(named)) = (entry.candidates.as_mut(), named)
+            && candidates.len() < MAX_CANDIDATES
+            && !candidates.contains(&named)
+        {
+            candidates.push(named);
+        }
         entry.hints += 1;
         for waker in entry.wakers.drain(..) {
             waker.wake();
@@ -460,28 +691,33 @@ impl Refused {
 }
 
 /// Reads a genuine callback's body to its end, counting its bytes and dropping each piece as
-/// it comes (never gathering them); `Err` if it is larger than [`MAX_CALLBACK_BYTES`] or
-/// malformed.
+/// it comes (never gathering them, unless `keep`: a lost submission's callback, whose body may
+/// name its task); `Err` if it is larger than [`MAX_CALLBACK_BYTES`] or malformed.
 #[cfg(any(feature = "listener", feature = "axum"))]
-pub(crate) async fn drain<B>(body: B) -> std::result::Result<(), Refused>
+pub(crate) async fn drain<B>(body: B, keep: bool) -> std::result::Result<Option<Vec<u8>>, Refused>
 where
     B: http_body::Body,
 {
     use http_body_util::BodyExt;
     let mut body = std::pin::pin!(body);
     let mut seen = 0usize;
+    let mut kept = keep.then(Vec::new);
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             return Err(Refused::Malformed.noted());
         };
         if let Some(data) = frame.data_ref() {
+            let chunk = bytes::Buf::chunk(data);
             seen = seen.saturating_add(bytes::Buf::remaining(data));
             if seen > MAX_CALLBACK_BYTES {
                 return Err(Refused::TooLarge.noted());
             }
+            if let Some(kept) = kept.as_mut() {
+                kept.extend_from_slice(chunk);
+            }
         }
     }
-    Ok(())
+    Ok(kept)
 }
 
 #[cfg(feature = "axum")]
@@ -510,8 +746,8 @@ impl Receiver {
                 let head = http::Request::from_parts(parts, ());
                 let answer = match receiver.judge(&head) {
                     Err(refused) => refused.response(),
-                    Ok(token) => match drain(body).await {
-                        Ok(()) => receiver.deliver(token),
+                    Ok(token) => match drain(body, receiver.wants_body(&token)).await {
+                        Ok(kept) => receiver.deliver(token, kept.as_deref()),
                         Err(refused) => refused.response(),
                     },
                 };

@@ -35,6 +35,7 @@ impl Subscriber for Recorder {
     fn new_span(&self, span: &Attributes<'_>) -> Id {
         let mut text = span.metadata().name().to_owned();
         span.record(&mut Text(&mut text));
+        let _ = write!(text, " @{}", span.metadata().target());
         self.spans.lock().unwrap().push(text);
         Id::from_u64(self.next.fetch_add(1, Ordering::Relaxed) + 1)
     }
@@ -47,6 +48,8 @@ impl Subscriber for Recorder {
     fn event(&self, event: &Event<'_>) {
         let mut text = String::from("event");
         event.record(&mut Text(&mut text));
+        let meta = event.metadata();
+        let _ = write!(text, " @{} {}", meta.target(), meta.level());
         self.spans.lock().unwrap().push(text);
     }
     fn enter(&self, _: &Id) {}
@@ -140,6 +143,26 @@ fn retries_pushbacks_changes_and_deadlines_are_events_without_the_key() {
     assert!(has("deadline passed"), "{events}");
     assert!(has("pushed back") && has("pushbacks=1"), "{events}");
     assert!(!events.contains(emulator.api_key()), "the key was recorded");
+    // The two lines an operator reconciles charges with, and one target for everything.
+    let line = |needle: &str| {
+        events
+            .lines()
+            .find(|l| l.starts_with("event") && l.contains(needle))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(line("task created").ends_with("@gptimage INFO"), "{events}");
+    assert!(
+        line("status changed").ends_with("@gptimage DEBUG"),
+        "{events}"
+    );
+    assert!(
+        events
+            .lines()
+            .filter(|l| !l.trim().is_empty() && l.contains('@'))
+            .all(|l| l.contains("@gptimage")),
+        "every span and event has the target gptimage: {events}"
+    );
 }
 
 #[test]

@@ -222,7 +222,7 @@ impl Store {
         self.transition(
             sqlx::query(
                 "UPDATE gptimage_lines SET state = 'submitted', task_id = $3, error_kind = NULL,
-                 error_message = NULL, setbacks = 0, deferrals = 0
+                 error_message = NULL, setbacks = 0, deferrals = 0, owner = $2
                  WHERE item = $1 AND worker = $2 AND state IN ('submitting', 'unknown')",
             )
             .bind(item as i64)

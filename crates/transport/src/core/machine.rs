@@ -480,7 +480,7 @@ impl<'a, F: FnMut(&TaskInfo)> WaitMachine<'a, F> {
         (self.on_update)(&info);
         #[cfg(feature = "tracing")]
         if self.last_seen.as_ref() != Some(&info.status) {
-            tracing::info!(
+            tracing::debug!(
                 target: "gptimage",
                 task_id = %self.task_id,
                 status = %info.status,
@@ -602,7 +602,7 @@ impl<F: FnMut(&TaskInfo)> Machine for WaitMachine<'_, F> {
 
     #[cfg(feature = "tracing")]
     fn span(&self) -> tracing::Span {
-        tracing::debug_span!("gptimage.wait", task_id = %self.task_id)
+        tracing::debug_span!(target: "gptimage", "gptimage.wait", task_id = %self.task_id)
     }
 }
 

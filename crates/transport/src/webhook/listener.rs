@@ -965,8 +965,9 @@ async fn respond(
     let response = match connection.receiver.judge(&head) {
         Err(refused) => refused.response(),
         Ok(token) => {
-            match tokio::time::timeout(connection.limits.read_timeout, drain(body)).await {
-                Ok(Ok(())) => connection.receiver.deliver(token),
+            let keep = connection.receiver.wants_body(&token);
+            match tokio::time::timeout(connection.limits.read_timeout, drain(body, keep)).await {
+                Ok(Ok(kept)) => connection.receiver.deliver(token, kept.as_deref()),
                 Ok(Err(refused)) => refused.response(),
                 Err(_) => Refused::Slow.noted().response(),
             }
