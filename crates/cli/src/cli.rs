@@ -43,12 +43,26 @@ impl Cli {
         let urls = match &self.command {
             Command::Batch(batch) => vec![batch.state.state.clone(), batch.image_host.clone()],
             Command::BatchStatus(status) => vec![status.state.state.clone()],
-            Command::Generate(generate) => vec![generate.image_host.clone()],
+            Command::Generate(generate) => {
+                // A callback URL the user gives is a secret as a whole (its token may have any
+                // shape).
+                secrets.extend(generate.callback_url.clone());
+                vec![generate.image_host.clone()]
+            }
             _ => Vec::new(),
         };
         for url in urls.into_iter().flatten() {
+            secrets.extend(written_password(&url));
             if let Ok(parsed) = url::Url::parse(&url) {
-                secrets.extend(parsed.password().map(str::to_owned));
+                if let Some(password) = parsed.password() {
+                    secrets.push(password.to_owned());
+                    secrets.extend(
+                        percent_encoding::percent_decode_str(password)
+                            .decode_utf8()
+                            .ok()
+                            .map(|p| p.into_owned()),
+                    );
+                }
                 secrets.extend(
                     parsed
                         .query_pairs()
@@ -59,6 +73,17 @@ impl Cli {
         }
         secrets
     }
+}
+
+/// The password as the URL `text` spells it, whether or not the URL parses (a `#` or `?` in a
+/// password makes it no URL at all): between `USER:` after `://` and the last `@` before the
+/// first white space.
+fn written_password(text: &str) -> Option<String> {
+    let (_, after) = text.split_once("://")?;
+    let span = after.split(char::is_whitespace).next()?;
+    let (userinfo, _) = span.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_owned())
 }
 
 /// Options every command takes.
@@ -258,7 +283,9 @@ pub(crate) struct Listen {
 #[derive(Debug, Args)]
 pub(crate) struct State {
     /// Where the batch's state lives: sqlite:PATH (default: gptimage-batch.sqlite in --out) or
-    /// postgres://USER@HOST/DB, shared by every worker of the batch on any machine.
+    /// postgres://USER@HOST/DB, shared by every worker of the batch on any machine. A password
+    /// given here is visible to other users in the process list: prefer GPTIMAGE_BATCH_STATE,
+    /// or PostgreSQL's own PGPASSWORD or ~/.pgpass.
     #[arg(
         long,
         value_name = "URL",

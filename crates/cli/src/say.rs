@@ -16,7 +16,10 @@ pub(crate) fn know(given: impl IntoIterator<Item = String>) {
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
         "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_ACCESS_KEY",
+        "AZURE_STORAGE_MASTER_KEY",
         "AZURE_STORAGE_SAS_TOKEN",
+        "PGPASSWORD",
         "GOOGLE_SERVICE_ACCOUNT_KEY",
         "GPTIMAGE_API_KEY",
     ]

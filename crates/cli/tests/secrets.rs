@@ -165,6 +165,38 @@ fn a_rogue_state_server_never_receives_the_password_in_any_sslmode() {
                 stderr(&output)
             );
         }
+        // The server named another way than the URL's host: a `hostaddr`, or `PGHOST` for a
+        // URL with none (an outside review found both sent the password in the clear).
+        let ways = [
+            (
+                format!(
+                    "postgres://batch:{PASSWORD}@localhost:{}/images?hostaddr={ip}&sslrootcert={ca}",
+                    rogue.port
+                ),
+                None,
+            ),
+            (
+                format!(
+                    "postgres:///images?user=batch&password={PASSWORD}&port={}&sslrootcert={ca}",
+                    rogue.port
+                ),
+                Some(ip.to_string()),
+            ),
+        ];
+        for (state, pghost) in ways {
+            let mut command = gptimage();
+            if let Some(host) = &pghost {
+                command.env("PGHOST", host);
+            }
+            let output = run(command.args(["batch-status", "--state", &state]));
+            assert_ne!(
+                output.status.code(),
+                Some(0),
+                "{state}: {}",
+                stderr(&output)
+            );
+            assert!(!stderr(&output).contains(PASSWORD), "{}", stderr(&output));
+        }
         // Asked for in so many words, plain text to a remote server is refused before it starts.
         let state = format!(
             "postgres://batch:{PASSWORD}@{}:{}/images?sslmode=disable",
@@ -225,17 +257,27 @@ fn a_state_server_with_a_certificate_from_a_given_ca_is_verified_and_works() {
     assert_eq!(emulator.counters().generate_requests, 2);
 }
 
-/// A server that answers every request 401, repeating the key it was given, as some do.
+/// A server that answers every request 401, repeating the key it was given and the request
+/// it got (JSON-escaped, slashes and all, as PHP writes them), as some do.
 fn repeating_server(key: &str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let body =
-        format!(r#"{{"code":401,"message":"Incorrect API key provided: {key}","data":null}}"#);
+    let key = key.to_owned();
     std::thread::spawn(move || {
         for stream in listener.incoming().take(20).flatten() {
             let mut stream = stream;
             let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let sent = text
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            let echoed = serde_json::to_string(sent).unwrap().replace('/', "\\/");
+            let echoed = echoed.trim_matches('"');
+            let body = format!(
+                r#"{{"code":401,"message":"Incorrect API key provided: {key}; request {echoed}","data":null}}"#
+            );
             let answer = format!(
                 "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
@@ -382,9 +424,27 @@ fn every_secret_is_kept_out_of_every_exit() {
     repeated
         .env("GPTIMAGE_API_KEY", key)
         .env("GPTIMAGE_BASE_URL", repeating_server(key));
-    let output = run(repeated.args(["generate", "anything", "--json"]));
+    let callback_token = "550e8400-e29b-41d4-a716-446655440000";
+    let output = run(repeated.args([
+        "generate",
+        "anything",
+        "--json",
+        "--callback-url",
+        &format!("https://hooks.example/cb/{callback_token}"),
+        "--image",
+        "https://b.s3.example/in.png?X-Amz-Signature=0123abcd",
+    ]));
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
-    keep(&mut outputs, "a 401 repeating the key", &output);
+    assert!(
+        stderr(&output).contains("request"),
+        "the server's words are shown, redacted: {}",
+        stderr(&output)
+    );
+    keep(
+        &mut outputs,
+        "a 401 repeating the key and the request",
+        &output,
+    );
     // Batches on a PostgreSQL state whose password comes in each form a URL can give it.
     let cluster = postgres::Postgres::start();
     let file = write_batch(dir.path(), &numbered_lines(2, "secret batch"));
@@ -401,9 +461,14 @@ fn every_secret_is_kept_out_of_every_exit() {
             "postgres://gptimage@127.0.0.1:{}/c?password={PASSWORD}",
             cluster.port()
         ),
+        // Characters that end a URL in prose, inside the password.
+        format!(
+            "postgres://gptimage:pa{{ss}}\"{PASSWORD}@127.0.0.1:{}/d",
+            cluster.port()
+        ),
     ];
     for (n, state) in forms.iter().enumerate() {
-        cluster.create_database(["a", "b", "c"][n]);
+        cluster.create_database(["a", "b", "c", "d"][n]);
         let out = dir.path().join(format!("out-{n}"));
         let mut batch = gptimage();
         with_key(&mut batch);
@@ -436,14 +501,14 @@ fn every_secret_is_kept_out_of_every_exit() {
             &output,
         );
     }
-    let secrets = [key, PASSWORD, "X-Amz-", session, &token];
+    let secrets = [key, PASSWORD, "X-Amz-", session, &token, callback_token];
     for (what, text) in &outputs {
         for secret in secrets {
             assert!(!text.contains(secret), "{what} shows {secret:?}: {text}");
         }
     }
     assert!(
-        outputs.len() >= 15,
+        outputs.len() >= 18,
         "every exit was tried: {}",
         outputs.len()
     );
@@ -516,4 +581,42 @@ fn help_shows_no_credential_from_the_environment_and_a_base_url_with_a_password_
         .args(["generate", "anything"]));
     exits_saying(&output, 2, "credentials");
     assert!(!stderr(&output).contains(secret), "{}", stderr(&output));
+}
+
+#[test]
+fn a_state_file_another_user_made_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(1, "squatted"));
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let planted = out.join("gptimage-batch.sqlite");
+    std::fs::write(&planted, b"").unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let owned = Command::new("chown")
+        .args(["nobody"])
+        .arg(&planted)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !owned {
+        // Only root can give a file away (CI runs as root); a link is refused by anyone.
+        std::fs::remove_file(&planted).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere.sqlite"), &planted).unwrap();
+    }
+    let output = run(&mut batch(&emulator, &file, &out, &[]));
+    assert_ne!(output.status.code(), Some(0), "{}", stderr(&output));
+    let said = stderr(&output);
+    assert!(
+        said.contains("another user") || said.contains("symbolic link"),
+        "{said}"
+    );
+    assert_eq!(emulator.counters().generate_requests, 0, "nothing was sent");
+    // A link in its place is refused too, and nothing is made through it.
+    std::fs::remove_file(&planted).unwrap();
+    let target = dir.path().join("elsewhere.sqlite");
+    std::os::unix::fs::symlink(&target, &planted).unwrap();
+    let output = run(&mut batch(&emulator, &file, &out, &[]));
+    assert_ne!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(!target.exists(), "nothing made through the link");
 }

@@ -303,9 +303,10 @@ impl BaseUrl {
 /// http, which carries the key in the clear, goes only where it cannot leave the machine.
 pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host() {
+        // Exactly `localhost`: `localhost.` (a fully qualified name) goes to DNS on many
+        // systems, and DNS may answer anything.
         Some(url::Host::Domain(d)) => {
-            let d = d.trim_end_matches('.').to_ascii_lowercase();
-            d == "localhost" && resolves_to_loopback_only(&d)
+            d.eq_ignore_ascii_case("localhost") && resolves_to_loopback_only(d)
         }
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -842,6 +843,8 @@ mod tests {
         assert!(BaseUrl::parse("http://example.com/api", true).is_ok());
         // A name that looks local is not, unless it is `localhost` itself.
         assert!(BaseUrl::parse("http://api.localhost:1/api", false).is_err());
+        // A trailing dot makes it a name DNS answers for (an outside review sent the key away).
+        assert!(BaseUrl::parse("http://localhost.:1/api", false).is_err());
         for bad in [
             "gptimage15.ai/api",
             "ftp://x/api",

@@ -13,8 +13,13 @@
 //!   names speak of a secret (password, secret, token, key, signature, credential);
 //! - long runs of hex digits in a URL's path (a webhook callback's token:
 //!   `https://hooks.example/cb/0123abcd…`);
-//! - `password=VALUE` outside URLs (a connection string's key-value form), and anything shaped
+//! - `password=VALUE` (and `secret=`, `signature=`, `sig=`, `token=`, `credential=`) outside
+//!   URLs (a connection string's key-value form, a query cut off from its URL), the same names'
+//!   values in JSON (`"password":"…"`, and a `"callback_url":"…"` whole), and anything shaped
 //!   like an API key (`sk-` and eight or more key characters);
+//! - a URL's user name alone when it is long enough to be a token (`https://TOKEN@host`), runs
+//!   of 32 hex digits or more in a path (dashes allowed: a UUID), a URL whose slashes JSON
+//!   escaped (`https:\/\/…`), a host in brackets (IPv6);
 //! - with [`redact_with`], each secret the caller names (the key, a database password, a cloud
 //!   session token), wherever it appears.
 
@@ -48,7 +53,13 @@ pub fn redact(text: &str) -> String {
 /// assert_eq!(redact_with("rejected key my-custom-key-1234", &[key]), "rejected key ***");
 /// ```
 pub fn redact_with(text: &str, secrets: &[&str]) -> String {
-    let mut text = text.to_owned();
+    // A URL inside JSON may have its slashes escaped (`https:\/\/host\/a.png?…`): read it as
+    // the URL it is.
+    let mut text = if text.contains(":\\/\\/") {
+        text.replace("\\/", "/")
+    } else {
+        text.to_owned()
+    };
     for secret in secrets.iter().filter(|s| s.chars().count() >= 4) {
         if text.contains(secret) {
             text = text.replace(secret, "***");
@@ -87,7 +98,7 @@ fn urls(text: &str) -> String {
             .map_or(at, |(i, _)| scheme_start + i);
         let scheme = &rest[scheme_start..at];
         let tail = &rest[at + 3..];
-        let end = tail.find(url_end).unwrap_or(tail.len());
+        let end = url_extent(tail);
         out.push_str(&rest[..scheme_start]);
         if scheme.is_empty() {
             out.push_str("://");
@@ -101,6 +112,33 @@ fn urls(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// How far a URL reaches into `tail` (what follows `scheme://`): its user information runs to
+/// the last `@` before any white space whose text holds a `:` in its first segment (a password
+/// may hold any character a person types: `/`, `{`, `"`…); a host in brackets (IPv6) is whole;
+/// the rest ends where prose resumes.
+fn url_extent(tail: &str) -> usize {
+    let span = &tail[..tail.find(char::is_whitespace).unwrap_or(tail.len())];
+    let mut start = 0;
+    if let Some(at) = span.rfind('@') {
+        let before = &span[..at];
+        let first = before.split(['/', '?', '#']).next().unwrap_or_default();
+        if before
+            .split('/')
+            .next()
+            .is_some_and(|user| user.contains(':'))
+            || first == before
+        {
+            start = at + 1;
+        }
+    }
+    if span[start..].starts_with('[')
+        && let Some(close) = span[start..].find(']')
+    {
+        start += close + 1;
+    }
+    start + span[start..].find(url_end).unwrap_or(span.len() - start)
 }
 
 /// What follows `scheme://`, redacted. User information ends at the last `@` before the query
@@ -122,6 +160,8 @@ fn url_after_scheme(scheme: &str, url: &str) -> String {
     let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _)) => format!("{user}:***@{host}"),
+            // A long name alone is a token (`https://TOKEN@host`).
+            None if userinfo.chars().count() >= 12 => format!("***@{host}"),
             None => authority.to_owned(),
         },
         None => authority.to_owned(),
@@ -142,12 +182,13 @@ fn url_after_scheme(scheme: &str, url: &str) -> String {
     format!("{authority}{path}{query}")
 }
 
-/// Runs of 32 or more hex digits (callback tokens, signatures in a path) cut to their first 8.
+/// Runs of 32 or more hex digits, dashes allowed between them (callback tokens, UUIDs,
+/// signatures in a path), cut to their first 8 characters.
 fn long_hex_runs(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut run = String::new();
     let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 32 {
+        if run.chars().filter(char::is_ascii_hexdigit).count() >= 32 {
             out.push_str(&run[..8]);
             out.push('…');
         } else {
@@ -156,7 +197,7 @@ fn long_hex_runs(path: &str) -> String {
         run.clear();
     };
     for c in path.chars() {
-        if c.is_ascii_hexdigit() {
+        if c.is_ascii_hexdigit() || (c == '-' && !run.is_empty()) {
             run.push(c);
         } else {
             flush(&mut run, &mut out);
@@ -197,12 +238,29 @@ fn secret_parameters(query: &str) -> String {
     format!("{mark}{}", pairs.join("&"))
 }
 
-/// `password=VALUE` (and the like) outside URLs: a connection string's key-value form.
+/// `password=VALUE` (and the like) outside URLs, and the same names' values in JSON.
 fn key_values(text: &str) -> String {
     let lower = text.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len());
     let (mut from, mut search) = (0, 0);
-    while let Some(found) = ["password=", "passwd=", "secret="]
+    // `name=value` (a connection string, a query outside a URL) and `"name":"value"` (JSON).
+    const WORDS: [&str; 14] = [
+        "password=",
+        "passwd=",
+        "secret=",
+        "signature=",
+        "sig=",
+        "token=",
+        "credential=",
+        "\"password\":\"",
+        "\"passwd\":\"",
+        "\"secret\":\"",
+        "\"token\":\"",
+        "\"api_key\":\"",
+        "\"callback_url\":\"",
+        "\"signature\":\"",
+    ];
+    while let Some(found) = WORDS
         .iter()
         .filter_map(|w| lower[search..].find(w).map(|i| (search + i, w.len())))
         .min()
@@ -213,8 +271,15 @@ fn key_values(text: &str) -> String {
             search = value_start + 3;
             continue;
         }
+        let quoted = text[..value_start].ends_with('"');
         let value_end = text[value_start..]
-            .find(|c: char| c.is_whitespace() || matches!(c, '&' | ';' | '"' | '\'' | ','))
+            .find(|c: char| {
+                if quoted {
+                    c == '"'
+                } else {
+                    c.is_whitespace() || matches!(c, '&' | ';' | '"' | '\'' | ',')
+                }
+            })
             .map_or(text.len(), |i| value_start + i);
         out.push_str(&text[from..value_start]);
         out.push_str("***");
@@ -289,6 +354,34 @@ mod tests {
             ("no scheme://here", "no scheme://here"),
             ("ends with ://", "ends with ://"),
             ("é://x?y", "é://x?y"),
+            // Found by an outside review:
+            (
+                "callback http://[::1]:8787/0123456789abcdef0123456789abcdef0123456789abcdef",
+                "callback http://[::1]:8787/01234567…",
+            ),
+            (
+                "http://[fd00::5]:9000/b/in.png?X-Amz-Signature=abc",
+                "http://[fd00::5]:9000/b/in.png?…",
+            ),
+            (
+                r#"{"images":["https:\/\/b.s3\/in.png?X-Amz-Signature=abc"]}"#,
+                r#"{"images":["https://b.s3/in.png?…"]}"#,
+            ),
+            (
+                "state postgres://u:pa{ss}word@127.0.0.1:1/d failed",
+                "state postgres://u:***@127.0.0.1:1/d failed",
+            ),
+            (r#"postgres://u:pa"ss<w>ord@db/d"#, "postgres://u:***@db/d"),
+            (
+                "https://ghp_0123456789abcdefXYZ@github.com/o/r",
+                "https://***@github.com/o/r",
+            ),
+            (
+                "https://hooks.example/cb/550e8400-e29b-41d4-a716-446655440000 failed",
+                "https://hooks.example/cb/550e8400… failed",
+            ),
+            ("mail me at https://h/p?x=a@b.c", "mail me at https://h/p?…"),
+            ("ssh://git@github.com/o/r", "ssh://git@github.com/o/r"),
         ];
         for (text, expected) in cases {
             assert_eq!(redact(text), expected, "{text}");

@@ -268,12 +268,14 @@ fn is_blank_char(c: char) -> bool {
 /// Shows a user-supplied value in an error message: quoted, and cut short when it is long.
 struct Shown<'a>(&'a str);
 
+/// A value as an error shows it: redacted (a URL's password, a signed URL's query), then cut.
 impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.chars().count() <= SHOWN_CHARS {
-            write!(f, "{:?}", self.0)
+        let shown = crate::redact(self.0);
+        if shown.chars().count() <= SHOWN_CHARS {
+            write!(f, "{shown:?}")
         } else {
-            let head: String = self.0.chars().take(SHOWN_CHARS).collect();
+            let head: String = shown.chars().take(SHOWN_CHARS).collect();
             write!(f, "{head:?}…")
         }
     }

@@ -89,3 +89,16 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_refused_url_is_shown_without_its_secrets() {
+    let error = GenerateRequest::image_to_image(
+        "x",
+        ["https://u:hunter2@h/a b.png?X-Amz-Signature=deadbeef"],
+    )
+    .build()
+    .unwrap_err();
+    let shown = format!("{error} {error:?}");
+    assert!(shown.contains("'images'[0]"), "{shown}");
+    assert_hidden(&format!("{error}"));
+}

@@ -397,24 +397,58 @@ const NETWORK_FILE_SYSTEMS: &[&str] = &[
 /// file's mode); an older one is made so when opened.
 #[cfg(unix)]
 fn private_files(database: &Path, create: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if create && !database.exists() {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    if create {
+        // `create_new` (O_EXCL): never through a symbolic link someone left in its place.
+        let made = std::fs::OpenOptions::new()
+            .create_new(true)
             .write(true)
             .mode(0o600)
-            .open(database)?;
+            .open(database);
+        match made {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
     }
+    // Whose files these must be: ours (a file just made beside them says who we are).
+    let folder = database
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mine = match tempfile::NamedTempFile::new_in(folder) {
+        Ok(probe) => Some(probe.as_file().metadata()?.uid()),
+        // A folder we cannot write to: the state cannot be written either, and says so later.
+        Err(_) => None,
+    };
     for suffix in ["", "-wal", "-shm"] {
         let mut name = database.as_os_str().to_owned();
         name.push(suffix);
         let file = Path::new(&name);
-        if let Ok(meta) = std::fs::metadata(file)
-            && meta.permissions().mode() & 0o077 != 0
+        let Ok(meta) = std::fs::symlink_metadata(file) else {
+            continue;
+        };
+        // A state decides what is paid for, and holds prompts and signed URLs: it must be a
+        // file of this user's own, not a link, not another user's.
+        if meta.file_type().is_symlink() {
+            return Err(std::io::Error::other(format!(
+                "{} is a symbolic link: a batch's state must be a file of its own",
+                file.display()
+            )));
+        }
+        if let Some(mine) = mine
+            && meta.uid() != mine
         {
-            // Only the owner may change it; a shared state another user owns stays theirs.
-            let _ = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600));
+            return Err(std::io::Error::other(format!(
+                "{} belongs to another user (uid {}): a batch's state decides what is paid for \
+                 and holds its prompts and signed URLs, so it must be your own; use another --out \
+                 or --state",
+                file.display(),
+                meta.uid()
+            )));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
         }
     }
     Ok(())

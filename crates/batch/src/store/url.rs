@@ -96,32 +96,53 @@ fn verified(text: &str) -> Result<String, Error> {
     Ok(url.into())
 }
 
-/// Whether the URL's server is provably this machine: a Unix socket (no host, or a `host`
-/// parameter naming a folder), a loopback address, or `localhost` resolving to loopback only.
+/// Whether the server the driver will reach is provably this machine: the address it connects
+/// to, as the driver resolves it (a `hostaddr` parameter or `PGHOSTADDR` first; then the URL's
+/// host, a `host` parameter, or `PGHOST`; else its default, a local socket), is a Unix socket
+/// (a folder), a loopback address, or exactly `localhost` resolving to loopback only.
 fn is_local(url: &url::Url) -> bool {
-    if let Some((_, host)) = url.query_pairs().find(|(k, _)| k == "host") {
-        return host.starts_with('/');
+    let parameter = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    let environment = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    // The address connected to, whatever name the certificate is checked against.
+    if let Some(address) = parameter("hostaddr").or_else(|| environment("PGHOSTADDR")) {
+        return address
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
     }
-    match url.host() {
-        None => true,
-        Some(url::Host::Domain("")) => true,
-        Some(url::Host::Domain(name)) => {
-            use std::net::ToSocketAddrs;
-            // `postgres:` is not one of the URL standard's special schemes: its host comes as
-            // text, addresses included.
-            let bare = name.trim_start_matches('[').trim_end_matches(']');
-            if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
-                return ip.is_loopback();
-            }
-            name.eq_ignore_ascii_case("localhost")
-                && (name, 5432).to_socket_addrs().is_ok_and(|addrs| {
-                    let addrs: Vec<_> = addrs.collect();
-                    !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
-                })
+    let host = match url.host() {
+        Some(url::Host::Ipv4(ip)) => return ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => return ip.is_loopback(),
+        Some(url::Host::Domain(name)) if !name.is_empty() => Some(name.to_owned()),
+        _ => parameter("host").or_else(|| environment("PGHOST")),
+    };
+    let Some(host) = host else {
+        // The driver's default: a socket of this machine's.
+        return true;
+    };
+    // Several hosts (libpq's `h1,h2`): each must be local.
+    host.split(',').all(|host| {
+        use std::net::ToSocketAddrs;
+        if host.starts_with('/') {
+            return true;
         }
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-    }
+        // `postgres:` is not one of the URL standard's special schemes: its host comes as
+        // text, addresses included.
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            return ip.is_loopback();
+        }
+        host.eq_ignore_ascii_case("localhost")
+            && (host, 5432).to_socket_addrs().is_ok_and(|addrs| {
+                let addrs: Vec<_> = addrs.collect();
+                !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+            })
+    })
 }
 
 impl FromStr for StateUrl {
@@ -253,6 +274,24 @@ mod tests {
             connect("postgres://u@db.localhost/d")
                 .unwrap()
                 .ends_with("verify-full")
+        );
+        // Where the driver really connects decides (an outside review found these sent the
+        // password in the clear): a `hostaddr` elsewhere, a `host` parameter naming a remote
+        // server, or a name with a trailing dot.
+        for remote in [
+            "postgres://u:pw@localhost:5433/d?hostaddr=192.0.2.2",
+            "postgres:///d?host=db.example.com",
+            "postgres://u@localhost./d",
+            "postgres:///d?host=/var/run/postgresql,db.example.com",
+        ] {
+            assert!(
+                connect(remote).unwrap().ends_with("sslmode=verify-full"),
+                "{remote}"
+            );
+        }
+        assert_eq!(
+            connect("postgres://u@localhost/d?hostaddr=127.0.0.1").unwrap(),
+            "postgres://u@localhost/d?hostaddr=127.0.0.1"
         );
     }
 
