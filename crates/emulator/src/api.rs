@@ -60,7 +60,7 @@ async fn generate(State(app): State<Arc<App>>, request: Request) -> Response {
         Ok(bytes) => bytes,
         Err(answer) => return answer,
     };
-    let generate = match parse_request(&bytes) {
+    let generate = match parse_request(&bytes, app.store.config.allow_unknown_fields) {
         Ok(request) => request,
         Err(message) => {
             return error(
@@ -432,13 +432,31 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Vec<u8>
     }
 }
 
-/// Reads a generation request, naming the field at fault when it is not one.
-fn parse_request(bytes: &[u8]) -> Result<GenerateRequest, String> {
+/// The fields of `POST /generate`, as the API documents them.
+pub(crate) const FIELDS: [&str; 6] = [
+    "prompt",
+    "size",
+    "quality",
+    "images",
+    "input_fidelity",
+    "callback_url",
+];
+
+/// Reads a generation request, naming the field at fault when it is not one; a field the API
+/// does not have is refused unless `allow_unknown`.
+fn parse_request(bytes: &[u8], allow_unknown: bool) -> Result<GenerateRequest, String> {
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| format!("the body is not valid JSON ({e})"))?;
     let Value::Object(fields) = value else {
         return Err("the body must be a JSON object".to_owned());
     };
+    if !allow_unknown && let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        let shown: String = unknown.chars().take(64).collect();
+        return Err(format!(
+            "'{shown}' is not a field of this API; its fields are {}",
+            FIELDS.join(", ")
+        ));
+    }
     // The documentation types every field as a string (or, for `images`, an array of strings):
     // `null` is none of these. A strict server refuses it, and so does the emulator, which
     // exists to catch a client's mistakes; an absent field is the way to leave one out.

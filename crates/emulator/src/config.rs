@@ -249,6 +249,10 @@ pub struct Config {
     /// Give result URLs a query as a store's signed URLs have (`X-Amz-Signature=…`, a secret),
     /// which the file server ignores: for tests that a client never shows one.
     pub signed_results: bool,
+    /// Accept request fields the API does not document (ignoring them), as a lenient server
+    /// might. Off by default: a field the API does not have (`qualty` for `quality`) is a 400
+    /// naming it, so a client's typo is caught rather than silently run at the default.
+    pub allow_unknown_fields: bool,
 }
 
 impl Default for Config {
@@ -276,6 +280,7 @@ impl Default for Config {
             separate_file_origin: false,
             trusted_roots_pem: Vec::new(),
             signed_results: false,
+            allow_unknown_fields: false,
         }
     }
 }
@@ -359,6 +364,18 @@ impl Config {
     /// Answers API errors with HTTP 200, the outcome only in the envelope's `code`.
     pub fn with_errors_as_http_200(mut self, yes: bool) -> Self {
         self.errors_with_http_200 = yes;
+        self
+    }
+
+    /// Accepts (and ignores) request fields the API does not document (see
+    /// [`Config::allow_unknown_fields`]).
+    ///
+    /// ```
+    /// let lenient = gptimage_emulator::Config::instant().with_unknown_fields_allowed(true);
+    /// assert!(lenient.allow_unknown_fields);
+    /// ```
+    pub fn with_unknown_fields_allowed(mut self, yes: bool) -> Self {
+        self.allow_unknown_fields = yes;
         self
     }
 

@@ -67,6 +67,10 @@ struct Args {
     /// Answer API errors with HTTP 200, the outcome only in the body's code.
     #[arg(long)]
     errors_as_http_200: bool,
+    /// Accept (and ignore) request fields the API does not document; by default such a field
+    /// is a 400 naming it.
+    #[arg(long)]
+    allow_unknown_fields: bool,
     /// Trust the CA certificates of this PEM file for https input images and webhooks (by
     /// default none is trusted).
     #[arg(long, value_name = "FILE")]
@@ -106,6 +110,7 @@ fn config(args: &Args) -> Config {
         .with_fail_phrase(args.fail_phrase.clone())
         .with_task_ttl(Duration::from_secs(args.task_ttl_secs))
         .with_remote_urls(args.allow_remote_urls)
+        .with_unknown_fields_allowed(args.allow_unknown_fields)
         .with_errors_as_http_200(args.errors_as_http_200);
     let keys: Vec<&String> = args.keys.iter().filter(|k| !k.trim().is_empty()).collect();
     config = if keys.is_empty() {

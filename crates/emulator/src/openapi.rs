@@ -92,6 +92,7 @@ pub(crate) fn document() -> Value {
                 "GenerateRequest": {
                     "type": "object",
                     "required": ["prompt"],
+                    "additionalProperties": false,
                     "properties": {
                         "prompt": {"type": "string", "minLength": 1, "maxLength": 2000},
                         "size": {"type": "string", "enum": ["1024*1024", "1024*1536", "1536*1024"], "default": "1024*1024"},

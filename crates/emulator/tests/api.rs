@@ -158,6 +158,64 @@ async fn quality_makes_a_visible_difference() {
 }
 
 #[tokio::test]
+async fn a_field_the_api_does_not_have_is_refused_by_name_unless_allowed() {
+    let api = Api::start(Config::instant()).await;
+    let typo = api
+        .generate(json!({"prompt": "a typo", "qualty": "high"}))
+        .await;
+    assert_error(&typo, 400, "'qualty' is not a field of this API");
+    let message = typo.json()["message"].as_str().unwrap().to_owned();
+    for field in [
+        "prompt",
+        "size",
+        "quality",
+        "images",
+        "input_fidelity",
+        "callback_url",
+    ] {
+        assert!(message.contains(field), "{message}");
+    }
+    assert_eq!(api.emulator.counters().tasks_created, 0, "nothing was made");
+    // Lenient on request, as some servers are: the unknown field is ignored.
+    let lenient = Api::start(Config::instant().with_unknown_fields_allowed(true)).await;
+    let answer = lenient
+        .generate(json!({"prompt": "a typo", "qualty": "high"}))
+        .await;
+    assert_eq!(answer.status, 200);
+}
+
+#[test]
+fn the_sdk_sends_only_the_fields_the_api_documents() {
+    use gptimage_types::{GenerateRequest, InputFidelity, Quality, Size};
+    let every = GenerateRequest::image_to_image("all of it", ["https://x.test/a.png"])
+        .size(Size::Landscape)
+        .quality(Quality::High)
+        .input_fidelity(InputFidelity::Low)
+        .callback_url("https://hooks.test/cb")
+        .build()
+        .unwrap();
+    let sent = serde_json::to_value(&every).unwrap();
+    let mut keys: Vec<&str> = sent
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "callback_url",
+            "images",
+            "input_fidelity",
+            "prompt",
+            "quality",
+            "size"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn invalid_requests_are_400_with_the_field_and_the_rule() {
     let api = Api::start(Config::instant()).await;
     let doc = openapi(&api).await;
