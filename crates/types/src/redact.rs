@@ -14,9 +14,9 @@
 //! - long runs of hex digits in a URL's path (a webhook callback's token:
 //!   `https://hooks.example/cb/0123abcd…`);
 //! - `password=VALUE` (and `secret=`, `signature=`, `sig=`, `token=`, `credential=`) outside
-//!   URLs (a connection string's key-value form, a query cut off from its URL), the same names'
-//!   values in JSON (`"password":"…"`, and a `"callback_url":"…"` whole), and anything shaped
-//!   like an API key (`sk-` and eight or more key characters);
+//!   URLs (a connection string's key-value form, a query cut off from its URL), the values of
+//!   `"password"`, `"secret"`, `"api_key"`, `"signature"` and `"callback_url"` in JSON, and
+//!   anything shaped like an API key (`sk-` and eight or more key characters);
 //! - a URL's user name alone when it is long enough to be a token (`https://TOKEN@host`), runs
 //!   of 32 hex digits or more in a path (dashes allowed: a UUID), a URL whose slashes JSON
 //!   escaped (`https:\/\/…`), a host in brackets (IPv6);
@@ -244,7 +244,8 @@ fn key_values(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let (mut from, mut search) = (0, 0);
     // `name=value` (a connection string, a query outside a URL) and `"name":"value"` (JSON).
-    const WORDS: [&str; 14] = [
+    // (Not `"token":` in JSON: a batch's outcome tokens are named so, and are no secret.)
+    const WORDS: [&str; 13] = [
         "password=",
         "passwd=",
         "secret=",
@@ -255,7 +256,6 @@ fn key_values(text: &str) -> String {
         "\"password\":\"",
         "\"passwd\":\"",
         "\"secret\":\"",
-        "\"token\":\"",
         "\"api_key\":\"",
         "\"callback_url\":\"",
         "\"signature\":\"",
@@ -382,6 +382,11 @@ mod tests {
             ),
             ("mail me at https://h/p?x=a@b.c", "mail me at https://h/p?…"),
             ("ssh://git@github.com/o/r", "ssh://git@github.com/o/r"),
+            (
+                r#"{"token":"a1b2c3.1.1","prompt":"x"}"#,
+                r#"{"token":"a1b2c3.1.1","prompt":"x"}"#,
+            ),
+            (r#"{"password":"hunter2"}"#, r#"{"password":"***"}"#),
         ];
         for (text, expected) in cases {
             assert_eq!(redact(text), expected, "{text}");

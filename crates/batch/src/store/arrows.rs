@@ -234,7 +234,7 @@ impl Store {
     }
 
     /// `submitting → refused` (no task exists, so a later run may send it again once its
-    /// spacing has passed: see [`spacing`], by its number of refusals, `refusals` before this
+    /// spacing has passed: see `spacing`, by its number of refusals, `refusals` before this
     /// one; its credits are not committed) or `submitting → unknown` (a task may exist: its
     /// credits stay counted).
     pub async fn not_submitted(
@@ -446,7 +446,7 @@ impl Store {
     /// Lets go of a submitted line that could not progress (its wait or download failed), with
     /// the reason, counting one more setback (`setbacks` before this one), and holds it back as
     /// `retry` says: for a while (its retries back off), or until a later run, which takes it
-    /// once the spacing its holds have earned has passed ([`spacing`]). Every time is the
+    /// once the spacing its holds have earned has passed (`spacing`). Every time is the
     /// database's. It stays `submitted` with its task id: nothing is ever resubmitted for it.
     pub async fn set_back(
         &self,
