@@ -544,6 +544,40 @@ impl Client {
         Ok(images)
     }
 
+    /// Downloads a finished task's images and keeps them in `store` (a folder, or a bucket:
+    /// see [`hosting::ResultStore`](crate::hosting::ResultStore)) as `{stem}-{n}.{ext}`, each
+    /// whole or not at all, and not written again if the same content is there; where each
+    /// went.
+    ///
+    /// ```no_run
+    /// # async fn run(client: gptimage_transport::Client, task: gptimage_types::TaskInfo) -> gptimage_transport::Result<()> {
+    /// use gptimage_transport::hosting::FolderResults;
+    ///
+    /// for stored in client.save(&task, &FolderResults::new("out"), &task.task_id).await? {
+    ///     println!("{}", stored.location);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn save(
+        &self,
+        task: &TaskInfo,
+        store: &dyn crate::hosting::ResultStore,
+        stem: &str,
+    ) -> Result<Vec<crate::hosting::Stored>> {
+        let images = self.download(task).await?;
+        let mut stored = Vec::with_capacity(images.len());
+        for (index, image) in images.iter().enumerate() {
+            let key = format!("{stem}-{index}.{}", image.extension);
+            let kept = store
+                .put(&key, &image.bytes, image.extension)
+                .await
+                .map_err(|e| e.with_task_id(&task.task_id))?;
+            stored.push(kept);
+        }
+        Ok(stored)
+    }
+
     /// Downloads a finished task's images into `dir` as `{task_id}-{n}.{ext}`, each written
     /// atomically, and returns their paths.
     pub async fn download_to_dir(

@@ -444,6 +444,17 @@ impl Error {
         })
     }
 
+    /// An image fetched whole that a results store refused or could not be reached for (a
+    /// bucket missing, without permission, over its quota).
+    pub(crate) fn stored_nowhere(what: impl Into<String>, source: Source) -> Self {
+        Self::new(Repr::Download {
+            what: what.into(),
+            source: Some(source),
+            http_status: None,
+            write: true,
+        })
+    }
+
     /// An image fetched whole that could not be saved (a full, missing or read-only folder).
     pub(crate) fn write(what: impl Into<String>, source: std::io::Error) -> Self {
         Self::new(Repr::Download {

@@ -280,3 +280,64 @@ fn a_redirecting_store_endpoint_gets_the_credentials_and_the_host_it_names_does_
     assert!(text.contains("tiny.png"), "{text}");
     assert!(!text.contains(session), "{text}");
 }
+
+#[test]
+fn results_land_in_a_bucket_once_and_a_signed_url_feeds_the_next_task() {
+    use gptimage_transport::hosting::{ObjectStoreResults, ResultStore};
+    let moto = Moto::start();
+    moto.bucket("results");
+    let rt = runtime();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let client = client(&emulator);
+    let settings = s3_settings(&moto);
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let bucket =
+        ObjectStoreResults::from_url_with("s3://results/run-7", &settings, client.config())
+            .unwrap();
+    let task = rt
+        .block_on(
+            client.generate(
+                &GenerateRequest::text_to_image("a lighthouse")
+                    .build()
+                    .unwrap(),
+            ),
+        )
+        .unwrap();
+    let stored = rt.block_on(client.save(&task, &bucket, "line-1")).unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].key, "line-1-0.png");
+    assert_eq!(stored[0].location, "s3://results/run-7/line-1-0.png");
+    assert!(stored[0].written);
+    let listed = |moto: &Moto| moto.request("GET", "/results?list-type=2").1;
+    let first = listed(&moto);
+    assert!(first.contains("run-7/line-1-0.png"), "{first}");
+    // The same content again: not written a second time (its modification time holds).
+    std::thread::sleep(Duration::from_millis(1100));
+    let again = rt.block_on(client.save(&task, &bucket, "line-1")).unwrap();
+    assert!(!again[0].written, "the same content is not written twice");
+    assert_eq!(listed(&moto), first);
+    // A signed URL of the result is the input of the next task: no local disk between.
+    let url = rt
+        .block_on(bucket.signed_url(&stored[0], Duration::from_secs(600)))
+        .unwrap();
+    assert!(url.expose().contains("X-Amz-Signature="));
+    assert!(!url.to_string().contains("Signature"), "never shown whole");
+    let edit = GenerateRequest::image_to_image("make it night", [url.expose()])
+        .build()
+        .unwrap();
+    let night = rt.block_on(client.generate(&edit)).unwrap();
+    assert_eq!(night.images().len(), 1);
+    // A bucket that does not exist: the error names the store, and is a write error.
+    let missing =
+        ObjectStoreResults::from_url_with("s3://no-such-bucket/x", &settings, client.config())
+            .unwrap();
+    let error = rt
+        .block_on(client.save(&task, &missing, "line-1"))
+        .unwrap_err();
+    assert!(error.is_write(), "{error:?}");
+    assert!(
+        error.to_string().contains("s3://no-such-bucket/x"),
+        "{error}"
+    );
+    assert_eq!(error.task_id(), Some(task.task_id.as_str()));
+}

@@ -30,6 +30,7 @@
 
 #[cfg(feature = "object-store")]
 mod object_store;
+mod results;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,7 +42,8 @@ use crate::error::{Error, Result};
 use crate::transport::{AsyncTransport, HttpRequest, SendOptions};
 
 #[cfg(feature = "object-store")]
-pub use self::object_store::ObjectStoreHost;
+pub use self::object_store::{ObjectStoreHost, ObjectStoreResults};
+pub use self::results::{FolderResults, ResultStore, Stored};
 
 /// The largest input image [`LocalImage::read`] accepts by default: 20 MiB.
 pub const MAX_IMAGE_BYTES: u64 = 20 * 1024 * 1024;

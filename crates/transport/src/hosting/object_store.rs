@@ -12,6 +12,7 @@ use object_store::path::Path as StorePath;
 use object_store::signer::Signer;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload};
 
+use super::results::{ResultStore, Stored, content_type, sha256_hex};
 use super::{HostedUrl, ImageHost, LocalImage, VALIDITY_MARGIN};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -32,6 +33,11 @@ const MAX_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Each image is stored as `{prefix}/{sha256}.{extension}`, uploaded only if it is not there
 /// yet, and handed out as a signed GET URL.
 pub struct ObjectStoreHost {
+    bucket: Bucket,
+}
+
+/// A bucket (or container) and a prefix in it, reached through this crate's HTTP stack.
+struct Bucket {
     store: Store,
     prefix: StorePath,
     shown: String,
@@ -46,7 +52,7 @@ enum Store {
 impl std::fmt::Debug for ObjectStoreHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ObjectStoreHost")
-            .field("url", &self.shown)
+            .field("url", &self.bucket.shown)
             .finish_non_exhaustive()
     }
 }
@@ -84,16 +90,25 @@ impl ObjectStoreHost {
     /// `aws_allow_http`…; for Google Cloud Storage `google_service_account`…; for Azure
     /// `azure_storage_account_name`, `azure_storage_account_key`….
     pub fn from_url_with(url: &str, settings: &[(&str, &str)], config: &Config) -> Result<Self> {
+        Ok(Self {
+            bucket: Bucket::open(url, settings, config, "image host")?,
+        })
+    }
+}
+
+impl Bucket {
+    /// The bucket `url` names, for `what` (its name in messages).
+    fn open(url: &str, settings: &[(&str, &str)], config: &Config, what: &str) -> Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| {
             Error::config(format!(
-                "the image host {url:?} is not a URL ({e}); use s3://bucket/prefix, \
+                "the {what} {url:?} is not a URL ({e}); use s3://bucket/prefix, \
                  gs://bucket/prefix or az://container/prefix"
             ))
         })?;
         let bucket = parsed.host_str().unwrap_or_default();
         if bucket.is_empty() {
             return Err(Error::config(format!(
-                "the image host {url:?} names no bucket: use s3://bucket/prefix"
+                "the {what} {url:?} names no bucket: use s3://bucket/prefix"
             )));
         }
         // The stack follows no redirect: the signing headers and a session token stay with
@@ -101,18 +116,18 @@ impl ObjectStoreHost {
         let client = crate::reqwest_transport::stack(config)?
             .build()
             .map_err(|e| Error::config(format!("the HTTP client could not be built: {e}")))?;
-        let unusable = |e: object_store::Error| {
-            Error::config(format!("the image host {url} cannot be used: {e}"))
-        };
+        let unusable =
+            |e: object_store::Error| Error::config(format!("the {what} {url} cannot be used: {e}"));
         let setting = |key: &str| {
             Error::config(format!(
-                "the image host setting {key:?} is not one object_store knows"
+                "the {what} setting {key:?} is not one object_store knows"
             ))
         };
         let given = |name: &str| settings.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
         let store = match parsed.scheme() {
             "s3" | "s3a" => {
                 need_env(
+                    what,
                     url,
                     &given,
                     &[
@@ -133,6 +148,7 @@ impl ObjectStoreHost {
             }
             "gs" => {
                 need_env(
+                    what,
                     url,
                     &given,
                     &[
@@ -153,6 +169,7 @@ impl ObjectStoreHost {
             }
             "az" | "azure" | "abfs" | "abfss" => {
                 need_env(
+                    what,
                     url,
                     &given,
                     &[
@@ -172,7 +189,7 @@ impl ObjectStoreHost {
             }
             other => {
                 return Err(Error::config(format!(
-                    "the image host {url:?} is a {other}:// URL; use s3://bucket/prefix, \
+                    "the {what} {url:?} is a {other}:// URL; use s3://bucket/prefix, \
                      gs://bucket/prefix or az://container/prefix"
                 )));
             }
@@ -204,14 +221,14 @@ impl ObjectStoreHost {
 
 /// Refuses a host whose credentials are missing: one of `sets` must be set whole, in the
 /// environment or among the settings given.
-fn need_env(url: &str, given: &dyn Fn(&str) -> bool, sets: &[&[&str]]) -> Result<()> {
+fn need_env(what: &str, url: &str, given: &dyn Fn(&str) -> bool, sets: &[&[&str]]) -> Result<()> {
     let set = |name: &&str| given(name) || std::env::var_os(name).is_some_and(|v| !v.is_empty());
     if sets.iter().any(|names| names.iter().all(set)) {
         return Ok(());
     }
     let wanted: Vec<String> = sets.iter().map(|names| names.join(" and ")).collect();
     Err(Error::config(format!(
-        "no credentials for the image host {url} in the environment: set {}",
+        "no credentials for the {what} {url} in the environment: set {}",
         wanted.join(", or ")
     )))
 }
@@ -219,19 +236,21 @@ fn need_env(url: &str, given: &dyn Fn(&str) -> bool, sets: &[&[&str]]) -> Result
 #[async_trait::async_trait]
 impl ImageHost for ObjectStoreHost {
     async fn host(&self, image: &LocalImage, valid_for: Duration) -> Result<HostedUrl> {
-        let path = self.prefix.clone().join(image.key());
-        let shown = format!("{}/{}", self.shown.trim_end_matches('/'), image.key());
+        let bucket = &self.bucket;
+        let path = bucket.prefix.clone().join(image.key());
+        let shown = format!("{}/{}", bucket.shown.trim_end_matches('/'), image.key());
         let failed = |what: &str, e: object_store::Error| {
             Error::config(format!(
                 "the input image {} could not be {what} {shown}: {e}",
                 image.path().display()
             ))
         };
-        match self.store().head(&path).await {
+        match bucket.store().head(&path).await {
             Ok(_) => {} // already there: the same content, by its name
             Err(object_store::Error::NotFound { .. }) => {
                 let payload = PutPayload::from(image.bytes().to_vec());
-                self.store()
+                bucket
+                    .store()
                     .put(&path, payload)
                     .await
                     .map_err(|e| failed("uploaded to", e))?;
@@ -239,11 +258,151 @@ impl ImageHost for ObjectStoreHost {
             Err(e) => return Err(failed("looked up at", e)),
         }
         let valid = valid_for.saturating_add(VALIDITY_MARGIN).min(MAX_VALIDITY);
-        let url = self
+        let url = bucket
             .signer()
             .signed_url(http::Method::GET, &path, valid)
             .await
             .map_err(|e| failed("signed at", e))?;
         Ok(HostedUrl(url.into()))
+    }
+}
+
+/// A results store in a bucket of S3 (or an S3-compatible store), Google Cloud Storage or
+/// Azure, named by a URL (`s3://bucket/run-7`), with credentials as for
+/// [`ObjectStoreHost`]: every image a fleet of workers finishes lands under one prefix. Each
+/// object is written whole by one request (a store never shows half of one), with its content
+/// type and its SHA-256 as metadata; an object of the same name and content is not written
+/// again.
+///
+/// ```no_run
+/// # async fn run(client: gptimage_transport::Client, task: gptimage_types::TaskInfo) -> gptimage_transport::Result<()> {
+/// use std::time::Duration;
+/// use gptimage_transport::hosting::{ObjectStoreResults, ResultStore};
+///
+/// let bucket = ObjectStoreResults::from_url("s3://my-bucket/run-7", client.config())?;
+/// let stored = client.save(&task, &bucket, "lighthouse").await?;
+/// let url = bucket.signed_url(&stored[0], Duration::from_secs(3600)).await?;
+/// # let _ = url;
+/// # Ok(())
+/// # }
+/// ```
+pub struct ObjectStoreResults {
+    bucket: Bucket,
+}
+
+impl std::fmt::Debug for ObjectStoreResults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStoreResults")
+            .field("url", &self.bucket.shown)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectStoreResults {
+    /// The store `url` names, reached through the HTTP stack `config` describes.
+    pub fn from_url(url: &str, config: &Config) -> Result<Self> {
+        Self::from_url_with(url, &[], config)
+    }
+
+    /// Like [`from_url`](Self::from_url), with settings given (see
+    /// [`ObjectStoreHost::from_url_with`]).
+    pub fn from_url_with(url: &str, settings: &[(&str, &str)], config: &Config) -> Result<Self> {
+        Ok(Self {
+            bucket: Bucket::open(url, settings, config, "results store")?,
+        })
+    }
+
+    /// The store's URL, as given.
+    pub fn url(&self) -> &str {
+        &self.bucket.shown
+    }
+}
+
+/// The metadata name under which an object's SHA-256 is kept.
+const SHA256: &str = "sha256";
+
+#[async_trait::async_trait]
+impl ResultStore for ObjectStoreResults {
+    async fn put(&self, key: &str, bytes: &[u8], extension: &str) -> Result<Stored> {
+        use object_store::{Attribute, AttributeValue, Attributes, GetOptions, PutOptions};
+        let bucket = &self.bucket;
+        let path = bucket.prefix.clone().join(key);
+        let location = format!("{}/{key}", bucket.shown.trim_end_matches('/'));
+        let sha256 = sha256_hex(bytes);
+        let failed = |what: &str, e: object_store::Error| {
+            Error::stored_nowhere(
+                format!(
+                    "{location} could not be {what} the results store {}",
+                    bucket.shown
+                ),
+                Box::new(e),
+            )
+        };
+        let head = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        match bucket.store().get_opts(&path, head).await {
+            Ok(there) => {
+                let same = there
+                    .attributes
+                    .get(&Attribute::Metadata(SHA256.into()))
+                    .is_some_and(|v| v.as_ref() == sha256);
+                if same {
+                    return Ok(Stored {
+                        key: key.to_owned(),
+                        location,
+                        sha256,
+                        written: false,
+                    });
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(failed("looked up in", e)),
+        }
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            Attribute::ContentType,
+            AttributeValue::from(content_type(extension)),
+        );
+        attributes.insert(
+            Attribute::Metadata(SHA256.into()),
+            AttributeValue::from(sha256.clone()),
+        );
+        let options = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        bucket
+            .store()
+            .put_opts(&path, PutPayload::from(bytes.to_vec()), options)
+            .await
+            .map_err(|e| failed("written to", e))?;
+        Ok(Stored {
+            key: key.to_owned(),
+            location,
+            sha256,
+            written: true,
+        })
+    }
+
+    async fn signed_url(&self, stored: &Stored, valid_for: Duration) -> Result<HostedUrl> {
+        let bucket = &self.bucket;
+        let path = bucket.prefix.clone().join(stored.key.as_str());
+        let url = bucket
+            .signer()
+            .signed_url(http::Method::GET, &path, valid_for.min(MAX_VALIDITY))
+            .await
+            .map_err(|e| {
+                Error::config(format!(
+                    "{} could not be signed in the results store {}: {e}",
+                    stored.location, bucket.shown
+                ))
+            })?;
+        Ok(HostedUrl(url.into()))
+    }
+
+    fn describe(&self) -> String {
+        self.bucket.shown.clone()
     }
 }

@@ -1,0 +1,130 @@
+//! Where a finished task's images are kept: a [`ResultStore`] puts each under a name the caller
+//! chooses, whole or not at all, and never writes the same content twice. [`FolderResults`] is
+//! a local folder (what `download_to_dir` does); `ObjectStoreResults` (feature `object-store`)
+//! is a bucket of S3, Google Cloud Storage or Azure, where the images of a whole fleet of
+//! workers can land in one place, and from which signed URLs can be handed out.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::HostedUrl;
+use crate::error::{Error, Result};
+
+/// An image kept in a [`ResultStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stored {
+    /// Its name in the store, relative to the store's folder or prefix (`line-7-0.png`).
+    pub key: String,
+    /// Where it is, whole: a path for a folder, `s3://bucket/prefix/line-7-0.png` for a bucket.
+    pub location: String,
+    /// Its content's SHA-256, as hex.
+    pub sha256: String,
+    /// Whether this call wrote it (`false`: the same content was there already).
+    pub written: bool,
+}
+
+/// Somewhere to keep result images.
+///
+/// ```no_run
+/// # async fn run(client: gptimage_transport::Client, task: gptimage_types::TaskInfo) -> gptimage_transport::Result<()> {
+/// use gptimage_transport::hosting::FolderResults;
+///
+/// let stored = client.save(&task, &FolderResults::new("out"), "lighthouse").await?;
+/// println!("{}", stored[0].location); // out/lighthouse-0.png
+/// # Ok(())
+/// # }
+/// ```
+#[async_trait::async_trait]
+pub trait ResultStore: Send + Sync {
+    /// Keeps `bytes` as `key` (content type from `extension`): whole or not at all, and not
+    /// written again if the same content is there.
+    async fn put(&self, key: &str, bytes: &[u8], extension: &str) -> Result<Stored>;
+
+    /// A URL that fetches `stored` for at least `valid_for` (signed for a bucket). A folder has
+    /// none.
+    async fn signed_url(&self, stored: &Stored, valid_for: Duration) -> Result<HostedUrl>;
+
+    /// What the store is, for messages: a folder's path, a bucket's URL.
+    fn describe(&self) -> String;
+}
+
+/// The content type of an image by its extension.
+pub(crate) fn content_type(extension: &str) -> &'static str {
+    match extension {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "html" => "text/html; charset=utf-8",
+        "jsonl" => "application/x-ndjson",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The hex SHA-256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A local folder, created when first written to. Files are written through a temporary file
+/// and a rename, synced, so no half-written file ever carries a final name.
+#[derive(Debug, Clone)]
+pub struct FolderResults {
+    dir: PathBuf,
+}
+
+impl FolderResults {
+    /// The folder `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+#[async_trait::async_trait]
+impl ResultStore for FolderResults {
+    async fn put(&self, key: &str, bytes: &[u8], _extension: &str) -> Result<Stored> {
+        let (dir, key, bytes) = (self.dir.clone(), key.to_owned(), bytes.to_vec());
+        let run = move || {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                Error::write(format!("could not create the folder {}", dir.display()), e)
+            })?;
+            let path = dir.join(&key);
+            let sha256 = sha256_hex(&bytes);
+            let same = std::fs::read(&path).is_ok_and(|there| sha256_hex(&there) == sha256);
+            if !same {
+                crate::files::write_atomically(&path, &bytes)
+                    .map_err(|e| Error::write(format!("could not write {}", path.display()), e))?;
+            }
+            Ok(Stored {
+                location: path.display().to_string(),
+                key,
+                sha256,
+                written: !same,
+            })
+        };
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|e| Error::download("the writing thread failed", Some(Box::new(e))))?
+    }
+
+    async fn signed_url(&self, stored: &Stored, _: Duration) -> Result<HostedUrl> {
+        Err(Error::config(format!(
+            "{} is a file of this machine: a folder gives no URL (keep results in a bucket for \
+             that)",
+            stored.location
+        )))
+    }
+
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
