@@ -189,16 +189,19 @@ pub enum Error {
         /// The SDK's message.
         message: String,
     },
-    /// Images could not be saved into the output folder (full, read-only, missing): the run
-    /// stopped; the lines stay submitted, so a later run downloads them.
+    /// Images could not be saved into the output folder (full, read-only, missing) or the
+    /// results store (a bucket that is missing, refuses the credentials, or is over quota): the
+    /// run stopped before paying for more; the lines stay submitted, so a later run stores them
+    /// without new tasks.
     #[error(
-        "the output folder {} cannot be written: {message}; the run stopped, and its lines \
-         stay submitted: free space or fix its permissions, then run the command again to \
-         download them",
+        "the output {} cannot be written: {message}; the run stopped before paying for more, \
+         and its lines stay submitted: free space or fix its permissions (for a bucket: that \
+         it exists and the credentials may write to it), then run the command again to store \
+         them (no task is paid for again)",
         folder.display()
     )]
     Output {
-        /// The folder.
+        /// The folder, or the results store's URL.
         folder: PathBuf,
         /// What failed.
         message: String,

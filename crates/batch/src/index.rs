@@ -1,29 +1,161 @@
 //! `index.html`: every result of a batch as a picture with its prompt, every failure with its
-//! reason, written from the state a page of lines at a time and renamed into place whole. It
-//! names local files only, and every reason passes through the one redaction: no signed URL
-//! and no secret reaches the page, which others may read.
+//! reason; and `results.jsonl`, the manifest: one object per line. Both are written from the
+//! state a page of lines at a time and put in place whole: renamed into the output folder, or
+//! uploaded to the results store (a bucket), whichever worker finishes. In a folder the
+//! gallery names local files only; every reason passes through the one redaction, so no
+//! signed URL of the service and no secret reaches a page others may read. A bucket's gallery
+//! shows its pictures through signed URLs of the user's own bucket, which expire.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
 
 use crate::Error;
+use crate::inputs::ResultsStore;
 use crate::machine::LineState;
 use crate::store::Store;
 
 /// Lines read from the state at a time.
 const PAGE: u64 = 1000;
 
-/// Writes `index.html` into `out` from the state: pictures under `out` are shown, files another
-/// worker wrote elsewhere are listed by path. The file appears whole or not at all.
+/// How long the pictures' signed URLs in a bucket's `index.html` stay valid: a week, the most
+/// S3 allows. `gptimage batch-status --write-index` writes a fresh gallery any time.
+pub const GALLERY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Writes `index.html` and the manifest `results.jsonl` into `out` from the state: pictures
+/// under `out` are shown, files another worker wrote elsewhere are listed by path. Each file
+/// appears whole or not at all.
 pub async fn write_index(store: &Store, out: &Path) -> Result<(), Error> {
+    let io = |name: &str| {
+        let path = out.join(name);
+        move |e: std::io::Error| Error::Source {
+            path: path.clone(),
+            source: e.into(),
+        }
+    };
+    let html = render_html(store, out, &Pictures::Folder(out)).await?;
+    publish(html, &out.join("index.html")).map_err(io("index.html"))?;
+    let manifest = render_manifest(store, out, None).await?;
+    publish(manifest, &out.join("results.jsonl")).map_err(io("results.jsonl"))?;
+    Ok(())
+}
+
+/// Writes `index.html` and `results.jsonl` into a results store (a bucket) from the state, as
+/// [`write_index`] does into a folder, the pictures shown through signed URLs valid for
+/// `valid_for` (at most [`GALLERY_VALIDITY`]); `scratch` is a local folder for the files
+/// before they are uploaded (each uploaded whole or not at all). Returns the gallery's
+/// location in the store.
+pub async fn write_index_to(
+    store: &Store,
+    results: &ResultsStore,
+    scratch: &Path,
+    valid_for: Duration,
+) -> Result<String, Error> {
+    let refused = |e: gptimage::Error| Error::Output {
+        folder: PathBuf::from(results.0.describe()),
+        message: gptimage::types::redact(&describe(&e)),
+    };
+    let html = render_html(
+        store,
+        scratch,
+        &Pictures::Store(results, valid_for.min(GALLERY_VALIDITY)),
+    )
+    .await?;
+    let index = results
+        .0
+        .put_file("index.html", html.path(), "html")
+        .await
+        .map_err(refused)?;
+    let manifest = render_manifest(store, scratch, Some(results)).await?;
+    results
+        .0
+        .put_file("results.jsonl", manifest.path(), "jsonl")
+        .await
+        .map_err(refused)?;
+    Ok(index.location)
+}
+
+/// How a gallery shows a picture: by its path relative to the folder, or by a signed URL.
+enum Pictures<'a> {
+    Folder(&'a Path),
+    Store(&'a ResultsStore, Duration),
+}
+
+impl Pictures<'_> {
+    /// The `src` of a picture stored at `file` (a path, or a store's object location), if the
+    /// gallery can show it.
+    async fn src(&self, file: &Path) -> Result<Option<String>, gptimage::Error> {
+        match self {
+            Pictures::Folder(out) => Ok(file
+                .strip_prefix(out)
+                .ok()
+                .map(|relative| relative.display().to_string())),
+            Pictures::Store(results, valid_for) => {
+                let location = file.display().to_string();
+                let base = results.0.describe();
+                let Some(key) = location
+                    .strip_prefix(base.trim_end_matches('/'))
+                    .and_then(|rest| rest.strip_prefix('/'))
+                else {
+                    return Ok(None);
+                };
+                let url = results.0.signed_url(key, *valid_for).await?;
+                Ok(Some(url.expose().to_owned()))
+            }
+        }
+    }
+}
+
+fn describe(error: &gptimage::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(&format!(": {cause_text}"));
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A temporary file in `dir`, for a page to be written into before it is published.
+fn scratch_file(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile, Error> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| tempfile::Builder::new().prefix(prefix).tempfile_in(dir))
+        .map_err(|e| Error::Source {
+            path: dir.to_path_buf(),
+            source: e.into(),
+        })
+}
+
+/// Renames a finished file into place, readable by all (a gallery is for showing), synced.
+fn publish(file: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// `index.html`, from the state a page of lines at a time, into a temporary file in `dir`.
+async fn render_html(
+    store: &Store,
+    dir: &Path,
+    pictures: &Pictures<'_>,
+) -> Result<tempfile::NamedTempFile, Error> {
+    let file = scratch_file(dir, ".index-")?;
+    let path = file.path().to_path_buf();
     let io = |e: std::io::Error| Error::Source {
-        path: out.join("index.html"),
+        path: path.clone(),
         source: e.into(),
     };
-    let file = tempfile::Builder::new()
-        .prefix(".index-")
-        .tempfile_in(out)
-        .map_err(io)?;
     let mut html = std::io::BufWriter::new(file);
     html.write_all(HEAD.as_bytes()).map_err(io)?;
     let mut pages = store.pages(PAGE);
@@ -31,14 +163,23 @@ pub async fn write_index(store: &Store, out: &Path) -> Result<(), Error> {
         for line in page.iter().filter(|l| l.state == LineState::Done) {
             let prompt = escape(&line.prompt);
             for file in &line.files {
-                match file.strip_prefix(out) {
-                    Ok(relative) => writeln!(
+                let src = match pictures.src(file).await {
+                    Ok(src) => src,
+                    Err(e) => {
+                        return Err(Error::Output {
+                            folder: file.clone(),
+                            message: gptimage::types::redact(&describe(&e)),
+                        });
+                    }
+                };
+                match src {
+                    Some(src) => writeln!(
                         html,
                         "<figure><img src=\"{}\" alt=\"{prompt}\" loading=\"lazy\"><figcaption>line {}: {prompt}</figcaption></figure>",
-                        escape(&relative.display().to_string()),
+                        escape(&src),
                         line.line
                     ),
-                    Err(_) => writeln!(
+                    None => writeln!(
                         html,
                         "<figure><figcaption>line {}: {prompt}<br><code>{}</code></figcaption></figure>",
                         line.line,
@@ -83,18 +224,55 @@ pub async fn write_index(store: &Store, out: &Path) -> Result<(), Error> {
         html.write_all(b"</ul>\n").map_err(io)?;
     }
     html.write_all(b"</body></html>\n").map_err(io)?;
-    let file = html.into_inner().map_err(|e| io(e.into_error()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io)?;
+    html.into_inner().map_err(|e| io(e.into_error()))
+}
+
+/// `results.jsonl`: one object per line of the batch, in order (`line`, `name`, `prompt`,
+/// `state`, `task_id`, `credits`, `objects`: the images' names in the store or paths in the
+/// folder, and `error` for a line not done, redacted), into a temporary file in `dir`.
+async fn render_manifest(
+    store: &Store,
+    dir: &Path,
+    results: Option<&ResultsStore>,
+) -> Result<tempfile::NamedTempFile, Error> {
+    let file = scratch_file(dir, ".results-")?;
+    let path = file.path().to_path_buf();
+    let io = |e: std::io::Error| Error::Source {
+        path: path.clone(),
+        source: e.into(),
+    };
+    let base = results.map(|r| format!("{}/", r.0.describe().trim_end_matches('/')));
+    let mut manifest = std::io::BufWriter::new(file);
+    let mut pages = store.pages(PAGE);
+    while let Some(page) = pages.next().await? {
+        for line in &page {
+            let objects: Vec<String> = line
+                .files
+                .iter()
+                .map(|file| {
+                    let file = file.display().to_string();
+                    match base.as_deref().and_then(|base| file.strip_prefix(base)) {
+                        Some(key) => key.to_owned(),
+                        None => file,
+                    }
+                })
+                .collect();
+            let object = json!({
+                "line": line.line,
+                "name": line.name,
+                "prompt": line.prompt,
+                "state": line.state.as_str(),
+                "task_id": line.task_id,
+                "credits": line.credits,
+                "objects": objects,
+                "error": line.error.as_ref().map(|(kind, message)| {
+                    json!({"kind": kind, "message": gptimage::types::redact(message)})
+                }),
+            });
+            writeln!(manifest, "{object}").map_err(io)?;
+        }
     }
-    file.as_file().sync_all().map_err(io)?;
-    file.persist(out.join("index.html"))
-        .map_err(|e| io(e.error))?;
-    Ok(())
+    manifest.into_inner().map_err(|e| io(e.into_error()))
 }
 
 const HEAD: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>gptimage batch</title>\n<style>\

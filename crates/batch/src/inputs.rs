@@ -24,6 +24,17 @@ impl std::fmt::Debug for InputHost {
     }
 }
 
+/// Where a batch's images go when not into its output folder (`Options::results`): a bucket
+/// every worker of a fleet writes to.
+#[derive(Clone)]
+pub struct ResultsStore(pub Arc<dyn gptimage::hosting::ResultStore>);
+
+impl std::fmt::Debug for ResultsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ResultsStore({})", self.0.describe())
+    }
+}
+
 /// A run's hosting of local input images: the host, and the URLs this run already has.
 pub(crate) struct Inputs {
     host: Option<InputHost>,

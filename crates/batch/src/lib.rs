@@ -51,8 +51,8 @@ mod source;
 mod store;
 
 pub use error::Error;
-pub use index::write_index;
-pub use inputs::InputHost;
+pub use index::{GALLERY_VALIDITY, write_index, write_index_to};
+pub use inputs::{InputHost, ResultsStore};
 pub use machine::LineState;
 pub use plan::{Plan, QUOTED_INVALID, plan};
 pub use run::{Batch, Options, Summary};

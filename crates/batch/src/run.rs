@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gptimage::{ApiCode, Client, ErrorKind, TaskStatus};
+use gptimage::{ApiCode, Client, ErrorKind, TaskInfo, TaskStatus};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::Error;
-use crate::inputs::{InputHost, Inputs};
+use crate::inputs::{InputHost, Inputs, ResultsStore};
 use crate::machine::LineState;
 use crate::source::{Source, stem};
 use crate::store::{
@@ -41,8 +41,14 @@ const STATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How a worker runs.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Where images go.
+    /// Where images go: the folder, unless [`results`](Self::results) names a store. A batch
+    /// whose state is SQLite keeps its state file here too by default.
     pub out: PathBuf,
+    /// A store the images go to instead of `out` (a bucket: `ObjectStoreResults`), under the
+    /// same names. A line is `done` only once its images are stored; a store that refuses them
+    /// stops the worker ([`Error::Output`]), the line kept `submitted` with its task id for a
+    /// later run to store without a new task.
+    pub results: Option<ResultsStore>,
     /// How many lines this worker holds at once (submitting, or waiting for their task).
     pub concurrency: usize,
     /// The unknown outcomes to send again, each named by its token
@@ -71,6 +77,7 @@ impl Options {
             resubmit_unknown: Vec::new(),
             max_credits: None,
             image_host: None,
+            results: None,
         }
     }
 }
@@ -271,6 +278,7 @@ impl Batch {
                     source: self.source.clone(),
                     worker: worker.clone(),
                     out: options.out.clone(),
+                    results: options.results.clone(),
                     over_budget: over_budget.clone(),
                     waiting: waiting.clone(),
                     inputs: inputs.clone(),
@@ -428,6 +436,7 @@ struct Job {
     source: Arc<Source>,
     worker: Arc<Worker>,
     out: PathBuf,
+    results: Option<ResultsStore>,
     over_budget: Arc<AtomicBool>,
     /// When this run began waiting for each line (shared by the worker's jobs).
     waiting: Arc<Mutex<HashMap<u64, Instant>>>,
@@ -574,7 +583,10 @@ impl Job {
             Err(error) if error.is_write() => {
                 store.release(worker, item, None).await?;
                 return Err(Error::Output {
-                    folder: self.out.clone(),
+                    folder: match &self.results {
+                        Some(results) => PathBuf::from(results.0.describe()),
+                        None => self.out.clone(),
+                    },
                     message: describe(&error),
                 });
             }
@@ -790,7 +802,7 @@ impl Job {
         pause_at("downloading");
         record.images = task.images().to_vec();
         record.credits = task.consumed_credits;
-        let saved = self.client.download_to_dir_as(&task, &self.out, name).await;
+        let saved = self.save(&task, name).await;
         let error = match saved {
             Err(error) if url_refused(&error) => error,
             saved => return Ok(saved?),
@@ -800,10 +812,22 @@ impl Job {
             return Err(error.into());
         }
         record.images = fresh.images().to_vec();
-        Ok(self
-            .client
-            .download_to_dir_as(&fresh, &self.out, name)
-            .await?)
+        Ok(self.save(&fresh, name).await?)
+    }
+
+    /// Puts a finished task's images into the results store, or the output folder: their
+    /// object locations, or paths.
+    async fn save(&self, task: &TaskInfo, name: &str) -> gptimage::Result<Vec<PathBuf>> {
+        match &self.results {
+            Some(results) => Ok(self
+                .client
+                .save(task, &*results.0, name)
+                .await?
+                .into_iter()
+                .map(|stored| PathBuf::from(stored.location))
+                .collect()),
+            None => self.client.download_to_dir_as(task, &self.out, name).await,
+        }
     }
 
     /// When to try the line again, and what to tell the user, after `error` ended its wait or

@@ -6,12 +6,12 @@ use std::io::Write;
 use std::path::Path;
 
 use gptimage_batch::{
-    Batch, Error, LineRecord, LineState, Options, Progress, Reason, StateUrl, Store,
+    Batch, Error, LineRecord, LineState, Options, Progress, Reason, ResultsStore, StateUrl, Store,
 };
 use serde_json::json;
 
 use crate::cli::{Batch as BatchArgs, BatchStatus};
-use crate::commands::Context;
+use crate::commands::{Context, Destination, bucket_scheme};
 use crate::progress;
 use crate::report::{Report, code};
 
@@ -24,14 +24,43 @@ const TOKENS_LISTED: u64 = 100;
 
 pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
     let out = &args.output.out;
+    // A bucket is opened (and a bad URL refused) before anything else.
+    let destination = match crate::commands::destination(context, &args.output) {
+        Ok(destination) => destination,
+        Err((message, exit)) => {
+            say!("error: {message}");
+            return exit;
+        }
+    };
     let state = match state_url(args.state.state.as_deref(), out) {
         Ok(state) => state,
         Err(code) => return code,
     };
-    if let Err(e) = std::fs::create_dir_all(out) {
-        say!("error: could not create {}: {e}", out.display());
+    let folder = match (&destination, &state) {
+        (Destination::Folder(folder), _) => Some(folder.clone()),
+        (Destination::Bucket(_), StateUrl::Sqlite(path)) => path.parent().map(Path::to_path_buf),
+        (Destination::Bucket(_), _) => None,
+    };
+    if let Some(folder) = &folder
+        && let Err(e) = std::fs::create_dir_all(folder)
+    {
+        say!("error: could not create {}: {e}", folder.display());
         return code::USAGE;
     }
+    if let (Destination::Bucket(_), StateUrl::Sqlite(path), None) =
+        (&destination, &state, &args.state.state)
+        && !context.quiet
+    {
+        say!(
+            "the batch's state is the SQLite file {} (the images go to the bucket); for workers \
+             on several machines, give every one --state postgres://…",
+            path.display()
+        );
+    }
+    let results = match &destination {
+        Destination::Bucket(bucket) => Some(ResultsStore(bucket.clone())),
+        Destination::Folder(_) => None,
+    };
     let open = gptimage_batch::OpenOptions::new().accept_async_replicas(args.accept_async_replicas);
     let batch = match Batch::open_with(&args.file, &state, &open).await {
         Ok(batch) => batch,
@@ -54,7 +83,11 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
         }
     };
     let options = Options {
-        out: out.clone(),
+        out: match &destination {
+            Destination::Folder(folder) => folder.clone(),
+            Destination::Bucket(_) => out.clone(),
+        },
+        results: results.clone(),
         concurrency: usize::from(args.concurrency),
         // Both were settled above, where what they did could be said at once.
         resubmit_unknown: Vec::new(),
@@ -97,19 +130,19 @@ pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
         Err(error) => {
             // A state that failed cannot be read for an index either; anything else can.
             if !error.is_state() {
-                write_index(batch.store(), out).await;
+                write_index(batch.store(), &destination, context.quiet).await;
                 batch.store().close().await;
             }
             return fail(&error);
         }
     };
-    write_index(batch.store(), out).await;
+    write_index(batch.store(), &destination, context.quiet).await;
     let reasons = batch.store().reasons(QUOTED).await;
     batch.store().close().await;
     let progress = &summary.progress;
     if !context.quiet {
         say!(
-            "{}, {} credits spent{}; images and index.html in {}",
+            "{}, {} credits spent{}; images, index.html and results.jsonl in {}",
             counts(progress),
             progress.credits,
             if summary.interrupted {
@@ -195,9 +228,75 @@ fn exit_code(progress: &Progress, reasons: &[Reason]) -> u8 {
     }
 }
 
-async fn write_index(store: &Store, out: &Path) {
-    if let Err(error) = gptimage_batch::write_index(store, out).await {
-        say!("warning: could not write index.html: {error}");
+/// `batch-status --write-index`: the gallery and the manifest written again into `out`.
+async fn write_index_again(store: &Store, out: &Path) -> u8 {
+    let text = out.to_string_lossy();
+    let written = match bucket_scheme(&text) {
+        Some(scheme) if scheme != "file" => {
+            // The bucket is reached through the HTTP stack a client would use; no request goes
+            // to the API, so no key is needed.
+            let config = match gptimage::Client::builder().api_key("sk-unused").build() {
+                Ok(client) => client.config().clone(),
+                Err(error) => {
+                    say!("error: {}", crate::report::describe(&error, None));
+                    return code::USAGE;
+                }
+            };
+            let bucket = match gptimage::hosting::ObjectStoreResults::from_url(&text, &config) {
+                Ok(bucket) => bucket,
+                Err(error) => {
+                    say!("error: {}", crate::report::describe(&error, None));
+                    return code::USAGE;
+                }
+            };
+            gptimage_batch::write_index_to(
+                store,
+                &ResultsStore(std::sync::Arc::new(bucket)),
+                &std::env::temp_dir(),
+                gptimage_batch::GALLERY_VALIDITY,
+            )
+            .await
+        }
+        _ => gptimage_batch::write_index(store, out)
+            .await
+            .map(|()| out.join("index.html").display().to_string()),
+    };
+    match written {
+        Ok(location) => {
+            say!("wrote {location} and results.jsonl beside it");
+            code::OK
+        }
+        Err(error) => fail(&error),
+    }
+}
+
+/// Writes the gallery and the manifest where the images are; a failure is a warning (the
+/// images are safe, and `batch-status --write-index` writes them again).
+async fn write_index(store: &Store, destination: &Destination, quiet: bool) {
+    let written = match destination {
+        Destination::Folder(out) => gptimage_batch::write_index(store, out).await.map(|()| None),
+        Destination::Bucket(bucket) => {
+            let results = ResultsStore(bucket.clone());
+            gptimage_batch::write_index_to(
+                store,
+                &results,
+                &std::env::temp_dir(),
+                gptimage_batch::GALLERY_VALIDITY,
+            )
+            .await
+            .map(Some)
+        }
+    };
+    match written {
+        Ok(Some(location)) if !quiet => say!(
+            "the gallery is {location} (its pictures' signed links last a week; \
+             gptimage batch-status --write-index writes a fresh one)"
+        ),
+        Ok(_) => {}
+        Err(error) => say!(
+            "warning: could not write index.html and results.jsonl: {error}; the images are \
+             safe: gptimage batch-status --write-index writes them again"
+        ),
     }
 }
 
@@ -280,6 +379,13 @@ pub(crate) async fn status(args: &BatchStatus) -> u8 {
         Ok(store) => store,
         Err(error) => return fail(&error),
     };
+    if args.write_index {
+        let written = write_index_again(&store, &args.out).await;
+        if written != code::OK {
+            store.close().await;
+            return written;
+        }
+    }
     let shown = if args.json {
         status_json(&store, &state).await
     } else {
@@ -428,9 +534,25 @@ fn describe_line(line: &LineRecord) -> String {
     format!("line {}{task}{token}{held}: {message}", line.line)
 }
 
-/// The state `--state` names, or the SQLite file in `out`.
+/// The state `--state` names, or the SQLite file in `out`; for `--out` naming a bucket, the
+/// SQLite file in a folder of the current one named after the bucket's URL
+/// (`gptimage-state-s3-bucket-run-7/`), which `batch-status --out` with the same URL finds.
 fn state_url(state: Option<&str>, out: &Path) -> Result<StateUrl, u8> {
+    let text = out.to_string_lossy();
     match state {
+        None if bucket_scheme(&text).is_some_and(|s| s != "file") => {
+            let named: String = text
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect::<String>()
+                .split('-')
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join("-");
+            Ok(StateUrl::in_folder(Path::new(&format!(
+                "gptimage-state-{named}"
+            ))))
+        }
         None => Ok(StateUrl::in_folder(out)),
         Some(text) => text.parse().map_err(|e: Error| {
             say!("error: {e}");
@@ -527,6 +649,7 @@ fn report(line: &LineRecord) -> Report {
         status,
         images: line.images.clone(),
         files: line.files.clone(),
+        objects: Vec::new(),
         credits: line.credits,
         error: line
             .error

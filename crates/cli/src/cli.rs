@@ -299,20 +299,31 @@ pub(crate) struct State {
 pub(crate) struct BatchStatus {
     #[command(flatten)]
     pub(crate) state: State,
-    /// The batch's output folder, whose gptimage-batch.sqlite is the state when --state is not
-    /// given.
-    #[arg(long, value_name = "DIR", default_value = ".")]
+    /// The batch's output folder (whose gptimage-batch.sqlite is the state when --state is not
+    /// given), or its bucket.
+    #[arg(long, value_name = "DIR|BUCKET", default_value = ".")]
     pub(crate) out: PathBuf,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Write index.html and results.jsonl into --out again from the state (a bucket's gallery
+    /// with fresh signed links), whoever ran which line.
+    #[arg(long)]
+    pub(crate) write_index: bool,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct Output {
-    /// The folder images (and a batch's journal and index.html) go to.
-    #[arg(long, value_name = "DIR", default_value = ".")]
+    /// Where images (and a batch's index.html and results.jsonl) go: a folder, or a bucket
+    /// (s3://bucket/prefix, gs://bucket/prefix, az://container/prefix), with credentials as
+    /// for --image-host.
+    #[arg(long, value_name = "DIR|BUCKET", default_value = ".")]
     pub(crate) out: PathBuf,
+    /// With --out naming a bucket: a signed GET URL for each image, valid this many seconds
+    /// (at most 604800, a week), in --json's `objects`. A signed URL is a secret: it is never
+    /// printed anywhere else.
+    #[arg(long, value_name = "SECONDS", value_parser = sign_seconds)]
+    pub(crate) sign_for: Option<f64>,
     /// Print one JSON object per task on stdout, and nothing else there.
     #[arg(long)]
     pub(crate) json: bool,
@@ -331,6 +342,18 @@ pub(crate) enum Shell {
     Fish,
     Elvish,
     Powershell,
+}
+
+fn sign_seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if value.is_finite() && (1.0..=604_800.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err("give a number of seconds from 1 to 604800 (a week: the most S3 signs for)".to_owned())
+    }
 }
 
 fn seconds(text: &str) -> Result<f64, String> {

@@ -2,10 +2,12 @@
 
 use crate::say::say;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gptimage::hosting::{ImageHost, LocalImage, ObjectStoreHost, PutHost, names_a_file};
+use gptimage::hosting::{
+    ImageHost, LocalImage, ObjectStoreHost, ObjectStoreResults, PutHost, ResultStore, names_a_file,
+};
 use gptimage::{
     Client, Error, GenerateRequest, InputFidelity, PollSchedule, Quality, Size, TaskInfo,
     ValidationError,
@@ -13,9 +15,9 @@ use gptimage::{
 #[cfg(feature = "emulator")]
 use gptimage_emulator::Emulator;
 
-use crate::cli::{Generate, Global, Listen, Status, Wait};
+use crate::cli::{Generate, Global, Listen, Output, Status, Wait};
 use crate::progress;
-use crate::report::{Report, code, describe};
+use crate::report::{Object, Report, code, describe};
 
 /// The client a command runs with, and the emulator behind it when `--emulator` is given.
 pub(crate) struct Context {
@@ -233,15 +235,31 @@ impl Context {
         Ok(urls)
     }
 
-    /// Waits for a task with a spinner, then downloads its images into `out`. Ctrl-C stops the
-    /// wait (the task goes on): the report then carries exit code 130.
+    /// Where `--out` puts images: a bucket for a URL (`s3://`, `gs://`, `az://`…), checked
+    /// before anything is paid for; a folder otherwise (`file://` included).
+    pub(crate) fn destination(&self, out: &Path) -> Result<Destination, (String, u8)> {
+        let text = out.to_string_lossy();
+        match bucket_scheme(&text) {
+            None => Ok(Destination::Folder(out.to_path_buf())),
+            Some("file") => Ok(Destination::Folder(PathBuf::from(
+                text.trim_start_matches("file://"),
+            ))),
+            Some(_) => ObjectStoreResults::from_url(&text, self.client.config())
+                .map(|bucket| Destination::Bucket(std::sync::Arc::new(bucket)))
+                .map_err(|e| (describe(&e, None), code::USAGE)),
+        }
+    }
+
+    /// Waits for a task with a spinner, then puts its images where `destination` says. Ctrl-C
+    /// stops the wait (the task goes on): the report then carries exit code 130.
     pub(crate) async fn finish(
         &self,
         task_id: &str,
-        out: &Path,
-        stem: Option<&str>,
+        destination: &Destination,
+        sign_for: Option<f64>,
     ) -> Result<Report, Error> {
-        self.finish_within(task_id, out, stem, None).await
+        self.finish_within(task_id, destination, sign_for, None)
+            .await
     }
 
     /// [`finish`](Self::finish), the wait given `left` instead of the whole timeout (what a
@@ -249,8 +267,8 @@ impl Context {
     pub(crate) async fn finish_within(
         &self,
         task_id: &str,
-        out: &Path,
-        stem: Option<&str>,
+        destination: &Destination,
+        sign_for: Option<f64>,
         left: Option<std::time::Duration>,
     ) -> Result<Report, Error> {
         let client = match left {
@@ -281,12 +299,57 @@ impl Context {
             });
         };
         let task = task?;
-        let files = match stem {
-            Some(stem) => self.client.download_to_dir_as(&task, out, stem).await?,
-            None => self.client.download_to_dir(&task, out).await?,
-        };
-        Ok(Report::task(&task, files))
+        match destination {
+            Destination::Folder(out) => {
+                let files = self.client.download_to_dir(&task, out).await?;
+                Ok(Report::task(&task, files))
+            }
+            Destination::Bucket(bucket) => {
+                let stored = self.client.save(&task, &**bucket, &task.task_id).await?;
+                let mut objects = Vec::with_capacity(stored.len());
+                for kept in stored {
+                    let url = match sign_for {
+                        Some(seconds) => Some(
+                            bucket
+                                .signed_url(&kept.key, Duration::from_secs_f64(seconds))
+                                .await?
+                                .expose()
+                                .to_owned(),
+                        ),
+                        None => None,
+                    };
+                    objects.push(Object {
+                        location: kept.location,
+                        key: kept.key,
+                        sha256: kept.sha256,
+                        written: kept.written,
+                        url,
+                    });
+                }
+                let mut report = Report::task(&task, Vec::new());
+                report.objects = objects;
+                Ok(report)
+            }
+        }
     }
+}
+
+/// Where a command puts a task's images.
+pub(crate) enum Destination {
+    /// A folder of this machine.
+    Folder(PathBuf),
+    /// A bucket (S3, Google Cloud Storage, Azure).
+    Bucket(std::sync::Arc<ObjectStoreResults>),
+}
+
+/// The scheme of `out` when it is a URL (`s3` of `s3://bucket/prefix`), else `None`.
+pub(crate) fn bucket_scheme(out: &str) -> Option<&str> {
+    let (scheme, _) = out.split_once("://")?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some(scheme)
 }
 
 /// The input images of `generate`: each a URL, or a local file read and checked.
@@ -348,10 +411,25 @@ pub(crate) fn request(
     builder.build()
 }
 
+/// Where `output` puts images, refused with a message and an exit code if it cannot be used:
+/// a bucket that cannot be opened, `--sign-for` without a bucket.
+pub(crate) fn destination(context: &Context, output: &Output) -> Result<Destination, (String, u8)> {
+    let destination = context.destination(&output.out)?;
+    if output.sign_for.is_some() && matches!(destination, Destination::Folder(_)) {
+        return Err((
+            "--sign-for signs URLs of a bucket: give --out s3://bucket/prefix (or gs://, az://)"
+                .to_owned(),
+            code::USAGE,
+        ));
+    }
+    Ok(destination)
+}
+
 pub(crate) async fn generate(
     context: &Context,
     args: &Generate,
     request: GenerateRequest,
+    destination: &Destination,
 ) -> Report {
     let started = std::time::Instant::now();
     let mut left = None;
@@ -392,7 +470,7 @@ pub(crate) async fn generate(
         };
     }
     match context
-        .finish_within(&created.task_id, &args.output.out, None, left)
+        .finish_within(&created.task_id, destination, args.output.sign_for, left)
         .await
     {
         Ok(report) => report,
@@ -415,7 +493,21 @@ pub(crate) async fn status(context: &Context, args: &Status) -> Report {
 }
 
 pub(crate) async fn wait(context: &Context, args: &Wait) -> Report {
-    match context.finish(&args.task_id, &args.output.out, None).await {
+    let destination = match destination(context, &args.output) {
+        Ok(destination) => destination,
+        Err((message, exit)) => {
+            say!("error: {message}");
+            return Report {
+                task_id: Some(args.task_id.clone()),
+                error: Some(("usage".to_owned(), message, exit)),
+                ..Report::default()
+            };
+        }
+    };
+    match context
+        .finish(&args.task_id, &destination, args.output.sign_for)
+        .await
+    {
         Ok(report) => report,
         Err(error) => failure(Some(&args.task_id), &error, &args.output.out),
     }

@@ -110,6 +110,14 @@ async fn run(cli: Cli, inputs: Option<Vec<commands::Input>>) -> u8 {
     let (report, json) = match &cli.command {
         Command::Generate(args) => {
             let inputs = inputs.expect("a generate command has its inputs");
+            // Where the images go is checked before anything is hosted or paid for.
+            let destination = match commands::destination(&context, &args.output) {
+                Ok(destination) => destination,
+                Err((message, exit)) => {
+                    say!("error: {message}");
+                    return exit;
+                }
+            };
             let images = match context
                 .host_inputs(inputs, args.image_host.as_deref())
                 .await
@@ -128,7 +136,7 @@ async fn run(cli: Cli, inputs: Option<Vec<commands::Input>>) -> u8 {
                 }
             };
             (
-                commands::generate(&context, args, request).await,
+                commands::generate(&context, args, request, &destination).await,
                 args.output.json,
             )
         }

@@ -68,6 +68,8 @@ pub(crate) struct Report {
     pub(crate) status: Option<String>,
     pub(crate) images: Vec<String>,
     pub(crate) files: Vec<PathBuf>,
+    /// The images kept in a bucket (`--out s3://…`).
+    pub(crate) objects: Vec<Object>,
     pub(crate) credits: Option<u64>,
     pub(crate) error: Option<(String, String, u8)>,
     /// A batch line of unknown outcome: the token that names it for `--resubmit-unknown`.
@@ -82,6 +84,21 @@ pub(crate) struct Report {
     /// A batch line's prompt: what to look for in the account before resending an unknown
     /// outcome.
     pub(crate) prompt: Option<String>,
+}
+
+/// An image kept in a bucket.
+#[derive(Debug, Clone)]
+pub(crate) struct Object {
+    /// `s3://bucket/prefix/key`.
+    pub(crate) location: String,
+    /// Its name under the prefix.
+    pub(crate) key: String,
+    /// Its content's SHA-256, as hex.
+    pub(crate) sha256: String,
+    /// Whether this run wrote it (`false`: the same content was there already).
+    pub(crate) written: bool,
+    /// A signed GET URL, when `--sign-for` asked for one: a secret, shown in `--json` only.
+    pub(crate) url: Option<String>,
 }
 
 impl Report {
@@ -116,7 +133,8 @@ impl Report {
         self.error.as_ref().map_or(code::OK, |(_, _, code)| *code)
     }
 
-    /// The JSON object for `--json`: `task_id`, `status`, `images`, `files`, `credits`, `error`
+    /// The JSON object for `--json`: `task_id`, `status`, `images`, `files` (or `objects`: each
+    /// image in a bucket, its `location`, `key` and `sha256`, and `url` once printed), `credits`, `error`
     /// (and `line`, `name`, `held`, `state`, `prompt` and, for an unknown outcome, `token`, or
     /// `settles_in_secs` while it is not yet settled, for batch lines).
     pub(crate) fn to_json(&self) -> Value {
@@ -128,6 +146,15 @@ impl Report {
             "credits": self.credits,
             "error": self.error.as_ref().map(|(kind, message, _)| json!({"kind": kind, "message": message})),
         });
+        if !self.objects.is_empty() {
+            object["objects"] = self
+                .objects
+                .iter()
+                .map(|o| {
+                    json!({"location": o.location, "key": o.key, "sha256": o.sha256, "written": o.written})
+                })
+                .collect();
+        }
         if let Some(line) = self.line {
             object["line"] = json!(line);
             object["name"] = json!(self.name);
@@ -151,11 +178,20 @@ impl Report {
     /// Prints the report: JSON on stdout, or files on stdout and the rest on stderr.
     pub(crate) fn print(&self, json_mode: bool, quiet: bool) {
         if json_mode {
-            out!("{}", self.to_json());
+            let urls: Vec<Option<&str>> = self.objects.iter().map(|o| o.url.as_deref()).collect();
+            if urls.iter().any(Option::is_some) {
+                // The signed URLs the user asked for, and nothing else, unredacted.
+                crate::say::out_json_with_urls(&self.to_json(), &urls);
+            } else {
+                out!("{}", self.to_json());
+            }
             return;
         }
         for file in &self.files {
             out!("{}", file.display());
+        }
+        for object in &self.objects {
+            out!("{}", object.location);
         }
         if quiet {
             return;
@@ -166,7 +202,7 @@ impl Report {
                 .map(|c| format!(", {c} credits"))
                 .unwrap_or_default();
             say!("task {id}: {status}{credits}");
-            if self.files.is_empty() {
+            if self.files.is_empty() && self.objects.is_empty() {
                 for image in &self.images {
                     say!("  {image}");
                 }

@@ -42,6 +42,31 @@ pub(crate) fn shown(text: &str) -> String {
     gptimage::types::redact_with(text, &secrets)
 }
 
+/// Prints a `--json` report on stdout, redacted, with the signed URLs the user asked for
+/// (`--sign-for`) set as each object's `url` after the redaction: the one place a signed URL is
+/// printed, and only on stdout, only in JSON.
+pub(crate) fn out_json_with_urls(report: &serde_json::Value, urls: &[Option<&str>]) {
+    let redacted = shown(&report.to_string());
+    let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&redacted) else {
+        #[allow(clippy::disallowed_macros)]
+        {
+            println!("{redacted}");
+        }
+        return;
+    };
+    if let Some(objects) = value.get_mut("objects").and_then(|o| o.as_array_mut()) {
+        for (object, url) in objects.iter_mut().zip(urls) {
+            if let Some(url) = url {
+                object["url"] = serde_json::Value::from(*url);
+            }
+        }
+    }
+    #[allow(clippy::disallowed_macros)]
+    {
+        println!("{value}");
+    }
+}
+
 /// Prints a line on stderr, redacted.
 macro_rules! say {
     ($($arg:tt)*) => {{

@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::*;
 use gptimage_emulator::{Config, Emulator};
@@ -277,4 +278,170 @@ fn a_batch_naming_local_files_without_a_host_stops_before_sending() {
     let host = emulator.uploads_url();
     let output = run(&mut batch(&emulator, &file, &out, &["--image-host", &host]));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
+#[test]
+fn generate_puts_its_images_in_a_bucket_and_signs_urls_only_when_asked() {
+    let s3 = S3::start("results");
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let output = run(s3
+        .credentials(&mut against(&emulator))
+        .args(["generate", "a lighthouse at dusk", "--json"])
+        .args(["--out", "s3://results/run-1"]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report = json(&output);
+    let task_id = report["task_id"].as_str().unwrap().to_owned();
+    let object = &report["objects"][0];
+    let key = format!("{task_id}-0.png");
+    assert_eq!(object["location"], format!("s3://results/run-1/{key}"));
+    assert_eq!(object["written"], true);
+    assert!(object.get("url").is_none(), "no URL unless asked: {report}");
+    assert_eq!(report["files"].as_array().map(Vec::len), Some(0));
+    assert_eq!(s3.0.keys("results", "run-1/"), [format!("run-1/{key}")]);
+    let sha256 = object["sha256"].as_str().unwrap().to_owned();
+
+    // The same task again, with a signed URL asked for: the same content is not written twice,
+    // and the URL (in --json only) fetches the image.
+    let output = run(s3
+        .credentials(&mut against(&emulator))
+        .args(["wait", &task_id, "--json", "--sign-for", "600"])
+        .args(["--out", "s3://results/run-1"]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report = json(&output);
+    let object = &report["objects"][0];
+    assert_eq!(object["written"], false, "{report}");
+    let url = object["url"].as_str().expect("a signed URL, as asked");
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    let path = url.split_once("127.0.0.1").unwrap().1;
+    let path = &path[path.find('/').unwrap()..];
+    let (status, content_type, body) = s3.0.get(path);
+    assert_eq!((status, content_type.as_str()), (200, "image/png"));
+    assert!(body.starts_with(b"\x89PNG\r\n\x1a\n"), "a whole PNG");
+    assert_eq!(
+        sha256_hex(&body),
+        sha256,
+        "the object is the image the report named"
+    );
+    assert!(
+        !stderr(&output).contains("Signature"),
+        "{}",
+        stderr(&output)
+    );
+
+    // For people: the object's location on stdout, no signature anywhere.
+    let output = run(s3
+        .credentials(&mut against(&emulator))
+        .args(["wait", &task_id, "--sign-for", "600"])
+        .args(["--out", "s3://results/run-1"]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout.trim(), format!("s3://results/run-1/{key}"));
+    assert!(!stderr(&output).contains("Signature"));
+
+    // Refused before anything is paid: --sign-for without a bucket, a scheme no store speaks,
+    // a bucket URL naming no bucket.
+    let before = emulator.counters().generate_requests;
+    let output = run(against(&emulator)
+        .args(["generate", "never sent", "--sign-for", "60", "--out"])
+        .arg(dir.path()));
+    exits_saying(&output, 2, "--sign-for signs URLs of a bucket");
+    let output = run(against(&emulator).args(["generate", "never sent", "--out", "ftp://x/y"]));
+    exits_saying(&output, 2, "ftp://");
+    let output = run(s3.credentials(&mut against(&emulator)).args([
+        "generate",
+        "never sent",
+        "--out",
+        "s3:///run",
+    ]));
+    exits_saying(&output, 2, "names no bucket");
+    assert_eq!(emulator.counters().generate_requests, before);
+    assert!(
+        !dir.path().join("s3:").exists(),
+        "a bucket URL is never taken for a local folder"
+    );
+}
+
+#[test]
+fn a_batch_to_a_bucket_stops_when_it_refuses_writes_and_a_later_run_stores_without_new_tasks() {
+    let s3 = S3::start("gallery");
+    let dir = tempfile::tempdir().unwrap();
+    // Each task takes 0.4 s: the bucket goes while lines are still to come.
+    let config = Config::instant().with_timings(Duration::ZERO, Duration::from_millis(400));
+    let emulator = Emulator::spawn(config).unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(8, "a bucket that goes away"));
+    let mut command = against(&emulator);
+    command
+        .current_dir(dir.path())
+        .args(["--request-timeout", "3", "batch"])
+        .arg(&file)
+        .args(["--out", "s3://gallery/run-7", "--concurrency", "1"]);
+    let running = Running::start(s3.credentials(&mut command));
+    wait_until("two lines' images are in the bucket", || {
+        s3.0.keys("gallery", "run-7/").len() >= 2
+    });
+    s3.0.forget_everything();
+    let (code, text) = running.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(4), "{text}");
+    assert!(
+        text.contains("the output s3://gallery/run-7 cannot be written"),
+        "the message names the bucket: {text}"
+    );
+    assert!(
+        text.contains("gptimage-state-s3-gallery-run-7"),
+        "the run said where its state is: {text}"
+    );
+    let paid = emulator.counters().tasks_created;
+    let state = format!(
+        "sqlite:{}",
+        dir.path()
+            .join("gptimage-state-s3-gallery-run-7/gptimage-batch.sqlite")
+            .display()
+    );
+    let status = batch_status(&state);
+    let done = count(&status, "done");
+    let submitted = count(&status, "submitted");
+    assert!(done >= 2, "{status}");
+    assert_eq!(submitted, 1, "the refused line keeps its task: {status}");
+    assert_eq!(
+        paid,
+        done + submitted,
+        "nothing was paid for after the refusal: {status}"
+    );
+    assert_eq!(count(&status, "pending"), 8 - paid, "{status}");
+
+    // The bucket is back (empty: moto forgot the pictures stored before the refusal too): the
+    // held line is stored without a new task, the rest are run.
+    s3.0.bucket("gallery");
+    let mut command = against(&emulator);
+    command
+        .current_dir(dir.path())
+        .args(["--request-timeout", "3", "batch"])
+        .arg(&file)
+        .args(["--out", "s3://gallery/run-7", "--concurrency", "4"]);
+    let output = run(s3.credentials(&mut command));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        emulator.counters().tasks_created,
+        8,
+        "one task per line, ever"
+    );
+    let keys = s3.0.keys("gallery", "run-7/");
+    let pictures = keys.iter().filter(|k| k.ends_with(".png")).count();
+    assert_eq!(pictures as u64, 8 - done, "{keys:?}");
+    assert!(keys.contains(&"run-7/index.html".to_owned()), "{keys:?}");
+    let (status, content_type, manifest) = s3.0.get("/gallery/run-7/results.jsonl");
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "application/x-ndjson");
+    let manifest = String::from_utf8(manifest).unwrap();
+    assert_eq!(manifest.lines().count(), 8, "{manifest}");
+    assert!(!dir.path().join("s3:").exists());
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -362,3 +362,113 @@ fn workers_blocked_behind_a_long_lock_keep_their_heartbeat_and_finish() {
     assert_eq!(count(&batch_status(&state), "done"), 6);
     assert_eq!(emulator.counters().tasks_created, 6, "one task per line");
 }
+
+#[test]
+fn three_workers_put_a_whole_batch_in_one_bucket_with_its_gallery_and_manifest() {
+    let cluster = postgres::Postgres::start();
+    let s3 = S3::start("fleet");
+    let config = Config::instant().with_timings(Duration::ZERO, Duration::from_millis(200));
+    let emulator = Emulator::spawn(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_batch(dir.path(), &numbered_lines(18, "one bucket for all"));
+    let state = cluster.create_database("fleet");
+    let workers: Vec<Child> = (0..3)
+        .map(|_| {
+            let mut command = against(&emulator);
+            command
+                .current_dir(dir.path())
+                .args(["--request-timeout", "3", "batch"])
+                .arg(&file)
+                .args(["--out", "s3://fleet/run-7", "--state", &state])
+                .args(["--concurrency", "3"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            s3.credentials(&mut command).spawn().unwrap()
+        })
+        .collect();
+    for child in workers {
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    assert_eq!(emulator.counters().tasks_created, 18, "one task per line");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("s3")),
+        "nothing was left in a local folder named after the bucket"
+    );
+
+    // Every line's image under the prefix exactly once, beside the gallery and the manifest.
+    let keys = s3.0.keys("fleet", "run-7/");
+    let mut expected: Vec<String> = (0..18).map(|i| format!("run-7/p{i}-0.png")).collect();
+    expected.extend([
+        "run-7/index.html".to_owned(),
+        "run-7/results.jsonl".to_owned(),
+    ]);
+    expected.sort();
+    assert_eq!(keys, expected);
+
+    let (_, _, manifest) = s3.0.get("/fleet/run-7/results.jsonl");
+    let manifest: Vec<serde_json::Value> = String::from_utf8(manifest)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(manifest.len(), 18);
+    for (n, line) in manifest.iter().enumerate() {
+        assert_eq!(line["line"], n as u64 + 1);
+        assert_eq!(line["state"], "done");
+        assert_eq!(line["credits"], 10);
+        assert_eq!(line["objects"][0], format!("p{n}-0.png"), "{line}");
+        assert_eq!(line["prompt"], format!("one bucket for all {n}"));
+        assert!(line["task_id"].is_string());
+    }
+
+    // The gallery, as the bucket serves it: every line's picture, whose signed link fetches
+    // that line's PNG.
+    let gallery = gallery_from(&s3, "fleet", "run-7", dir.path(), &state);
+    let sources: Vec<&str> = gallery
+        .split("<img src=\"")
+        .skip(1)
+        .map(|rest| rest.split_once('"').unwrap().0)
+        .collect();
+    assert_eq!(sources.len(), 18, "{gallery}");
+    for n in 0..18 {
+        let caption = format!("line {}: one bucket for all {n}", n + 1);
+        assert!(gallery.contains(&caption), "{caption}");
+    }
+    for source in sources {
+        let source = source.replace("&amp;", "&");
+        assert!(source.contains("X-Amz-Signature="), "{source}");
+        let path = source.split_once("127.0.0.1").unwrap().1;
+        let (status, content_type, body) = s3.0.get(&path[path.find('/').unwrap()..]);
+        assert_eq!(
+            (status, content_type.as_str()),
+            (200, "image/png"),
+            "{source}"
+        );
+        assert!(body.starts_with(b"\x89PNG"));
+    }
+}
+
+/// `batch-status --write-index` writes the gallery again; the page as its signed link serves it.
+fn gallery_from(s3: &S3, bucket: &str, prefix: &str, dir: &std::path::Path, state: &str) -> String {
+    let mut command = gptimage();
+    command
+        .current_dir(dir)
+        .args(["batch-status", "--write-index", "--state", state])
+        .args(["--out", &format!("s3://{bucket}/{prefix}")]);
+    let output = run(s3.credentials(&mut command));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!("wrote s3://{bucket}/{prefix}/index.html")),
+        "{}",
+        stderr(&output)
+    );
+    let (status, content_type, page) = s3.0.get(&format!("/{bucket}/{prefix}/index.html"));
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    String::from_utf8(page).unwrap()
+}

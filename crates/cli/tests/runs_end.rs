@@ -317,10 +317,7 @@ fn an_output_folder_that_cannot_be_written_stops_the_run_and_a_rerun_downloads()
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(4), "{text}");
     assert!(
-        text.contains(&format!(
-            "the output folder {} cannot be written",
-            out.display()
-        )),
+        text.contains(&format!("the output {} cannot be written", out.display())),
         "{text}"
     );
     assert_eq!(

@@ -446,6 +446,7 @@ impl Error {
 
     /// An image fetched whole that a results store refused or could not be reached for (a
     /// bucket missing, without permission, over its quota).
+    #[cfg(feature = "object-store")]
     pub(crate) fn stored_nowhere(what: impl Into<String>, source: Source) -> Self {
         Self::new(Repr::Download {
             what: what.into(),
@@ -472,6 +473,7 @@ impl Error {
     }
 
     /// The callback token of a lost submission, if it had one of the client's.
+    #[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
     pub(crate) fn lost(&self) -> Option<&crate::webhook::Lost> {
         self.inner.lost.as_ref()
     }

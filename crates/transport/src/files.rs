@@ -41,6 +41,24 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
     sync_folder(dir)
 }
 
+/// Copies the file `from` to `path` as [`write_atomically`] writes: whole or not at all.
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
+pub(crate) fn copy_atomically(from: &Path, path: &Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut temporary = tempfile::Builder::new()
+        .prefix(".gptimage-")
+        .suffix(".part")
+        .tempfile_in(dir)?;
+    std::io::copy(&mut std::fs::File::open(from)?, temporary.as_file_mut())?;
+    publish_mode(temporary.as_file())?;
+    temporary.as_file().sync_all()?;
+    temporary.persist(path).map_err(|e| e.error)?;
+    sync_folder(dir)
+}
+
 /// Makes a rename in `dir` durable: until the folder itself is synced, a power cut can lose the
 /// new name even though the file's bytes reached the disk. (Windows has no such step.)
 fn sync_folder(dir: &Path) -> std::io::Result<()> {

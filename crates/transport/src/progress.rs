@@ -62,6 +62,7 @@ pub enum Submission<'a> {
 pub(crate) type SubmissionSink = Arc<dyn Fn(&Submission<'_>) + Send + Sync>;
 
 /// Tells the sink and the log what became of a submission.
+#[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
 pub(crate) fn report(sink: Option<&SubmissionSink>, outcome: &Submission<'_>) {
     #[cfg(feature = "tracing")]
     match outcome {

@@ -135,6 +135,7 @@ impl Lost {
     }
 
     /// The candidates named so far, from the `seen`th on.
+    #[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
     pub(crate) fn candidates(&self, seen: usize) -> Vec<String> {
         let registry = self.receiver.registry();
         registry
@@ -179,6 +180,7 @@ impl Lost {
     }
 
     /// The task is confirmed: the token is bound to it, so its wait listens to the callbacks.
+    #[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
     pub(crate) fn found(&self, task_id: &str) {
         let mut registry = self.receiver.registry();
         if let Some(entry) = registry.by_selector.get_mut(&self.selector) {
@@ -198,6 +200,7 @@ impl Lost {
 
     /// No task was confirmed in time: the token stays genuine (a late callback is answered
     /// 200), but nothing waits for it any more.
+    #[cfg_attr(not(any(feature = "async", feature = "blocking")), allow(dead_code))]
     pub(crate) fn give_up(&self) {
         let mut registry = self.receiver.registry();
         if let Some(entry) = registry.by_selector.get_mut(&self.selector)

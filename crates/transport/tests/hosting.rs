@@ -318,7 +318,7 @@ fn results_land_in_a_bucket_once_and_a_signed_url_feeds_the_next_task() {
     assert_eq!(listed(&moto), first);
     // A signed URL of the result is the input of the next task: no local disk between.
     let url = rt
-        .block_on(bucket.signed_url(&stored[0], Duration::from_secs(600)))
+        .block_on(bucket.signed_url(&stored[0].key, Duration::from_secs(600)))
         .unwrap();
     assert!(url.expose().contains("X-Amz-Signature="));
     assert!(!url.to_string().contains("Signature"), "never shown whole");
@@ -340,4 +340,49 @@ fn results_land_in_a_bucket_once_and_a_signed_url_feeds_the_next_task() {
         "{error}"
     );
     assert_eq!(error.task_id(), Some(task.task_id.as_str()));
+}
+
+#[test]
+fn a_large_file_goes_to_a_bucket_in_parts_whole_and_once() {
+    use gptimage_transport::hosting::{ObjectStoreResults, ResultStore};
+    let moto = Moto::start();
+    moto.bucket("galleries");
+    let rt = runtime();
+    let emulator = Emulator::spawn(Config::instant()).unwrap();
+    let client = client(&emulator);
+    let settings = s3_settings(&moto);
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let bucket =
+        ObjectStoreResults::from_url_with("s3://galleries/run-1", &settings, client.config())
+            .unwrap();
+    // 19 MiB of a page: three parts of 8 MiB at most.
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("index.html");
+    let line = "<figure>a picture and its prompt</figure>\n";
+    let text = line.repeat(19 * 1024 * 1024 / line.len());
+    std::fs::write(&page, &text).unwrap();
+    let stored = rt
+        .block_on(bucket.put_file("index.html", &page, "html"))
+        .unwrap();
+    assert!(stored.written);
+    assert_eq!(stored.location, "s3://galleries/run-1/index.html");
+    let (status, body) = moto.request("GET", "/galleries/run-1/index.html");
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), text.len(), "the object is whole");
+    assert!(body == text, "and the same bytes");
+    let again = rt
+        .block_on(bucket.put_file("index.html", &page, "html"))
+        .unwrap();
+    assert!(!again.written, "the same content is not uploaded twice");
+    // A file that cannot be read: an error naming it, and nothing under the name.
+    let error = rt
+        .block_on(bucket.put_file("gone.html", &dir.path().join("gone.html"), "html"))
+        .unwrap_err();
+    assert!(error.to_string().contains("gone.html"), "{error}");
+    assert!(
+        !moto
+            .request("GET", "/galleries?list-type=2")
+            .1
+            .contains("gone.html")
+    );
 }

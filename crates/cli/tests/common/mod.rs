@@ -178,7 +178,7 @@ pub fn free_port() -> u16 {
 }
 
 /// moto's S3-compatible server (the transport tests' harness) with one bucket.
-pub struct S3(moto::Moto);
+pub struct S3(pub moto::Moto);
 
 impl S3 {
     pub fn start(bucket: &str) -> Self {

@@ -176,6 +176,7 @@ impl<'a, T> CallMachine<'a, T> {
     /// send no attempt after `send_by`: an attempt that would start later ends the call
     /// `NotSent`. A 429 ends it too (no task was made; the pacer slows every submission), so
     /// that a caller who recorded the submission before it decides when to send it again.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
     pub(crate) fn fenced(mut self, send_by: Instant) -> Self {
         self.booked = true;
         self.send_by = Some(send_by);
@@ -342,12 +343,14 @@ impl<T> Machine for CallMachine<'_, T> {
 /// A turn of the client's pacer for one submission, taken before the submission is recorded
 /// and sent (see [`CallMachine::fenced`]): it sleeps until the pacer gives one, or ends
 /// `NotSent` if none comes within the wait timeout. It sends nothing.
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
 pub(crate) struct TurnMachine<'a> {
     pacer: &'a Mutex<Pacer>,
     wait_timeout: Duration,
     patience: Option<Instant>,
 }
 
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
 impl<'a> TurnMachine<'a> {
     pub(crate) fn new(config: &Config, pacer: &'a Mutex<Pacer>) -> Self {
         Self {

@@ -13,7 +13,9 @@ pub(crate) mod pace;
 pub(crate) mod request;
 pub(crate) mod schedule;
 
-pub(crate) use machine::{CallMachine, DownloadMachine, Machine, Next, TurnMachine, WaitMachine};
+#[cfg(feature = "async")]
+pub(crate) use machine::TurnMachine;
+pub(crate) use machine::{CallMachine, DownloadMachine, Machine, Next, WaitMachine};
 
 use std::time::{Duration, Instant};
 

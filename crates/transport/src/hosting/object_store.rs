@@ -2,6 +2,7 @@
 //! Cloud Storage or Azure Blob, handed to the service as signed GET URLs (feature
 //! `object-store`, on the `object_store` crate, through this crate's own HTTP stack and TLS).
 
+use std::path::Path;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -96,6 +97,21 @@ impl ObjectStoreHost {
     }
 }
 
+/// How a store's requests are retried: object_store's default retries a store that does not
+/// answer for three minutes; a bucket that is gone or stopped is reported within seconds, so
+/// a batch worker stops before it pays for more.
+fn retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(15),
+    }
+}
+
 impl Bucket {
     /// The bucket `url` names, for `what` (its name in messages).
     fn open(url: &str, settings: &[(&str, &str)], config: &Config, what: &str) -> Result<Self> {
@@ -139,6 +155,7 @@ impl Bucket {
                 )?;
                 let mut builder = AmazonS3Builder::from_env()
                     .with_url(url)
+                    .with_retry(retry())
                     .with_http_connector(Stack(client));
                 for (key, value) in settings {
                     let key = key.to_ascii_lowercase().parse().map_err(|_| setting(key))?;
@@ -160,6 +177,7 @@ impl Bucket {
                 )?;
                 let mut builder = GoogleCloudStorageBuilder::from_env()
                     .with_url(url)
+                    .with_retry(retry())
                     .with_http_connector(Stack(client));
                 for (key, value) in settings {
                     let key = key.to_ascii_lowercase().parse().map_err(|_| setting(key))?;
@@ -180,6 +198,7 @@ impl Bucket {
                 )?;
                 let mut builder = MicrosoftAzureBuilder::from_env()
                     .with_url(url)
+                    .with_retry(retry())
                     .with_http_connector(Stack(client));
                 for (key, value) in settings {
                     let key = key.to_ascii_lowercase().parse().map_err(|_| setting(key))?;
@@ -320,6 +339,9 @@ impl ObjectStoreResults {
 
 /// The metadata name under which an object's SHA-256 is kept.
 const SHA256: &str = "sha256";
+/// The size of each part of a file's upload: S3's smallest but the last is 5 MiB. At most two
+/// parts are in flight, so a file of any size takes about 24 MiB to upload.
+const PART: usize = 8 * 1024 * 1024;
 
 #[async_trait::async_trait]
 impl ResultStore for ObjectStoreResults {
@@ -386,17 +408,122 @@ impl ResultStore for ObjectStoreResults {
         })
     }
 
-    async fn signed_url(&self, stored: &Stored, valid_for: Duration) -> Result<HostedUrl> {
+    async fn put_file(&self, key: &str, file: &Path, extension: &str) -> Result<Stored> {
+        use object_store::{
+            Attribute, AttributeValue, Attributes, GetOptions, PutMultipartOptions, WriteMultipart,
+        };
         let bucket = &self.bucket;
-        let path = bucket.prefix.clone().join(stored.key.as_str());
+        let path = bucket.prefix.clone().join(key);
+        let location = format!("{}/{key}", bucket.shown.trim_end_matches('/'));
+        let unread = |e| Error::write(format!("could not read {}", file.display()), e);
+        let sha256 = {
+            let file = file.to_path_buf();
+            tokio::task::spawn_blocking(move || super::results::file_sha256_hex(&file))
+                .await
+                .map_err(|e| Error::download("the reading thread failed", Some(Box::new(e))))?
+                .map_err(unread)?
+        };
+        let failed = |what: &str, e: object_store::Error| {
+            Error::stored_nowhere(
+                format!(
+                    "{location} could not be {what} the results store {}",
+                    bucket.shown
+                ),
+                Box::new(e),
+            )
+        };
+        let head = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        let stored = |written| Stored {
+            key: key.to_owned(),
+            location: location.clone(),
+            sha256: sha256.clone(),
+            written,
+        };
+        match bucket.store().get_opts(&path, head).await {
+            Ok(there)
+                if there
+                    .attributes
+                    .get(&Attribute::Metadata(SHA256.into()))
+                    .is_some_and(|v| v.as_ref() == sha256) =>
+            {
+                return Ok(stored(false));
+            }
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(failed("looked up in", e)),
+        }
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            Attribute::ContentType,
+            AttributeValue::from(content_type(extension)),
+        );
+        attributes.insert(
+            Attribute::Metadata(SHA256.into()),
+            AttributeValue::from(sha256.clone()),
+        );
+        // A multipart upload: its parts are invisible until it completes, and one that fails is
+        // aborted, so no half-written object ever carries the name.
+        let options = PutMultipartOptions {
+            attributes,
+            ..PutMultipartOptions::default()
+        };
+        let upload = bucket
+            .store()
+            .put_multipart_opts(&path, options)
+            .await
+            .map_err(|e| failed("written to", e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+        let copied: Result<()> = async {
+            let mut reader = Some((
+                std::fs::File::open(file).map_err(unread)?,
+                vec![0u8; 1024 * 1024],
+            ));
+            loop {
+                writer
+                    .wait_for_capacity(2)
+                    .await
+                    .map_err(|e| failed("written to", e))?;
+                let (mut from, mut buffer) = reader.take().expect("put back each round");
+                let (read, from, buffer) = tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    (from.read(&mut buffer), from, buffer)
+                })
+                .await
+                .map_err(|e| Error::download("the reading thread failed", Some(Box::new(e))))?;
+                match read.map_err(unread)? {
+                    0 => return Ok(()),
+                    n => writer.write(&buffer[..n]),
+                }
+                reader = Some((from, buffer));
+            }
+        }
+        .await;
+        match copied {
+            Ok(()) => {
+                writer.finish().await.map_err(|e| failed("written to", e))?;
+                Ok(stored(true))
+            }
+            Err(error) => {
+                let _ = writer.abort().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn signed_url(&self, key: &str, valid_for: Duration) -> Result<HostedUrl> {
+        let bucket = &self.bucket;
+        let path = bucket.prefix.clone().join(key);
         let url = bucket
             .signer()
             .signed_url(http::Method::GET, &path, valid_for.min(MAX_VALIDITY))
             .await
             .map_err(|e| {
                 Error::config(format!(
-                    "{} could not be signed in the results store {}: {e}",
-                    stored.location, bucket.shown
+                    "{}/{key} could not be signed in the results store {}: {e}",
+                    bucket.shown.trim_end_matches('/'),
+                    bucket.shown
                 ))
             })?;
         Ok(HostedUrl(url.into()))

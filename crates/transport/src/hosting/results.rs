@@ -43,15 +43,20 @@ pub trait ResultStore: Send + Sync {
     /// written again if the same content is there.
     async fn put(&self, key: &str, bytes: &[u8], extension: &str) -> Result<Stored>;
 
-    /// A URL that fetches `stored` for at least `valid_for` (signed for a bucket). A folder has
-    /// none.
-    async fn signed_url(&self, stored: &Stored, valid_for: Duration) -> Result<HostedUrl>;
+    /// Keeps the file at `file` as `key`, as [`put`](Self::put) does, reading it a piece at a
+    /// time: a batch's gallery or manifest of a million lines is never held in memory whole.
+    async fn put_file(&self, key: &str, file: &Path, extension: &str) -> Result<Stored>;
+
+    /// A URL that fetches the object `key` ([`Stored::key`]) for at least `valid_for` (signed,
+    /// for a bucket; at most a week). A folder has none.
+    async fn signed_url(&self, key: &str, valid_for: Duration) -> Result<HostedUrl>;
 
     /// What the store is, for messages: a folder's path, a bucket's URL.
     fn describe(&self) -> String;
 }
 
 /// The content type of an image by its extension.
+#[cfg_attr(not(feature = "object-store"), allow(dead_code))]
 pub(crate) fn content_type(extension: &str) -> &'static str {
     match extension {
         "png" => "image/png",
@@ -66,7 +71,24 @@ pub(crate) fn content_type(extension: &str) -> &'static str {
 
 /// The hex SHA-256 of `bytes`.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
+    hex(&Sha256::digest(bytes))
+}
+
+/// The hex SHA-256 of the file at `path`, read a piece at a time.
+pub(crate) fn file_sha256_hex(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buffer)? {
+            0 => return Ok(hex(&hasher.finalize())),
+            n => hasher.update(&buffer[..n]),
+        }
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -116,11 +138,37 @@ impl ResultStore for FolderResults {
             .map_err(|e| Error::download("the writing thread failed", Some(Box::new(e))))?
     }
 
-    async fn signed_url(&self, stored: &Stored, _: Duration) -> Result<HostedUrl> {
+    async fn put_file(&self, key: &str, file: &Path, _extension: &str) -> Result<Stored> {
+        let (dir, key, file) = (self.dir.clone(), key.to_owned(), file.to_path_buf());
+        let run = move || {
+            let unread = |e| Error::write(format!("could not read {}", file.display()), e);
+            let sha256 = file_sha256_hex(&file).map_err(unread)?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                Error::write(format!("could not create the folder {}", dir.display()), e)
+            })?;
+            let path = dir.join(&key);
+            let same = file_sha256_hex(&path).is_ok_and(|there| there == sha256);
+            if !same {
+                crate::files::copy_atomically(&file, &path)
+                    .map_err(|e| Error::write(format!("could not write {}", path.display()), e))?;
+            }
+            Ok(Stored {
+                location: path.display().to_string(),
+                key,
+                sha256,
+                written: !same,
+            })
+        };
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|e| Error::download("the writing thread failed", Some(Box::new(e))))?
+    }
+
+    async fn signed_url(&self, key: &str, _: Duration) -> Result<HostedUrl> {
         Err(Error::config(format!(
             "{} is a file of this machine: a folder gives no URL (keep results in a bucket for \
              that)",
-            stored.location
+            self.dir.join(key).display()
         )))
     }
 

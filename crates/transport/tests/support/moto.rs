@@ -74,6 +74,54 @@ impl Moto {
         (status, body)
     }
 
+    /// One plain GET of `path_and_query` (a signed URL's, say): its status, content type and
+    /// body, bytes as they came.
+    pub fn get(&self, path_and_query: &str) -> (u16, String, Vec<u8>) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let head = format!(
+            "GET {path_and_query} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\nconnection: close\r\n\r\n",
+            self.port
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        let split = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP answer");
+        let head = String::from_utf8_lossy(&answer[..split]).to_string();
+        let status = head[9..12].parse().unwrap();
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-type")
+                    .then(|| value.trim().to_owned())
+            })
+            .unwrap_or_default();
+        (status, content_type, answer[split + 4..].to_vec())
+    }
+
+    /// The keys in `bucket` under `prefix`, sorted (at most 1,000).
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let (status, body) = self.request("GET", &format!("/{bucket}?list-type=2&prefix={prefix}"));
+        assert_eq!(status, 200, "{body}");
+        let mut keys: Vec<String> = body
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|part| part.split_once("</Key>").map(|(key, _)| key.to_owned()))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Forgets every bucket and object (moto's reset): writes to any bucket fail from then on
+    /// (`NoSuchBucket`) until it is made again.
+    pub fn forget_everything(&self) {
+        let (status, body) = self.request("POST", "/moto-api/reset");
+        assert_eq!(status, 200, "moto resets: {body}");
+    }
+
     /// Makes a bucket.
     pub fn bucket(&self, name: &str) {
         let (status, body) = self.request("PUT", &format!("/{name}"));
