@@ -200,6 +200,56 @@ pub fn check_command_prints_through_redaction(root: &Path) -> Vec<String> {
     violations
 }
 
+/// What shows that a test measures its whole process (its memory).
+const PROCESS_MEASURES: [&str; 4] = ["resident()", "/proc/self/status", "VmRSS", "VmHWM"];
+
+/// Every test that measures its whole process runs in a process of its own
+/// (`in_own_process`): under plain `cargo test`, the other tests of its binary share its
+/// process, and its memory with them. A test is the text from its `#[test]` to the next.
+pub fn check_process_measures_run_alone(root: &Path) -> Vec<String> {
+    let mut violations = Vec::new();
+    let Ok(crates) = fs::read_dir(root.join("crates")) else {
+        return violations;
+    };
+    let folders: Vec<PathBuf> = crates
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("tests"))
+        .collect();
+    for path in folders.iter().flat_map(|f| rust_files(f)) {
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        // The line of each `#[test]`.
+        let mut line = text
+            .split("#[test]")
+            .next()
+            .unwrap_or("")
+            .matches('\n')
+            .count()
+            + 1;
+        for test in text.split("#[test]").skip(1) {
+            let name = test
+                .split("fn ")
+                .nth(1)
+                .and_then(|rest| rest.split('(').next())
+                .unwrap_or("?")
+                .trim()
+                .to_owned();
+            let measures = PROCESS_MEASURES.iter().any(|m| test.contains(m));
+            let compact: String = test.chars().filter(|c| !c.is_whitespace()).collect();
+            if measures && !compact.contains(&format!("in_own_process(\"{name}\"")) {
+                violations.push(format!(
+                    "{}:{}: the test {name} measures its whole process, so it must run in a \
+                     process of its own: begin it with `if !in_own_process(\"{name}\") {{ \
+                     return; }}` (plain `cargo test` runs a binary's tests in one process)",
+                    relative(root, &path),
+                    line
+                ));
+            }
+            line += test.matches('\n').count();
+        }
+    }
+    violations
+}
+
 /// What a crate may and may not depend on (normal dependencies, transitively).
 pub struct DependencyRule {
     /// The package the rule is about.
@@ -535,6 +585,8 @@ pub fn facade_feature_sets() -> Vec<Vec<String>> {
             .map(|(features, _)| features)
             .filter(light),
     )
+    // The default build is linted below as it is: a set equal to it would only repeat it.
+    .filter(|features| **features != "async,rustls")
     .map(|features| {
         let mut args = vec!["--no-default-features".to_owned()];
         if !features.is_empty() {
@@ -836,6 +888,7 @@ pub fn check_all(root: &Path) -> Vec<String> {
     violations.extend(check_tls_builds(root));
     violations.extend(check_optional_parts(root));
     violations.extend(check_release_profile(root));
+    violations.extend(check_process_measures_run_alone(root));
     match Graph::load(root) {
         Ok(graph) => violations.extend(check_dependencies(&graph)),
         Err(e) => violations.push(e),

@@ -83,59 +83,115 @@ fn ci() -> Result<(), String> {
     let features = features.join(",");
     let mut steps = Steps::default();
     steps.cargo("format", &["fmt", "--all", "--check"], &[])?;
-    steps.cargo(
-        "build the tests",
-        &["test", "--workspace", "--no-run", "--features", &features],
-        &[],
-    )?;
-    // The checks compile in check mode, which shares nothing with the builds the tests run on,
-    // and most of the time the tests run, they wait on servers and timers, not on the CPU. So
-    // the checks run beside them, in a target folder of their own and at the lowest priority
+    let nextest = nextest_installed();
+    // With cargo-nextest (on every machine CI runs on), the build of the tests also writes the
+    // list of its test binaries: the tests then run from that list without asking cargo for
+    // anything, so the builds beside them never wait for cargo's lock, nor the tests for theirs.
+    let built = steps.target_dir().join("nextest");
+    if nextest {
+        std::fs::create_dir_all(&built).map_err(|e| format!("{}: {e}", built.display()))?;
+        steps.cargo_to_file(
+            "build the tests",
+            &[
+                "nextest",
+                "list",
+                "--workspace",
+                "--features",
+                &features,
+                "--list-type",
+                "binaries-only",
+                "--message-format",
+                "json",
+            ],
+            &built.join("binaries.json"),
+        )?;
+        steps.cargo_to_file(
+            "the workspace's metadata",
+            &["metadata", "--format-version", "1"],
+            &built.join("cargo-metadata.json"),
+        )?;
+    } else {
+        steps.cargo(
+            "build the tests",
+            &["test", "--workspace", "--no-run", "--features", &features],
+            &[],
+        )?;
+    }
+    // Most of the time the tests run, they wait on servers and timers, not on the CPU. So what
+    // is checked rather than run (the lints, the docs, each build of the facade, the packages),
+    // and the builds of their own that some tests need, run beside them, at the lowest priority
     // (`nice 19`): they take the CPU the tests leave, and the tests run as on an idle machine.
-    let background = {
+    // The checks compile in check mode, which shares nothing with the test builds: a target
+    // folder of their own. The other builds share the tests' folder (and cargo's lock on it).
+    let checks = {
         let features = features.clone();
+        let folder = steps.target_dir().join("checks");
         std::thread::spawn(move || {
-            let mut steps = Steps::beside_the_tests(xtask::workspace_root().join("target/checks"));
+            let mut steps = Steps::beside_the_tests(folder);
             let checked = checks(&mut steps, &features, &metadata);
             (steps, checked)
         })
     };
-    let tested = tests(&mut steps, &root, &features);
-    let (checks, checked) = background.join().unwrap_or_else(|_| {
-        (
-            Steps::default(),
-            Err("the checks' thread panicked".to_owned()),
+    let builds = {
+        let features = features.clone();
+        let folder = steps.target_dir();
+        std::thread::spawn(move || {
+            let mut steps = Steps::beside_the_tests(folder);
+            let built = builds(&mut steps, &features, nextest);
+            (steps, built)
+        })
+    };
+    let tested = if nextest {
+        let (binaries, cargo_metadata) = (
+            built.join("binaries.json"),
+            built.join("cargo-metadata.json"),
+        );
+        steps.cargo(
+            "tests",
+            &[
+                "nextest",
+                "run",
+                "--binaries-metadata",
+                path_str(&binaries)?,
+                "--cargo-metadata",
+                path_str(&cargo_metadata)?,
+            ],
+            &[],
         )
-    });
-    steps.timings.extend(checks.timings);
+    } else {
+        steps.cargo(
+            "tests",
+            &["test", "--workspace", "--features", &features],
+            &[],
+        )
+    };
+    let mut outcome = tested;
+    for side in [checks, builds] {
+        let (side_steps, result) = side.join().unwrap_or_else(|_| {
+            (
+                Steps::default(),
+                Err("a thread of steps beside the tests panicked".to_owned()),
+            )
+        });
+        steps.timings.extend(side_steps.timings);
+        outcome = outcome.and(result);
+    }
     steps.report();
-    tested?;
-    checked?;
+    eprintln!("ci: the whole run took {:.0?}", started.elapsed());
+    outcome?;
     eprintln!("ci: all green in {:.0?}", started.elapsed());
     Ok(())
 }
 
-/// The tests, on the build `ci` made first, and the builds of their own that some need.
-fn tests(steps: &mut Steps, root: &std::path::Path, features: &str) -> Result<(), String> {
-    // The tidy checks run here too, as xtask's own tests. With cargo-nextest (on every machine
-    // CI runs on) the test binaries run side by side, two tests at a time as before, and a test
-    // that hangs is ended (.config/nextest.toml); the doctests, which nextest does not run,
-    // follow. Without it, cargo's own runner does both.
-    if nextest_installed() {
-        steps.cargo(
-            "tests",
-            &["nextest", "run", "--workspace", "--features", features],
-            &[],
-        )?;
+/// The builds of their own that some tests need, one after another beside the tests: the
+/// doctests (which nextest does not run), the README's main job in the default build, and
+/// the transport's tests that only a build with other features can run.
+fn builds(steps: &mut Steps, features: &str, nextest: bool) -> Result<(), String> {
+    let root = xtask::workspace_root();
+    if nextest {
         steps.cargo(
             "doctests",
             &["test", "--doc", "--workspace", "--features", features],
-            &[],
-        )?;
-    } else {
-        steps.cargo(
-            "tests",
-            &["test", "--workspace", "--features", features],
             &[],
         )?;
     }
@@ -378,6 +434,16 @@ impl Steps {
     /// default linker for these test binaries. Every step shares the workspace's target
     /// folder, `cargo package`'s verification builds included.
     fn cargo(&mut self, step: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+        self.run(step, args, env, None)
+    }
+
+    fn run(
+        &mut self,
+        step: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdout: Option<std::fs::File>,
+    ) -> Result<(), String> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let who = if self.beside.is_some() {
             "ci (beside the tests)"
@@ -406,6 +472,9 @@ impl Steps {
                 command.env("RUSTFLAGS", "-C link-arg=-fuse-ld=lld");
             }
         }
+        if let Some(file) = stdout {
+            command.stdout(file);
+        }
         let status = command
             .status()
             .map_err(|e| format!("{step}: could not run cargo: {e}"))?;
@@ -417,6 +486,17 @@ impl Steps {
         } else {
             Err(format!("{step} failed"))
         }
+    }
+
+    /// Runs one cargo step as [`cargo`](Self::cargo) does, its standard output into `file`.
+    fn cargo_to_file(
+        &mut self,
+        step: &str,
+        args: &[&str],
+        file: &std::path::Path,
+    ) -> Result<(), String> {
+        let output = std::fs::File::create(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        self.run(step, args, &[], Some(output))
     }
 
     /// What each step cost, longest first.

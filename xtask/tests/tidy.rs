@@ -277,3 +277,26 @@ fn printing_around_the_redaction_is_reported() {
     let here = xtask::check_command_prints_through_redaction(&xtask::workspace_root());
     assert!(here.is_empty(), "{here:?}");
 }
+
+#[test]
+fn a_test_measuring_its_process_outside_a_process_of_its_own_is_reported() {
+    let dir = std::env::temp_dir().join(format!("xtask-resident-{}", std::process::id()));
+    let root = dir.as_path();
+    let tests = root.join("crates/transport/tests");
+    fs::create_dir_all(&tests).unwrap();
+    fs::write(
+        tests.join("memory.rs"),
+        "//! Memory.\n#[test]\nfn alone() {\n    if !in_own_process(\n        \"alone\",\n    ) {\n        return;\n    }\n    let _ = resident();\n}\n\n#[test]\nfn shared() {\n    let _ = resident();\n}\n\n#[test]\nfn elsewhere() {\n    if !in_own_process(\"another\") {\n        return;\n    }\n    let _ = std::fs::read_to_string(\"/proc/self/status\");\n}\n\n#[test]\nfn measures_nothing() {}\n",
+    )
+    .unwrap();
+    let violations = xtask::check_process_measures_run_alone(root);
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(violations.len(), 2, "{violations:?}");
+    assert!(
+        violations[0].contains("memory.rs:12:") && violations[0].contains("shared"),
+        "{violations:?}"
+    );
+    assert!(violations[1].contains("elsewhere"), "{violations:?}");
+    let here = xtask::check_process_measures_run_alone(&xtask::workspace_root());
+    assert!(here.is_empty(), "{here:?}");
+}

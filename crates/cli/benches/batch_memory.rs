@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use gptimage_emulator::{Config, Emulator};
 
+#[path = "../../transport/tests/support/moto.rs"]
+mod moto;
+
 const SIZES: [u64; 3] = [1_000, 200_000, 1_000_000];
 const CONCURRENCY: &str = "64";
 const MAX_DONE: u64 = 2_000;
@@ -44,7 +47,58 @@ fn main() {
             peak_kb as f64 * 1024.0 / lines as f64
         );
     }
+    bucket_vs_folder(&emulator, dir.path(), seconds);
     failures(&emulator, dir.path());
+}
+
+/// Lines of the batch run into a bucket and into a folder.
+const BUCKET_LINES: u64 = 100_000;
+
+/// The same 100,000-line batch into a bucket (moto's S3 server) and into a local folder,
+/// interleaved (folder, bucket, folder, bucket), each a fresh state: the peak resident set of
+/// each, and the median ratio of bucket to folder.
+fn bucket_vs_folder(emulator: &Emulator, dir: &Path, seconds: f64) {
+    let s3 = moto::Moto::start();
+    s3.bucket("bench");
+    let file = dir.join("bucket.jsonl");
+    write_file(&file, BUCKET_LINES);
+    let credentials = [
+        ("AWS_ACCESS_KEY_ID", "bench-key".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "bench-secret".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ENDPOINT", s3.endpoint()),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+    ];
+    println!();
+    println!("{BUCKET_LINES} lines, into a folder and into a bucket (interleaved)");
+    println!("  round  into    lines settled  seconds  peak RSS MB");
+    let mut ratios = Vec::new();
+    for round in 0..2 {
+        let mut peaks = [0u64; 2];
+        for (i, into) in ["folder", "bucket"].into_iter().enumerate() {
+            let out = match into {
+                "folder" => dir.join(format!("folder-{round}")),
+                _ => std::path::PathBuf::from(format!("s3://bench/run-{round}")),
+            };
+            let state = dir.join(format!("state-{into}-{round}"));
+            let before = emulator.counters().tasks_succeeded;
+            let (settled, elapsed, peak_kb) =
+                run_with(emulator, &file, &out, &state, &credentials, seconds, before);
+            peaks[i] = peak_kb;
+            println!(
+                "  {round:>5}  {into:<6}  {settled:>13}  {:>7.1}  {:>11.1}",
+                elapsed.as_secs_f64(),
+                peak_kb as f64 / 1024.0
+            );
+        }
+        ratios.push(peaks[1] as f64 / peaks[0].max(1) as f64);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "  bucket / folder peak RSS, median of {} rounds: {:.2}",
+        ratios.len(),
+        ratios[ratios.len() / 2]
+    );
 }
 
 /// A batch of `FAILED` lines, all invalid (their prompt is blank), whose state records each
@@ -164,15 +218,31 @@ fn run(
     seconds: f64,
     before: u64,
 ) -> (u64, Duration, u64) {
+    run_with(emulator, file, out, out, &[], seconds, before)
+}
+
+/// [`run`], its state in the folder `state` and `env` in its environment.
+fn run_with(
+    emulator: &Emulator,
+    file: &Path,
+    out: &Path,
+    state: &Path,
+    env: &[(&str, String)],
+    seconds: f64,
+    before: u64,
+) -> (u64, Duration, u64) {
     let started = Instant::now();
+    std::fs::create_dir_all(state).expect("the state's folder");
+    let state = format!("sqlite:{}", state.join("gptimage-batch.sqlite").display());
     let mut child = Command::new(env!("CARGO_BIN_EXE_gptimage"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("GPTIMAGE_API_KEY", emulator.api_key())
         .env("GPTIMAGE_BASE_URL", emulator.base_url())
         .args(["--poll-interval", "0.1", "--quiet", "batch", "--json"])
         .arg(file)
         .arg("--out")
         .arg(out)
-        .args(["--concurrency", CONCURRENCY])
+        .args(["--concurrency", CONCURRENCY, "--state", &state])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -11,7 +11,7 @@ use gptimage_batch::{
 use serde_json::json;
 
 use crate::cli::{Batch as BatchArgs, BatchStatus};
-use crate::commands::{Context, Destination, bucket_scheme};
+use crate::commands::{Context, Destination, Out};
 use crate::progress;
 use crate::report::{Report, code};
 
@@ -25,7 +25,15 @@ const TOKENS_LISTED: u64 = 100;
 pub(crate) async fn run(context: &Context, args: &BatchArgs) -> u8 {
     let out = &args.output.out;
     // A bucket is opened (and a bad URL refused) before anything else.
-    let destination = match crate::commands::destination(context, &args.output) {
+    if args.output.sign_for.is_some() {
+        say!(
+            "error: --sign-for is for generate and wait; a batch's gallery (index.html in the \
+             bucket) links its pictures through URLs signed for a week, and \
+             `gptimage batch-status --write-index` signs them afresh"
+        );
+        return code::USAGE;
+    }
+    let destination = match crate::commands::destination(context, &args.output).await {
         Ok(destination) => destination,
         Err((message, exit)) => {
             say!("error: {message}");
@@ -230,9 +238,8 @@ fn exit_code(progress: &Progress, reasons: &[Reason]) -> u8 {
 
 /// `batch-status --write-index`: the gallery and the manifest written again into `out`.
 async fn write_index_again(store: &Store, out: &Path) -> u8 {
-    let text = out.to_string_lossy();
-    let written = match bucket_scheme(&text) {
-        Some(scheme) if scheme != "file" => {
+    let written = match Out::of(out) {
+        Out::Bucket(url) => {
             // The bucket is reached through the HTTP stack a client would use; no request goes
             // to the API, so no key is needed.
             let config = match gptimage::Client::builder().api_key("sk-unused").build() {
@@ -242,7 +249,7 @@ async fn write_index_again(store: &Store, out: &Path) -> u8 {
                     return code::USAGE;
                 }
             };
-            let bucket = match gptimage::hosting::ObjectStoreResults::from_url(&text, &config) {
+            let bucket = match gptimage::hosting::ObjectStoreResults::from_url(&url, &config) {
                 Ok(bucket) => bucket,
                 Err(error) => {
                     say!("error: {}", crate::report::describe(&error, None));
@@ -257,9 +264,9 @@ async fn write_index_again(store: &Store, out: &Path) -> u8 {
             )
             .await
         }
-        _ => gptimage_batch::write_index(store, out)
+        Out::Folder(folder) => gptimage_batch::write_index(store, &folder)
             .await
-            .map(|()| out.join("index.html").display().to_string()),
+            .map(|()| folder.join("index.html").display().to_string()),
     };
     match written {
         Ok(location) => {
@@ -293,10 +300,16 @@ async fn write_index(store: &Store, destination: &Destination, quiet: bool) {
              gptimage batch-status --write-index writes a fresh one)"
         ),
         Ok(_) => {}
-        Err(error) => say!(
-            "warning: could not write index.html and results.jsonl: {error}; the images are \
-             safe: gptimage batch-status --write-index writes them again"
-        ),
+        Err(error) => {
+            let why = match &error {
+                Error::Output { message, .. } => message.clone(),
+                other => other.to_string(),
+            };
+            say!(
+                "warning: could not write index.html and results.jsonl: {why}; the images are \
+                 safe: gptimage batch-status --write-index writes them again"
+            );
+        }
     }
 }
 
@@ -535,29 +548,35 @@ fn describe_line(line: &LineRecord) -> String {
 }
 
 /// The state `--state` names, or the SQLite file in `out`; for `--out` naming a bucket, the
-/// SQLite file in a folder of the current one named after the bucket's URL
-/// (`gptimage-state-s3-bucket-run-7/`), which `batch-status --out` with the same URL finds.
+/// SQLite file in a folder of the current one named after the bucket's URL and a hash of it
+/// (`gptimage-state-s3-bucket-run-7-1a2b3c4d/`: two URLs never share one), which
+/// `batch-status --out` with the same URL finds.
 fn state_url(state: Option<&str>, out: &Path) -> Result<StateUrl, u8> {
-    let text = out.to_string_lossy();
-    match state {
-        None if bucket_scheme(&text).is_some_and(|s| s != "file") => {
-            let named: String = text
+    match (state, Out::of(out)) {
+        (Some(text), _) => text.parse().map_err(|e: Error| {
+            say!("error: {e}");
+            code::USAGE
+        }),
+        (None, Out::Folder(folder)) => Ok(StateUrl::in_folder(&folder)),
+        (None, Out::Bucket(url)) => {
+            let named: String = url
                 .chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
                 .collect::<String>()
                 .split('-')
                 .filter(|part| !part.is_empty())
+                .take(12)
                 .collect::<Vec<_>>()
                 .join("-");
+            // FNV-1a: a short, stable name for the exact URL.
+            let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
             Ok(StateUrl::in_folder(Path::new(&format!(
-                "gptimage-state-{named}"
+                "gptimage-state-{named}-{:08x}",
+                hash >> 32
             ))))
         }
-        None => Ok(StateUrl::in_folder(out)),
-        Some(text) => text.parse().map_err(|e: Error| {
-            say!("error: {e}");
-            code::USAGE
-        }),
     }
 }
 

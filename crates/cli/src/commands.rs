@@ -235,16 +235,12 @@ impl Context {
         Ok(urls)
     }
 
-    /// Where `--out` puts images: a bucket for a URL (`s3://`, `gs://`, `az://`…), checked
-    /// before anything is paid for; a folder otherwise (`file://` included).
+    /// Where `--out` puts images: a bucket for a URL (`s3://`, `gs://`, `az://`…); a folder
+    /// otherwise (`file://` included).
     pub(crate) fn destination(&self, out: &Path) -> Result<Destination, (String, u8)> {
-        let text = out.to_string_lossy();
-        match bucket_scheme(&text) {
-            None => Ok(Destination::Folder(out.to_path_buf())),
-            Some("file") => Ok(Destination::Folder(PathBuf::from(
-                text.trim_start_matches("file://"),
-            ))),
-            Some(_) => ObjectStoreResults::from_url(&text, self.client.config())
+        match Out::of(out) {
+            Out::Folder(folder) => Ok(Destination::Folder(folder)),
+            Out::Bucket(url) => ObjectStoreResults::from_url(&url, self.client.config())
                 .map(|bucket| Destination::Bucket(std::sync::Arc::new(bucket)))
                 .map_err(|e| (describe(&e, None), code::USAGE)),
         }
@@ -308,14 +304,23 @@ impl Context {
                 let stored = self.client.save(&task, &**bucket, &task.task_id).await?;
                 let mut objects = Vec::with_capacity(stored.len());
                 for kept in stored {
+                    // The images are stored (and paid for): a URL that cannot be signed is
+                    // said, never a reason to lose them from the report.
                     let url = match sign_for {
-                        Some(seconds) => Some(
-                            bucket
-                                .signed_url(&kept.key, Duration::from_secs_f64(seconds))
-                                .await?
-                                .expose()
-                                .to_owned(),
-                        ),
+                        Some(seconds) => match bucket
+                            .signed_url(&kept.key, Duration::from_secs_f64(seconds))
+                            .await
+                        {
+                            Ok(url) => Some(url.expose().to_owned()),
+                            Err(error) => {
+                                say!(
+                                    "warning: {} is stored, but no URL could be signed for it: {}",
+                                    kept.location,
+                                    describe(&error, None)
+                                );
+                                None
+                            }
+                        },
                         None => None,
                     };
                     objects.push(Object {
@@ -342,14 +347,32 @@ pub(crate) enum Destination {
     Bucket(std::sync::Arc<ObjectStoreResults>),
 }
 
-/// The scheme of `out` when it is a URL (`s3` of `s3://bucket/prefix`), else `None`.
-pub(crate) fn bucket_scheme(out: &str) -> Option<&str> {
-    let (scheme, _) = out.split_once("://")?;
-    let mut chars = scheme.chars();
-    let first = chars.next()?;
-    (first.is_ascii_alphabetic()
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-    .then_some(scheme)
+/// What `--out` names: a folder of this machine, or a bucket's URL. One reading for every
+/// command, so `batch`, `batch-status` and `generate` agree on it.
+pub(crate) enum Out {
+    Folder(PathBuf),
+    Bucket(String),
+}
+
+impl Out {
+    pub(crate) fn of(out: &Path) -> Self {
+        let text = out.to_string_lossy();
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return Out::Folder(out.to_path_buf());
+        };
+        let mut chars = scheme.chars();
+        let is_scheme = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if !is_scheme {
+            return Out::Folder(out.to_path_buf());
+        }
+        if scheme.eq_ignore_ascii_case("file") {
+            // file:///x and file://localhost/x are /x.
+            let path = rest.strip_prefix("localhost").unwrap_or(rest);
+            return Out::Folder(PathBuf::from(path));
+        }
+        Out::Bucket(text.into_owned())
+    }
 }
 
 /// The input images of `generate`: each a URL, or a local file read and checked.
@@ -413,7 +436,10 @@ pub(crate) fn request(
 
 /// Where `output` puts images, refused with a message and an exit code if it cannot be used:
 /// a bucket that cannot be opened, `--sign-for` without a bucket.
-pub(crate) fn destination(context: &Context, output: &Output) -> Result<Destination, (String, u8)> {
+pub(crate) async fn destination(
+    context: &Context,
+    output: &Output,
+) -> Result<Destination, (String, u8)> {
     let destination = context.destination(&output.out)?;
     if output.sign_for.is_some() && matches!(destination, Destination::Folder(_)) {
         return Err((
@@ -421,6 +447,13 @@ pub(crate) fn destination(context: &Context, output: &Output) -> Result<Destinat
                 .to_owned(),
             code::USAGE,
         ));
+    }
+    // A bucket that does not take writes is found now, before anything is paid for.
+    if let Destination::Bucket(bucket) = &destination {
+        bucket
+            .check_writable()
+            .await
+            .map_err(|e| (describe(&e, None), code::USAGE))?;
     }
     Ok(destination)
 }
@@ -493,7 +526,7 @@ pub(crate) async fn status(context: &Context, args: &Status) -> Report {
 }
 
 pub(crate) async fn wait(context: &Context, args: &Wait) -> Report {
-    let destination = match destination(context, &args.output) {
+    let destination = match destination(context, &args.output).await {
         Ok(destination) => destination,
         Err((message, exit)) => {
             say!("error: {message}");

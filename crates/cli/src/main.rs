@@ -111,7 +111,7 @@ async fn run(cli: Cli, inputs: Option<Vec<commands::Input>>) -> u8 {
         Command::Generate(args) => {
             let inputs = inputs.expect("a generate command has its inputs");
             // Where the images go is checked before anything is hosted or paid for.
-            let destination = match commands::destination(&context, &args.output) {
+            let destination = match commands::destination(&context, &args.output).await {
                 Ok(destination) => destination,
                 Err((message, exit)) => {
                     say!("error: {message}");

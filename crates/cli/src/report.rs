@@ -178,12 +178,15 @@ impl Report {
     /// Prints the report: JSON on stdout, or files on stdout and the rest on stderr.
     pub(crate) fn print(&self, json_mode: bool, quiet: bool) {
         if json_mode {
-            let urls: Vec<Option<&str>> = self.objects.iter().map(|o| o.url.as_deref()).collect();
-            if urls.iter().any(Option::is_some) {
-                // The signed URLs the user asked for, and nothing else, unredacted.
-                crate::say::out_json_with_urls(&self.to_json(), &urls);
-            } else {
+            if self.objects.is_empty() {
                 out!("{}", self.to_json());
+            } else {
+                let objects: Vec<(&str, Option<&str>)> = self
+                    .objects
+                    .iter()
+                    .map(|o| (o.location.as_str(), o.url.as_deref()))
+                    .collect();
+                crate::say::out_json_with_objects(&self.to_json(), &objects);
             }
             return;
         }
@@ -191,7 +194,7 @@ impl Report {
             out!("{}", file.display());
         }
         for object in &self.objects {
-            out!("{}", object.location);
+            crate::say::out_location(&object.location);
         }
         if quiet {
             return;

@@ -42,10 +42,12 @@ pub(crate) fn shown(text: &str) -> String {
     gptimage::types::redact_with(text, &secrets)
 }
 
-/// Prints a `--json` report on stdout, redacted, with the signed URLs the user asked for
-/// (`--sign-for`) set as each object's `url` after the redaction: the one place a signed URL is
-/// printed, and only on stdout, only in JSON.
-pub(crate) fn out_json_with_urls(report: &serde_json::Value, urls: &[Option<&str>]) {
+/// Prints a `--json` report on stdout, redacted, with each stored object's `location` and the
+/// signed URL the user asked for (`--sign-for`) set after the redaction: a location is a
+/// bucket's URL without user, password or query (refused when the bucket is opened), which
+/// the redaction would only mangle (a task id's long hex run); a signed URL is printed here
+/// only, on stdout, in JSON.
+pub(crate) fn out_json_with_objects(report: &serde_json::Value, objects: &[(&str, Option<&str>)]) {
     let redacted = shown(&report.to_string());
     let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&redacted) else {
         #[allow(clippy::disallowed_macros)]
@@ -54,8 +56,9 @@ pub(crate) fn out_json_with_urls(report: &serde_json::Value, urls: &[Option<&str
         }
         return;
     };
-    if let Some(objects) = value.get_mut("objects").and_then(|o| o.as_array_mut()) {
-        for (object, url) in objects.iter_mut().zip(urls) {
+    if let Some(list) = value.get_mut("objects").and_then(|o| o.as_array_mut()) {
+        for (object, (location, url)) in list.iter_mut().zip(objects) {
+            object["location"] = serde_json::Value::from(*location);
             if let Some(url) = url {
                 object["url"] = serde_json::Value::from(*url);
             }
@@ -64,6 +67,14 @@ pub(crate) fn out_json_with_urls(report: &serde_json::Value, urls: &[Option<&str
     #[allow(clippy::disallowed_macros)]
     {
         println!("{value}");
+    }
+}
+
+/// Prints a stored object's location on stdout (see [`out_json_with_objects`]).
+pub(crate) fn out_location(location: &str) {
+    #[allow(clippy::disallowed_macros)]
+    {
+        println!("{location}");
     }
 }
 

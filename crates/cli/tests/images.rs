@@ -293,12 +293,19 @@ fn generate_puts_its_images_in_a_bucket_and_signs_urls_only_when_asked() {
     let report = json(&output);
     let task_id = report["task_id"].as_str().unwrap().to_owned();
     let object = &report["objects"][0];
-    let key = format!("{task_id}-0.png");
+    let key = format!("{task_id}-1.png");
     assert_eq!(object["location"], format!("s3://results/run-1/{key}"));
     assert_eq!(object["written"], true);
     assert!(object.get("url").is_none(), "no URL unless asked: {report}");
     assert_eq!(report["files"].as_array().map(Vec::len), Some(0));
-    assert_eq!(s3.0.keys("results", "run-1/"), [format!("run-1/{key}")]);
+    // The image, beside the marker written to check the bucket took writes before paying.
+    assert_eq!(
+        s3.0.keys("results", "run-1/"),
+        [
+            "run-1/.gptimage-write-check".to_owned(),
+            format!("run-1/{key}")
+        ]
+    );
     let sha256 = object["sha256"].as_str().unwrap().to_owned();
 
     // The same task again, with a signed URL asked for: the same content is not written twice,
@@ -355,6 +362,31 @@ fn generate_puts_its_images_in_a_bucket_and_signs_urls_only_when_asked() {
         "s3:///run",
     ]));
     exits_saying(&output, 2, "names no bucket");
+    // A bucket that does not take writes (here: none of that name) is found before paying,
+    // by generate and by batch alike.
+    let output = run(s3.credentials(&mut against(&emulator)).args([
+        "generate",
+        "never sent",
+        "--out",
+        "s3://no-such-bucket/run",
+    ]));
+    exits_saying(&output, 2, "s3://no-such-bucket/run does not take writes");
+    let file = write_batch(dir.path(), &numbered_lines(3, "never sent"));
+    let output = run(s3
+        .credentials(&mut against(&emulator))
+        .current_dir(dir.path())
+        .arg("batch")
+        .arg(&file)
+        .args(["--out", "s3://no-such-bucket/run"]));
+    exits_saying(&output, 2, "s3://no-such-bucket/run does not take writes");
+    // A URL with more than a bucket and a prefix.
+    let output = run(s3.credentials(&mut against(&emulator)).args([
+        "generate",
+        "never sent",
+        "--out",
+        "s3://results/p?x=y",
+    ]));
+    exits_saying(&output, 2, "takes a bucket and a prefix only");
     assert_eq!(emulator.counters().generate_requests, before);
     assert!(
         !dir.path().join("s3:").exists(),
@@ -378,7 +410,8 @@ fn a_batch_to_a_bucket_stops_when_it_refuses_writes_and_a_later_run_stores_witho
         .args(["--out", "s3://gallery/run-7", "--concurrency", "1"]);
     let running = Running::start(s3.credentials(&mut command));
     wait_until("two lines' images are in the bucket", || {
-        s3.0.keys("gallery", "run-7/").len() >= 2
+        let keys = s3.0.keys("gallery", "run-7/");
+        keys.iter().filter(|k| k.ends_with(".png")).count() >= 2
     });
     s3.0.forget_everything();
     let (code, text) = running.wait(Duration::from_secs(60));
@@ -392,12 +425,18 @@ fn a_batch_to_a_bucket_stops_when_it_refuses_writes_and_a_later_run_stores_witho
         "the run said where its state is: {text}"
     );
     let paid = emulator.counters().tasks_created;
-    let state = format!(
-        "sqlite:{}",
-        dir.path()
-            .join("gptimage-state-s3-gallery-run-7/gptimage-batch.sqlite")
-            .display()
-    );
+    // The state's folder is named after the URL, and a hash of it.
+    let folder = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with("gptimage-state-s3-gallery-run-7-")
+            })
+        })
+        .expect("the state's folder");
+    let state = format!("sqlite:{}", folder.join("gptimage-batch.sqlite").display());
     let status = batch_status(&state);
     let done = count(&status, "done");
     let submitted = count(&status, "submitted");

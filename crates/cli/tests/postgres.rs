@@ -402,8 +402,9 @@ fn three_workers_put_a_whole_batch_in_one_bucket_with_its_gallery_and_manifest()
 
     // Every line's image under the prefix exactly once, beside the gallery and the manifest.
     let keys = s3.0.keys("fleet", "run-7/");
-    let mut expected: Vec<String> = (0..18).map(|i| format!("run-7/p{i}-0.png")).collect();
+    let mut expected: Vec<String> = (0..18).map(|i| format!("run-7/p{i}-1.png")).collect();
     expected.extend([
+        "run-7/.gptimage-write-check".to_owned(),
         "run-7/index.html".to_owned(),
         "run-7/results.jsonl".to_owned(),
     ]);
@@ -421,7 +422,7 @@ fn three_workers_put_a_whole_batch_in_one_bucket_with_its_gallery_and_manifest()
         assert_eq!(line["line"], n as u64 + 1);
         assert_eq!(line["state"], "done");
         assert_eq!(line["credits"], 10);
-        assert_eq!(line["objects"][0], format!("p{n}-0.png"), "{line}");
+        assert_eq!(line["objects"][0], format!("p{n}-1.png"), "{line}");
         assert_eq!(line["prompt"], format!("one bucket for all {n}"));
         assert!(line["task_id"].is_string());
     }

@@ -568,7 +568,8 @@ impl Client {
         let images = self.download(task).await?;
         let mut stored = Vec::with_capacity(images.len());
         for (index, image) in images.iter().enumerate() {
-            let key = format!("{stem}-{index}.{}", image.extension);
+            // Named as `download_to_dir_as` names files: the stem made safe, counted from 1.
+            let key = files::file_name(stem, index, image.extension);
             let kept = store
                 .put(&key, &image.bytes, image.extension)
                 .await

@@ -305,12 +305,12 @@ fn results_land_in_a_bucket_once_and_a_signed_url_feeds_the_next_task() {
         .unwrap();
     let stored = rt.block_on(client.save(&task, &bucket, "line-1")).unwrap();
     assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].key, "line-1-0.png");
-    assert_eq!(stored[0].location, "s3://results/run-7/line-1-0.png");
+    assert_eq!(stored[0].key, "line-1-1.png");
+    assert_eq!(stored[0].location, "s3://results/run-7/line-1-1.png");
     assert!(stored[0].written);
     let listed = |moto: &Moto| moto.request("GET", "/results?list-type=2").1;
     let first = listed(&moto);
-    assert!(first.contains("run-7/line-1-0.png"), "{first}");
+    assert!(first.contains("run-7/line-1-1.png"), "{first}");
     // The same content again: not written a second time (its modification time holds).
     std::thread::sleep(Duration::from_millis(1100));
     let again = rt.block_on(client.save(&task, &bucket, "line-1")).unwrap();
@@ -385,4 +385,79 @@ fn a_large_file_goes_to_a_bucket_in_parts_whole_and_once() {
             .1
             .contains("gone.html")
     );
+}
+
+#[test]
+fn a_store_that_never_answers_is_given_up_and_plain_http_needs_leave() {
+    use gptimage_transport::hosting::{ObjectStoreResults, ResultStore};
+    // Accepts connections, counts them, and never answers a byte.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let (accepted, done) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let held = {
+        let (accepted, done) = (accepted.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut open = Vec::new();
+            silent.set_nonblocking(true).unwrap();
+            let started = std::time::Instant::now();
+            while !done.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+                match silent.accept() {
+                    Ok((stream, _)) => {
+                        accepted.fetch_add(1, Ordering::SeqCst);
+                        open.push(stream);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+    };
+    let rt = runtime();
+    let client = Client::builder()
+        .api_key("sk-unused-here")
+        .request_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let settings = [
+        ("aws_access_key_id", "test-key"),
+        ("aws_secret_access_key", "test-secret"),
+        ("aws_region", "us-east-1"),
+        ("aws_endpoint", endpoint.as_str()),
+        ("aws_allow_http", "true"),
+    ];
+    let bucket =
+        ObjectStoreResults::from_url_with("s3://silent/run", &settings, client.config()).unwrap();
+    let started = std::time::Instant::now();
+    let error = rt
+        .block_on(bucket.put("a-1.png", b"\x89PNG not really", "png"))
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(error.is_write(), "{error:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "each request has the request timeout, and the retries are few: {took:?}"
+    );
+    assert!(accepted.load(Ordering::SeqCst) >= 1);
+    // Without leave for plain http, an http endpoint is never spoken to in clear text.
+    let before = accepted.load(Ordering::SeqCst);
+    let settings = &settings[..4];
+    let bucket =
+        ObjectStoreResults::from_url_with("s3://silent/run", settings, client.config()).unwrap();
+    let error = rt.block_on(bucket.check_writable()).unwrap_err();
+    assert!(
+        error.to_string().contains("does not take writes"),
+        "{error}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        before,
+        "no connection was made"
+    );
+    done.store(true, Ordering::SeqCst);
+    held.join().unwrap();
 }

@@ -127,9 +127,27 @@ impl Bucket {
                 "the {what} {url:?} names no bucket: use s3://bucket/prefix"
             )));
         }
+        if parsed.query().is_some()
+            || parsed.fragment().is_some()
+            || parsed.port().is_some()
+            || !parsed.username().is_empty()
+            || parsed.password().is_some()
+        {
+            return Err(Error::config(format!(
+                "the {what} URL {} takes a bucket and a prefix only (s3://bucket/prefix): no \
+                 user, password, port, query or fragment; credentials and the endpoint come \
+                 from the environment (AWS_ENDPOINT, …)",
+                gptimage_types::redact(url)
+            )));
+        }
         // The stack follows no redirect: the signing headers and a session token stay with
-        // the store's own endpoint.
+        // the store's own endpoint. Every request has the request timeout (a store that
+        // accepts a connection and never answers is given up), and plain http only where the
+        // store's settings allow it (AWS_ALLOW_HTTP for a local S3, say), as object_store's
+        // own client would: a bearer token or a session token never goes out in clear text.
         let client = crate::reqwest_transport::stack(config)?
+            .timeout(config.request_timeout())
+            .https_only(!allows_http(settings))
             .build()
             .map_err(|e| Error::config(format!("the HTTP client could not be built: {e}")))?;
         let unusable =
@@ -213,11 +231,20 @@ impl Bucket {
                 )));
             }
         };
-        let prefix = parsed.path().trim_matches('/');
+        // The URL's path is percent-encoded (`my%20run`): the prefix is what it stands for.
+        let prefix = StorePath::from_url_path(parsed.path()).map_err(|e| {
+            Error::config(format!(
+                "the {what} {url:?} has a prefix that cannot be used: {e}"
+            ))
+        })?;
+        let shown = match prefix.as_ref() {
+            "" => format!("{}://{bucket}", parsed.scheme()),
+            prefix => format!("{}://{bucket}/{prefix}", parsed.scheme()),
+        };
         Ok(Self {
             store,
-            prefix: StorePath::from(prefix),
-            shown: url.to_owned(),
+            prefix,
+            shown,
         })
     }
 
@@ -236,6 +263,23 @@ impl Bucket {
             Store::Azure(s) => s,
         }
     }
+}
+
+/// Whether the settings or the environment allow plain http to the store (a local S3
+/// server, an emulator): `allow_http` as object_store names it.
+fn allows_http(settings: &[(&str, &str)]) -> bool {
+    let yes = |v: &str| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes");
+    settings
+        .iter()
+        .any(|(k, v)| k.to_ascii_lowercase().ends_with("allow_http") && yes(v))
+        || [
+            "AWS_ALLOW_HTTP",
+            "AZURE_ALLOW_HTTP",
+            "GOOGLE_ALLOW_HTTP",
+            "ALLOW_HTTP",
+        ]
+        .iter()
+        .any(|name| std::env::var(name).is_ok_and(|v| yes(&v)))
 }
 
 /// Refuses a host whose credentials are missing: one of `sets` must be set whole, in the
@@ -300,7 +344,7 @@ impl ImageHost for ObjectStoreHost {
 ///
 /// let bucket = ObjectStoreResults::from_url("s3://my-bucket/run-7", client.config())?;
 /// let stored = client.save(&task, &bucket, "lighthouse").await?;
-/// let url = bucket.signed_url(&stored[0], Duration::from_secs(3600)).await?;
+/// let url = bucket.signed_url(&stored[0].key, Duration::from_secs(3600)).await?;
 /// # let _ = url;
 /// # Ok(())
 /// # }
@@ -336,6 +380,11 @@ impl ObjectStoreResults {
         &self.bucket.shown
     }
 }
+
+/// The marker a results store's write check puts under the prefix, and what it says.
+const WRITE_CHECK: &str = ".gptimage-write-check";
+const WRITE_CHECK_TEXT: &[u8] =
+    b"gptimage writes this before it pays for a task, to check that it may write here.\n";
 
 /// The metadata name under which an object's SHA-256 is kept.
 const SHA256: &str = "sha256";
@@ -379,7 +428,13 @@ impl ResultStore for ObjectStoreResults {
                     });
                 }
             }
-            Err(object_store::Error::NotFound { .. }) => {}
+            // Not there; or not ours to look at (S3 answers 403 for a missing key to a
+            // role without ListBucket, as least-privilege policies have it): the write decides.
+            Err(
+                object_store::Error::NotFound { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. },
+            ) => {}
             Err(e) => return Err(failed("looked up in", e)),
         }
         let mut attributes = Attributes::new();
@@ -451,7 +506,12 @@ impl ResultStore for ObjectStoreResults {
             {
                 return Ok(stored(false));
             }
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Ok(_)
+            | Err(
+                object_store::Error::NotFound { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. },
+            ) => {}
             Err(e) => return Err(failed("looked up in", e)),
         }
         let mut attributes = Attributes::new();
@@ -531,5 +591,25 @@ impl ResultStore for ObjectStoreResults {
 
     fn describe(&self) -> String {
         self.bucket.shown.clone()
+    }
+
+    async fn check_writable(&self) -> Result<()> {
+        let bucket = &self.bucket;
+        let path = bucket.prefix.clone().join(WRITE_CHECK);
+        bucket
+            .store()
+            .put(&path, PutPayload::from_static(WRITE_CHECK_TEXT))
+            .await
+            .map(drop)
+            .map_err(|e| {
+                Error::stored_nowhere(
+                    format!(
+                        "the results store {} does not take writes (it must exist, and the \
+                         credentials may write to it); nothing was paid for",
+                        bucket.shown
+                    ),
+                    Box::new(e),
+                )
+            })
     }
 }

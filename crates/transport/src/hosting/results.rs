@@ -16,9 +16,9 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stored {
-    /// Its name in the store, relative to the store's folder or prefix (`line-7-0.png`).
+    /// Its name in the store, relative to the store's folder or prefix (`line-7-1.png`).
     pub key: String,
-    /// Where it is, whole: a path for a folder, `s3://bucket/prefix/line-7-0.png` for a bucket.
+    /// Where it is, whole: a path for a folder, `s3://bucket/prefix/line-7-1.png` for a bucket.
     pub location: String,
     /// Its content's SHA-256, as hex.
     pub sha256: String,
@@ -33,7 +33,7 @@ pub struct Stored {
 /// use gptimage_transport::hosting::FolderResults;
 ///
 /// let stored = client.save(&task, &FolderResults::new("out"), "lighthouse").await?;
-/// println!("{}", stored[0].location); // out/lighthouse-0.png
+/// println!("{}", stored[0].location); // out/lighthouse-1.png
 /// # Ok(())
 /// # }
 /// ```
@@ -53,6 +53,11 @@ pub trait ResultStore: Send + Sync {
 
     /// What the store is, for messages: a folder's path, a bucket's URL.
     fn describe(&self) -> String;
+
+    /// Checks that the store takes writes, before anything is paid for: a folder is created
+    /// and a file made in it and removed; a bucket is written a small marker,
+    /// `.gptimage-write-check` under the prefix (the same bytes each time).
+    async fn check_writable(&self) -> Result<()>;
 }
 
 /// The content type of an image by its extension.
@@ -174,5 +179,22 @@ impl ResultStore for FolderResults {
 
     fn describe(&self) -> String {
         self.dir.display().to_string()
+    }
+
+    async fn check_writable(&self) -> Result<()> {
+        let dir = self.dir.clone();
+        let run = move || {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    tempfile::Builder::new()
+                        .prefix(".gptimage-")
+                        .tempfile_in(&dir)
+                })
+                .map(drop)
+                .map_err(|e| Error::write(format!("could not write in {}", dir.display()), e))
+        };
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|e| Error::download("the writing thread failed", Some(Box::new(e))))?
     }
 }
