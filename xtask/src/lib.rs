@@ -200,6 +200,66 @@ pub fn check_command_prints_through_redaction(root: &Path) -> Vec<String> {
     violations
 }
 
+/// Gives every file of `files` whose content is what `record` last saw the modification time
+/// it had then, and writes the record anew: cargo decides what to rebuild by modification
+/// times, and a fresh clone (or a freshly unpacked package) has new ones on every file, so
+/// without this a cached target folder would save nothing of the workspace's own crates. A
+/// file whose content changed keeps its new time, later than anything built before, and is
+/// rebuilt: freshness follows content, as `-Z checksum-freshness` would. Returns how many
+/// files kept their times. Files that cannot be read or touched are left as they are.
+pub fn keep_file_times(files: &[PathBuf], record: &Path) -> usize {
+    use sha2::{Digest, Sha256};
+    use std::time::{Duration, UNIX_EPOCH};
+    let before: BTreeMap<String, (String, Duration)> = fs::read_to_string(record)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, '\t');
+            let (hash, time, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let (secs, nanos) = time.split_once('.')?;
+            let time = Duration::new(secs.parse().ok()?, nanos.parse().ok()?);
+            Some((path.to_owned(), (hash.to_owned(), time)))
+        })
+        .collect();
+    let mut kept = 0;
+    let mut now = String::new();
+    for file in files {
+        let Ok(bytes) = fs::read(file) else { continue };
+        let hash: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let key = file.display().to_string();
+        if key.contains(['\t', '\n']) {
+            continue;
+        }
+        if let Some((_, time)) = before.get(&key).filter(|(h, _)| *h == hash)
+            && fs::File::open(file)
+                .and_then(|f| f.set_modified(UNIX_EPOCH + *time))
+                .is_ok()
+        {
+            kept += 1;
+        }
+        let Some(time) = fs::metadata(file)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        else {
+            continue;
+        };
+        now.push_str(&format!(
+            "{hash}\t{}.{:09}\t{key}\n",
+            time.as_secs(),
+            time.subsec_nanos()
+        ));
+    }
+    if let Some(folder) = record.parent() {
+        let _ = fs::create_dir_all(folder);
+    }
+    let _ = fs::write(record, now);
+    kept
+}
+
 /// What shows that a test measures its whole process (its memory).
 const PROCESS_MEASURES: [&str; 4] = ["resident()", "/proc/self/status", "VmRSS", "VmHWM"];
 

@@ -82,6 +82,14 @@ fn ci() -> Result<(), String> {
     let features = xtask::workspace_features(&metadata, xtask::HEAVY_FEATURES);
     let features = features.join(",");
     let mut steps = Steps::default();
+    // A target folder kept from an earlier run (CARGO_TARGET_DIR outside the clone, as CI
+    // caches keep one) saves compiling only if cargo sees the unchanged files as unchanged.
+    let tracked = git_files(&root).unwrap_or_default();
+    let kept = xtask::keep_file_times(&tracked, &steps.target_dir().join("ci-file-times.tsv"));
+    eprintln!(
+        "ci: {kept} of {} files unchanged since the target folder's last run",
+        tracked.len()
+    );
     steps.cargo("format", &["fmt", "--all", "--check"], &[])?;
     let nextest = nextest_installed();
     // With cargo-nextest (on every machine CI runs on), the build of the tests also writes the
@@ -117,28 +125,20 @@ fn ci() -> Result<(), String> {
             &[],
         )?;
     }
-    // Most of the time the tests run, they wait on servers and timers, not on the CPU. So what
-    // is checked rather than run (the lints, the docs, each build of the facade, the packages),
-    // and the builds of their own that some tests need, run beside them, at the lowest priority
-    // (`nice 19`): they take the CPU the tests leave, and the tests run as on an idle machine.
-    // The checks compile in check mode, which shares nothing with the test builds: a target
-    // folder of their own. The other builds share the tests' folder (and cargo's lock on it).
-    let checks = {
-        let features = features.clone();
-        let folder = steps.target_dir().join("checks");
-        std::thread::spawn(move || {
-            let mut steps = Steps::beside_the_tests(folder);
-            let checked = checks(&mut steps, &features, &metadata);
-            (steps, checked)
-        })
-    };
-    let builds = {
+    // Most of the time the tests run, they wait on servers and timers, not on the CPU. So the
+    // builds of their own that some tests need, and what is checked rather than run (the
+    // lints, the docs, each build of the facade, the packages), run beside them, one after
+    // another at the lowest priority (`nice 19`): they take the CPU the tests leave, and the
+    // tests run as on an idle machine. They share the tests' target folder, so what the
+    // builds have in common (build scripts: C libraries compiled once) is built once.
+    let beside = {
         let features = features.clone();
         let folder = steps.target_dir();
         std::thread::spawn(move || {
             let mut steps = Steps::beside_the_tests(folder);
-            let built = builds(&mut steps, &features, nextest);
-            (steps, built)
+            let done = builds(&mut steps, &features, nextest)
+                .and_then(|()| checks(&mut steps, &features, &metadata));
+            (steps, done)
         })
     };
     let tested = if nextest {
@@ -165,17 +165,14 @@ fn ci() -> Result<(), String> {
             &[],
         )
     };
-    let mut outcome = tested;
-    for side in [checks, builds] {
-        let (side_steps, result) = side.join().unwrap_or_else(|_| {
-            (
-                Steps::default(),
-                Err("a thread of steps beside the tests panicked".to_owned()),
-            )
-        });
-        steps.timings.extend(side_steps.timings);
-        outcome = outcome.and(result);
-    }
+    let (side_steps, result) = beside.join().unwrap_or_else(|_| {
+        (
+            Steps::default(),
+            Err("the steps beside the tests panicked".to_owned()),
+        )
+    });
+    steps.timings.extend(side_steps.timings);
+    let outcome = tested.and(result);
     steps.report();
     eprintln!("ci: the whole run took {:.0?}", started.elapsed());
     outcome?;
@@ -301,8 +298,11 @@ fn verify_packages(steps: &mut Steps, metadata: &Value) -> Result<(), String> {
     for (package, _) in xtask::PACKAGE_CONTENTS {
         let version = version_of(package)?;
         let file = target.join(format!("package/{package}-{version}.crate"));
+        // `-m`: the files get the time of their unpacking, not the fixed one cargo packs
+        // them with (2006), which would make every later check of a changed package look
+        // fresh; `keep_file_times` below gives the unchanged ones their earlier times back.
         let status = Command::new("tar")
-            .arg("-xzf")
+            .arg("-xmzf")
             .arg(&file)
             .arg("-C")
             .arg(&unpacked)
@@ -317,6 +317,11 @@ fn verify_packages(steps: &mut Steps, metadata: &Value) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", dir.display()))?;
         crates.push((package.to_string(), dir));
     }
+    let unpacked_files: Vec<PathBuf> = crates
+        .iter()
+        .flat_map(|(_, dir)| files_under(dir))
+        .collect();
+    xtask::keep_file_times(&unpacked_files, &target.join("package-file-times.tsv"));
     let patches: Vec<String> = crates
         .iter()
         .map(|(name, dir)| {
@@ -384,6 +389,41 @@ fn lld_installed() -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// The files git tracks in the workspace, as paths.
+fn git_files(root: &std::path::Path) -> Result<Vec<PathBuf>, String> {
+    let output = Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("could not run git: {e}"))?;
+    if !output.status.success() {
+        return Err("git ls-files failed".to_owned());
+    }
+    Ok(output
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|name| !name.is_empty())
+        .map(|name| root.join(String::from_utf8_lossy(name).as_ref()))
+        .collect())
 }
 
 /// Whether `cargo nextest` runs here.
