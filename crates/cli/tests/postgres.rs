@@ -468,7 +468,36 @@ fn gallery_from(s3: &S3, bucket: &str, prefix: &str, dir: &std::path::Path, stat
         "{}",
         stderr(&output)
     );
-    let (status, content_type, page) = s3.0.get(&format!("/{bucket}/{prefix}/index.html"));
+    // The page through a signed link of its own, as the user would hand it to a browser.
+    use gptimage::hosting::{ObjectStoreResults, ResultStore};
+    let endpoint = s3.0.endpoint();
+    let settings = [
+        ("aws_access_key_id", "test-key"),
+        ("aws_secret_access_key", "test-secret"),
+        ("aws_region", "us-east-1"),
+        ("aws_endpoint", endpoint.as_str()),
+        ("aws_allow_http", "true"),
+    ];
+    let client = gptimage::Client::builder()
+        .api_key("sk-unused-here")
+        .build()
+        .unwrap();
+    let store = ObjectStoreResults::from_url_with(
+        &format!("s3://{bucket}/{prefix}"),
+        &settings,
+        client.config(),
+    )
+    .unwrap();
+    let link = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(store.signed_url("index.html", Duration::from_secs(600)))
+        .unwrap();
+    let link = link.expose();
+    assert!(link.contains("X-Amz-Signature="), "{link}");
+    let path = link.split_once("127.0.0.1").unwrap().1;
+    let (status, content_type, page) = s3.0.get(&path[path.find('/').unwrap()..]);
     assert_eq!(status, 200);
     assert!(content_type.starts_with("text/html"), "{content_type}");
     String::from_utf8(page).unwrap()

@@ -381,7 +381,7 @@ fn a_crowd_of_slow_heads_that_fills_the_table_is_evicted_and_a_genuine_callback_
     }
     const CROWD: usize = 1000;
     enough_files(3 * CROWD as u64 + 256);
-    let read_timeout = Duration::from_secs(2);
+    let read_timeout = Duration::from_secs(3);
     let options = ListenOptions::new()
         .max_connections(256)
         .read_timeout(read_timeout);
@@ -405,7 +405,7 @@ fn a_crowd_of_slow_heads_that_fills_the_table_is_evicted_and_a_genuine_callback_
                 16,
                 head,
                 Duration::from_millis(50),
-                Duration::from_secs(5),
+                Duration::from_secs(6),
                 read_timeout,
             );
             busy.store(false, Ordering::SeqCst);
@@ -437,7 +437,9 @@ fn a_crowd_of_slow_heads_that_fills_the_table_is_evicted_and_a_genuine_callback_
         crowd.evicted.load(Ordering::SeqCst) > CROWD as u64,
         "the full table made room by closing connections"
     );
-    assert!(worst < Duration::from_secs(1), "{latencies:?}");
+    // No genuine callback waited for the crowd's connections to time out: a full table makes
+    // room at once (about 0.1 s on an idle machine, 1.3 s seen on a loaded one).
+    assert!(worst < read_timeout, "{latencies:?}");
     // 256 connections held at once, each a few KiB before its head ends (hyper's buffers, were
     // the heads to reach them, would be about 20 KiB each: 5 MiB).
     assert!(growth < 2 << 20, "memory grew {} KiB", growth / 1024);
@@ -819,7 +821,8 @@ fn hostile_paths(genuine: &str) -> Vec<Vec<u8>> {
         format!("/hooks/{}ééé{}", &token[..15], &token[21..]).into_bytes(),
         format!("/hooks/{}\u{1F600}", &token[..44]).into_bytes(),
         format!("/hooks/%{}", &token[1..]).into_bytes(),
-        format!("/hooks/{}", token.to_uppercase().replace('A', "%41")).into_bytes(),
+        // The token percent-encoded (uppercase hex is the same token, and may be accepted).
+        format!("/hooks/%{:02X}{}", token.as_bytes()[0], &token[1..]).into_bytes(),
         format!("/hooks/../hooks/{token}").into_bytes(),
         format!("/hooks/{token}/").into_bytes(),
         format!("/hooks/{token}{token}").into_bytes(),

@@ -143,7 +143,7 @@ impl Store {
         lock_delay: Duration,
     ) -> Result<Submitting, Error> {
         for name in names {
-            let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+            let mut tx = self.write().await?;
             let within = sqlx::query(
                 "UPDATE gptimage_batch SET committed = committed + $1
                  WHERE one = 1 AND (budget IS NULL OR committed + $1 <= budget)",
@@ -514,7 +514,7 @@ impl Store {
                 state: state.chars().take(super::arrows::STATE_ID_LEN).collect(),
             });
         }
-        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let mut tx = self.write().await?;
         let mut unmatched = Vec::new();
         let mut moved = 0;
         for token in tokens {
@@ -577,7 +577,7 @@ impl Store {
                 Err(e) => Err(self.error(e)),
             };
         }
-        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let mut tx = self.write().await?;
         let moved = query.execute(&mut *tx).await.map_err(|e| self.error(e))?;
         if moved.rows_affected() != 1 {
             return Err(self.lost());

@@ -63,7 +63,7 @@ impl Store {
         {
             return self.read_claim(&row).map(Some);
         }
-        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let mut tx = self.write().await?;
         let item: Option<i64> = sqlx::query_scalar(
             "UPDATE gptimage_batch SET claimed = claimed + 1 WHERE one = 1 AND claimed < items
              AND EXISTS (SELECT 1 FROM gptimage_workers WHERE id = $1 AND status = 'running')

@@ -240,7 +240,7 @@ impl Store {
         }
         // Settles every departed worker's lines, including any a racing transaction committed
         // after an earlier sweep.
-        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let mut tx = self.write().await?;
         sqlx::query(self.sql(
             "UPDATE gptimage_lines SET state = 'unknown', error_kind = 'outcome_unknown',
              error_message = 'the worker sending it stopped before it learned the answer'
@@ -297,7 +297,7 @@ impl Store {
 
     /// The worker leaves: its held lines become claimable, and it stops counting as running.
     pub async fn leave(&self, worker: &Worker) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE gptimage_workers SET status = 'stopped' WHERE id = $1")
             .bind(worker.id)
             .execute(&mut *tx)

@@ -251,6 +251,19 @@ impl Store {
         state_error(&self.url, e)
     }
 
+    /// A transaction that writes. On SQLite it takes the write lock up front (`BEGIN
+    /// IMMEDIATE`), so a worker waits its turn behind another's write (busy_timeout): a
+    /// deferred transaction whose read turns into a write fails at once instead (SQLITE_BUSY,
+    /// which WAL gives without waiting when another connection wrote since the read began),
+    /// and a worker would stop over a write it only had to wait for.
+    pub(crate) async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, Error> {
+        let begun = match self.backend {
+            Backend::Sqlite { .. } => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        };
+        begun.map_err(|e| self.error(e))
+    }
+
     fn lost(&self) -> Error {
         Error::LostWorker {
             url: self.url.clone(),
@@ -308,7 +321,7 @@ impl Store {
     /// whether or not it was given one; returns the budget it replaces. The budget belongs to
     /// the batch, not to a run: a worker started without one keeps the stored one.
     pub async fn set_budget(&self, credits: u64) -> Result<Option<u64>, Error> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let mut tx = self.write().await?;
         let before: Option<i64> =
             sqlx::query_scalar("SELECT budget FROM gptimage_batch WHERE one = 1")
                 .fetch_optional(&mut *tx)
