@@ -4,7 +4,11 @@
 //! failed lines: `batch-status` (for people and `--json`), `batch --dry-run`, and a run that
 //! has nothing left to do but write `index.html`. Their memory should not follow the failures.
 //!
-//! Run with `cargo bench -p gptimage-cli --bench batch_memory`. The command runs as its own
+//! Then the same 100,000-line batch into a bucket (moto's S3 server) and into a folder,
+//! interleaved: a bucket's run should take no more memory than a folder's.
+//!
+//! Run with `cargo bench -p gptimage-cli --bench batch_memory` (`BENCH_ONLY=bucket` for the
+//! bucket's part alone). The command runs as its own
 //! process (so its peak resident set, `VmHWM`, is its alone) against an emulator in this one;
 //! each run is stopped with Ctrl-C after `BENCH_SECONDS` (default 10) or once 2,000 lines are
 //! done. Linux only (it reads `/proc`).
@@ -32,6 +36,11 @@ fn main() {
     let config = Config::instant().with_timings(Duration::ZERO, Duration::from_millis(200));
     let emulator = Emulator::spawn(config).expect("the emulator starts");
     let dir = tempfile::tempdir().expect("a temporary folder");
+    // `BENCH_ONLY=bucket`: only the bucket against the folder.
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("bucket") {
+        bucket_vs_folder(&emulator, dir.path(), seconds);
+        return;
+    }
     println!("    lines  file MB  lines settled  seconds  peak RSS MB  RSS bytes per file line");
     for lines in SIZES {
         let file = dir.path().join(format!("batch-{lines}.jsonl"));
