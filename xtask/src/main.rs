@@ -79,7 +79,12 @@ fn ci() -> Result<(), String> {
     let root = xtask::workspace_root();
     // Every feature but those that compile a C library from source: those get a step each.
     let metadata = xtask::metadata(&root)?;
-    let features = xtask::workspace_features(&metadata, xtask::HEAVY_FEATURES);
+    let left_out: Vec<&str> = xtask::HEAVY_FEATURES
+        .iter()
+        .chain(xtask::NOT_IN_THE_TEST_BUILD)
+        .copied()
+        .collect();
+    let features = xtask::workspace_features(&metadata, &left_out);
     let features = features.join(",");
     let mut steps = Steps::default();
     // A target folder kept from an earlier run (CARGO_TARGET_DIR outside the clone, as CI
@@ -181,23 +186,15 @@ fn ci() -> Result<(), String> {
 }
 
 /// The builds of their own that some tests need, one after another beside the tests: the
-/// doctests (which nextest does not run), the README's main job in the default build, and
-/// the transport's tests that only a build with other features can run.
+/// doctests (which nextest does not run) and the transport's tests that only a build with
+/// other features can run. (The README's main job runs among the tests, in a build whose TLS
+/// is the default build's: see `NOT_IN_THE_TEST_BUILD`.)
 fn builds(steps: &mut Steps, features: &str, nextest: bool) -> Result<(), String> {
     let root = xtask::workspace_root();
     if nextest {
         steps.cargo(
             "doctests",
             &["test", "--doc", "--workspace", "--features", features],
-            &[],
-        )?;
-    }
-    if root.join("crates/gptimage/tests/offline.rs").exists() {
-        // The README's main job in the default build, which the build above cannot stand for:
-        // there, native-tls hides what reqwest's provider-less rustls does beside the emulator.
-        steps.cargo(
-            "the default build, offline",
-            &["test", "--package", "gptimage", "--test", "offline"],
             &[],
         )?;
     }

@@ -1,6 +1,7 @@
-//! The README's main job in the facade's default build: the emulator and the client in one
-//! program make a real image. `cargo xtask ci` runs it with the default features, where reqwest's
-//! rustls has no provider of its own (a build with every feature would hide a panic there).
+//! The README's main job: the emulator and the client in one program make a real image. It runs
+//! where reqwest's rustls has no provider of its own, as in the default build: `cargo xtask
+//! ci`'s test build leaves `native-tls` out for this (with it, reqwest would hide a panic
+//! there), and plain `cargo test -p gptimage` is the default build.
 
 use gptimage::{Client, GenerateRequest};
 use gptimage_emulator::{Config, Emulator};
