@@ -141,8 +141,9 @@ fn ci() -> Result<(), String> {
         let folder = steps.target_dir();
         std::thread::spawn(move || {
             let mut steps = Steps::beside_the_tests(folder);
-            let done = builds(&mut steps, &features, nextest)
-                .and_then(|()| checks(&mut steps, &features, &metadata));
+            let done = one_crate_checks(&mut steps, &metadata)
+                .and_then(|()| builds(&mut steps, &features, nextest))
+                .and_then(|()| checks(&mut steps, &features));
             (steps, done)
         })
     };
@@ -215,9 +216,8 @@ fn builds(steps: &mut Steps, features: &str, nextest: bool) -> Result<(), String
     Ok(())
 }
 
-/// What is checked rather than run: the lints, the docs, each build of the facade, and each
-/// package from what it ships.
-fn checks(steps: &mut Steps, features: &str, metadata: &Value) -> Result<(), String> {
+/// What is checked rather than run across the workspace: the lints and the docs.
+fn checks(steps: &mut Steps, features: &str) -> Result<(), String> {
     steps.cargo(
         "lints",
         &[
@@ -236,7 +236,13 @@ fn checks(steps: &mut Steps, features: &str, metadata: &Value) -> Result<(), Str
         "docs",
         &["doc", "--workspace", "--no-deps", "--features", features],
         &[("RUSTDOCFLAGS", "-D warnings")],
-    )?;
+    )
+}
+
+/// The checks of one crate at a time: each build of the facade, linted, and each package from
+/// what it ships. Most of their time is one crate compiling on one core, so they run while the
+/// tests leave a core free, before the builds that keep both busy.
+fn one_crate_checks(steps: &mut Steps, metadata: &Value) -> Result<(), String> {
     if xtask::workspace_root().join("crates/gptimage").exists() {
         // Each build of the facade is linted, not only compiled. The vendored OpenSSL's code is
         // compiled against the system's OpenSSL: building OpenSSL from source proves nothing
