@@ -396,6 +396,7 @@ const PART: usize = 8 * 1024 * 1024;
 impl ResultStore for ObjectStoreResults {
     async fn put(&self, key: &str, bytes: &[u8], extension: &str) -> Result<Stored> {
         use object_store::{Attribute, AttributeValue, Attributes, GetOptions, PutOptions};
+        super::results::check_key(key)?;
         let bucket = &self.bucket;
         let path = bucket.prefix.clone().join(key);
         let location = format!("{}/{key}", bucket.shown.trim_end_matches('/'));
@@ -467,6 +468,7 @@ impl ResultStore for ObjectStoreResults {
         use object_store::{
             Attribute, AttributeValue, Attributes, GetOptions, PutMultipartOptions, WriteMultipart,
         };
+        super::results::check_key(key)?;
         let bucket = &self.bucket;
         let path = bucket.prefix.clone().join(key);
         let location = format!("{}/{key}", bucket.shown.trim_end_matches('/'));

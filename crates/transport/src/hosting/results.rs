@@ -74,6 +74,24 @@ pub(crate) fn content_type(extension: &str) -> &'static str {
     }
 }
 
+/// Refuses a key that could name something outside the store's folder or prefix: empty, with
+/// a `..` part, absolute, or with a backslash or a NUL.
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.contains(['\\', '\0'])
+        || key
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..");
+    if bad {
+        return Err(Error::config(format!(
+            "{key:?} is not a name a result can be kept under: use names like line-7-1.png or \
+             run-7/line-7-1.png (no empty, `.` or `..` parts, no leading `/`, no backslash)"
+        )));
+    }
+    Ok(())
+}
+
 /// The hex SHA-256 of `bytes`.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
@@ -119,6 +137,7 @@ impl FolderResults {
 #[async_trait::async_trait]
 impl ResultStore for FolderResults {
     async fn put(&self, key: &str, bytes: &[u8], _extension: &str) -> Result<Stored> {
+        check_key(key)?;
         let (dir, key, bytes) = (self.dir.clone(), key.to_owned(), bytes.to_vec());
         let run = move || {
             std::fs::create_dir_all(&dir).map_err(|e| {
@@ -144,6 +163,7 @@ impl ResultStore for FolderResults {
     }
 
     async fn put_file(&self, key: &str, file: &Path, _extension: &str) -> Result<Stored> {
+        check_key(key)?;
         let (dir, key, file) = (self.dir.clone(), key.to_owned(), file.to_path_buf());
         let run = move || {
             let unread = |e| Error::write(format!("could not read {}", file.display()), e);
@@ -196,5 +216,47 @@ impl ResultStore for FolderResults {
         tokio::task::spawn_blocking(run)
             .await
             .map_err(|e| Error::download("the writing thread failed", Some(Box::new(e))))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_stay_inside_the_store() {
+        for good in [
+            "line-7-1.png",
+            "run-7/line-7-1.png",
+            ".gptimage-write-check",
+        ] {
+            assert!(check_key(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "/etc/x",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a/.",
+            "a\\..\\b",
+            "a\0b",
+            "a/",
+        ] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_folder_refuses_a_key_that_leaves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FolderResults::new(dir.path().join("inner"));
+        let error = store.put("../escaped.png", b"x", "png").await.unwrap_err();
+        assert!(error.to_string().contains("not a name"), "{error}");
+        assert!(!dir.path().join("escaped.png").exists());
+        let kept = store.put("ok-1.png", b"x", "png").await.unwrap();
+        assert!(kept.written);
+        assert!(dir.path().join("inner/ok-1.png").exists());
     }
 }
