@@ -204,41 +204,65 @@ pub fn check_command_prints_through_redaction(root: &Path) -> Vec<String> {
 /// it had then, and writes the record anew: cargo decides what to rebuild by modification
 /// times, and a fresh clone (or a freshly unpacked package) has new ones on every file, so
 /// without this a cached target folder would save nothing of the workspace's own crates. A
-/// file whose content changed keeps its new time, later than anything built before, and is
-/// rebuilt: freshness follows content, as `-Z checksum-freshness` would. Returns how many
-/// files kept their times. Files that cannot be read or touched are left as they are.
-pub fn keep_file_times(files: &[PathBuf], record: &Path) -> usize {
+/// file whose content changed keeps its new time, and is rebuilt: freshness follows content,
+/// as `-Z checksum-freshness` would. Returns how many files kept their times.
+///
+/// Old times are given back only when `restore` holds: the caller's word that nothing but the
+/// runs that wrote `record` has built in the target folder since (see [`target_untouched`]).
+/// A changed file whose time is not after `floor` (the last run's end: a clock that went back,
+/// a checkout on a machine behind the one that built) is given `floor` plus a second, so it is
+/// never taken for built. Files that cannot be read or touched, and paths with control
+/// characters, are left as they are.
+pub fn keep_file_times(
+    files: &[PathBuf],
+    record: &Path,
+    restore: bool,
+    floor: Option<std::time::SystemTime>,
+) -> usize {
     use sha2::{Digest, Sha256};
     use std::time::{Duration, UNIX_EPOCH};
-    let before: BTreeMap<String, (String, Duration)> = fs::read_to_string(record)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.splitn(3, '\t');
-            let (hash, time, path) = (fields.next()?, fields.next()?, fields.next()?);
-            let (secs, nanos) = time.split_once('.')?;
-            let time = Duration::new(secs.parse().ok()?, nanos.parse().ok()?);
-            Some((path.to_owned(), (hash.to_owned(), time)))
-        })
-        .collect();
+    let before: BTreeMap<String, (String, Duration)> = if restore {
+        fs::read_to_string(record)
+            .unwrap_or_default()
+            .split('\n')
+            .filter_map(|line| {
+                let mut fields = line.splitn(3, '\t');
+                let (hash, time, path) = (fields.next()?, fields.next()?, fields.next()?);
+                let (secs, nanos) = time.split_once('.')?;
+                let time = Duration::new(secs.parse().ok()?, nanos.parse().ok()?);
+                Some((path.to_owned(), (hash.to_owned(), time)))
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let mut kept = 0;
     let mut now = String::new();
     for file in files {
+        let key = file.display().to_string();
+        if key.chars().any(char::is_control) {
+            continue;
+        }
         let Ok(bytes) = fs::read(file) else { continue };
         let hash: String = Sha256::digest(&bytes)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let key = file.display().to_string();
-        if key.contains(['\t', '\n']) {
-            continue;
-        }
-        if let Some((_, time)) = before.get(&key).filter(|(h, _)| *h == hash)
-            && fs::File::open(file)
-                .and_then(|f| f.set_modified(UNIX_EPOCH + *time))
+        let touch = |time| {
+            fs::File::open(file)
+                .and_then(|f| f.set_modified(time))
                 .is_ok()
-        {
-            kept += 1;
+        };
+        match before.get(&key).filter(|(h, _)| *h == hash) {
+            Some((_, time)) if touch(UNIX_EPOCH + *time) => kept += 1,
+            _ => {
+                let modified = fs::metadata(file).and_then(|m| m.modified()).ok();
+                if let (Some(floor), Some(modified)) = (floor, modified)
+                    && modified <= floor
+                {
+                    touch(floor + Duration::from_secs(1));
+                }
+            }
         }
         let Some(time) = fs::metadata(file)
             .and_then(|m| m.modified())
@@ -260,6 +284,100 @@ pub fn keep_file_times(files: &[PathBuf], record: &Path) -> usize {
     kept
 }
 
+/// Whether nothing has built in `target` since `stamp` was written (at the end of the last
+/// `cargo xtask ci`): no fingerprint of any unit in it is newer. A run killed midway, a build
+/// of a developer's, a run beside this one: each leaves a newer fingerprint, and then no old
+/// time is given back.
+pub fn target_untouched(target: &Path, stamp: &Path) -> bool {
+    let Ok(stamped) = fs::metadata(stamp).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let profiles = fs::read_dir(target).into_iter().flatten().flatten();
+    for profile in profiles {
+        let fingerprints = profile.path().join(".fingerprint");
+        for unit in fs::read_dir(&fingerprints).into_iter().flatten().flatten() {
+            let mut paths = vec![unit.path()];
+            paths.extend(
+                fs::read_dir(unit.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+            for path in paths {
+                let newer = fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t > stamped);
+                if newer {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// reqwest features that give it TLS of its own (a provider, or the platform's library).
+const REQWEST_OWN_TLS: [&str; 5] = [
+    "default",
+    "default-tls",
+    "native-tls",
+    "rustls",
+    "native-tls-vendored",
+];
+
+/// The workspace's test build (every feature but [`HEAVY_FEATURES`] and
+/// [`NOT_IN_THE_TEST_BUILD`]) gives reqwest no TLS of its own, as the default build does not:
+/// the tests that run the README's main job stand for the default build only while that holds.
+pub fn check_test_build_tls(root: &Path) -> Vec<String> {
+    if !root.join("crates/transport").exists() {
+        return Vec::new();
+    }
+    let metadata = match metadata(root) {
+        Ok(metadata) => metadata,
+        Err(e) => return vec![format!("the test build's TLS: {e}")],
+    };
+    let left_out: Vec<&str> = HEAVY_FEATURES
+        .iter()
+        .chain(NOT_IN_THE_TEST_BUILD)
+        .copied()
+        .collect();
+    let features = workspace_features(&metadata, &left_out).join(",");
+    let tree = cargo_output(
+        root,
+        &[
+            "tree",
+            "--workspace",
+            "--features",
+            &features,
+            "-e",
+            "features",
+            "-i",
+            "reqwest",
+        ],
+    );
+    let tree = match tree {
+        Ok(tree) => String::from_utf8_lossy(&tree).into_owned(),
+        Err(e) => return vec![format!("the test build's TLS: {e}")],
+    };
+    let enabled: BTreeSet<&str> = tree
+        .lines()
+        .filter_map(|line| line.split("reqwest feature \"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    REQWEST_OWN_TLS
+        .iter()
+        .filter(|feature| enabled.contains(**feature))
+        .map(|feature| {
+            format!(
+                "the workspace's test build turns on reqwest's `{feature}`: its TLS is then not \
+                 the default build's, and the tests of the README's main job no longer stand \
+                 for it (find who asks for it with cargo tree -e features -i reqwest)"
+            )
+        })
+        .collect()
+}
+
 /// What shows that a test measures its whole process (its memory).
 const PROCESS_MEASURES: [&str; 4] = ["resident()", "/proc/self/status", "VmRSS", "VmHWM"];
 
@@ -276,8 +394,11 @@ pub fn check_process_measures_run_alone(root: &Path) -> Vec<String> {
         .map(|e| e.path().join("tests"))
         .collect();
     for path in folders.iter().flat_map(|f| rust_files(f)) {
-        let text = fs::read_to_string(&path).unwrap_or_default();
-        // The line of each `#[test]`.
+        // A test begins at its `#[test]` or `#[tokio::test]`.
+        let text = fs::read_to_string(&path)
+            .unwrap_or_default()
+            .replace("#[tokio::test", "#[test]#[tokio::test");
+        // The line of each test.
         let mut line = text
             .split("#[test]")
             .next()
@@ -295,7 +416,16 @@ pub fn check_process_measures_run_alone(root: &Path) -> Vec<String> {
                 .to_owned();
             let measures = PROCESS_MEASURES.iter().any(|m| test.contains(m));
             let compact: String = test.chars().filter(|c| !c.is_whitespace()).collect();
-            if measures && !compact.contains(&format!("in_own_process(\"{name}\"")) {
+            // By its name, or its path within the binary (`https::name`, in a module).
+            let alone = compact.contains(&format!("in_own_process(\"{name}\""))
+                || compact.split("in_own_process(\"").skip(1).any(|rest| {
+                    rest.starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                        && rest
+                            .split('"')
+                            .next()
+                            .is_some_and(|p| p.ends_with(&format!("::{name}")))
+                });
+            if measures && !alone {
                 violations.push(format!(
                     "{}:{}: the test {name} measures its whole process, so it must run in a \
                      process of its own: begin it with `if !in_own_process(\"{name}\") {{ \
@@ -958,6 +1088,7 @@ pub fn check_all(root: &Path) -> Vec<String> {
     violations.extend(check_optional_parts(root));
     violations.extend(check_release_profile(root));
     violations.extend(check_process_measures_run_alone(root));
+    violations.extend(check_test_build_tls(root));
     match Graph::load(root) {
         Ok(graph) => violations.extend(check_dependencies(&graph)),
         Err(e) => violations.push(e),

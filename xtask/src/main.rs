@@ -74,11 +74,45 @@ fn tidy() -> Result<(), String> {
     ))
 }
 
+/// Whether this run gives unchanged files their old times back, and the last run's end (see
+/// `xtask::keep_file_times`): decided once, at the start.
+static FILE_TIMES: std::sync::OnceLock<(bool, Option<std::time::SystemTime>)> =
+    std::sync::OnceLock::new();
+
 fn ci() -> Result<(), String> {
     let started = Instant::now();
     let root = xtask::workspace_root();
-    // Every feature but those that compile a C library from source: those get a step each.
     let metadata = xtask::metadata(&root)?;
+    let mut steps = Steps::default();
+    // A target folder kept from an earlier run (CARGO_TARGET_DIR outside the clone, as CI
+    // caches keep one) saves compiling only if cargo sees the unchanged files as unchanged.
+    // Old times are given back only in CI (a developer's own builds share the folder), and only
+    // if nothing has built in the folder since the last run ended (the stamp it leaves).
+    let target = steps.target_dir();
+    let stamp = target.join("ci-file-times.done");
+    let restore = std::env::var_os("CI").is_some() && xtask::target_untouched(&target, &stamp);
+    let floor = std::fs::metadata(&stamp).and_then(|m| m.modified()).ok();
+    let _ = FILE_TIMES.set((restore, floor));
+    let tracked = git_files(&root).unwrap_or_default();
+    let kept = xtask::keep_file_times(&tracked, &target.join("ci-file-times.tsv"), restore, floor);
+    eprintln!(
+        "ci: {kept} of {} files unchanged since the target folder's last run",
+        tracked.len()
+    );
+    let outcome = run_ci(&mut steps, metadata);
+    steps.report();
+    // The end of this run: what a next run compares the folder's fingerprints with.
+    let _ = std::fs::write(&stamp, b"");
+    eprintln!("ci: the whole run took {:.0?}", started.elapsed());
+    outcome?;
+    eprintln!("ci: all green in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Everything `ci` runs after the file times: the steps, in order and beside each other.
+fn run_ci(steps: &mut Steps, metadata: Value) -> Result<(), String> {
+    // Every feature but those that compile a C library from source (those get a step each)
+    // and those the test build leaves out on purpose.
     let left_out: Vec<&str> = xtask::HEAVY_FEATURES
         .iter()
         .chain(xtask::NOT_IN_THE_TEST_BUILD)
@@ -86,15 +120,6 @@ fn ci() -> Result<(), String> {
         .collect();
     let features = xtask::workspace_features(&metadata, &left_out);
     let features = features.join(",");
-    let mut steps = Steps::default();
-    // A target folder kept from an earlier run (CARGO_TARGET_DIR outside the clone, as CI
-    // caches keep one) saves compiling only if cargo sees the unchanged files as unchanged.
-    let tracked = git_files(&root).unwrap_or_default();
-    let kept = xtask::keep_file_times(&tracked, &steps.target_dir().join("ci-file-times.tsv"));
-    eprintln!(
-        "ci: {kept} of {} files unchanged since the target folder's last run",
-        tracked.len()
-    );
     steps.cargo("format", &["fmt", "--all", "--check"], &[])?;
     let nextest = nextest_installed();
     // With cargo-nextest (on every machine CI runs on), the build of the tests also writes the
@@ -136,31 +161,33 @@ fn ci() -> Result<(), String> {
     // another at the lowest priority (`nice 19`): they take the CPU the tests leave, and the
     // tests run as on an idle machine. They share the tests' target folder, so what the
     // builds have in common (build scripts: C libraries compiled once) is built once.
+    // Every part runs even when one fails, so a failing run still shows all there is to fix.
+    let (binaries, cargo_metadata) = (
+        built.join("binaries.json"),
+        built.join("cargo-metadata.json"),
+    );
+    let (binaries, cargo_metadata) = (path_str(&binaries)?, path_str(&cargo_metadata)?);
     let beside = {
         let features = features.clone();
         let folder = steps.target_dir();
         std::thread::spawn(move || {
             let mut steps = Steps::beside_the_tests(folder);
-            let done = one_crate_checks(&mut steps, &metadata)
-                .and_then(|()| builds(&mut steps, &features, nextest))
-                .and_then(|()| checks(&mut steps, &features));
-            (steps, done)
+            let one_crate = one_crate_checks(&mut steps, &metadata);
+            let built = builds(&mut steps, &features, nextest);
+            let checked = checks(&mut steps, &features);
+            (steps, one_crate.and(built).and(checked))
         })
     };
     let tested = if nextest {
-        let (binaries, cargo_metadata) = (
-            built.join("binaries.json"),
-            built.join("cargo-metadata.json"),
-        );
         steps.cargo(
             "tests",
             &[
                 "nextest",
                 "run",
                 "--binaries-metadata",
-                path_str(&binaries)?,
+                binaries,
                 "--cargo-metadata",
-                path_str(&cargo_metadata)?,
+                cargo_metadata,
             ],
             &[],
         )
@@ -178,12 +205,7 @@ fn ci() -> Result<(), String> {
         )
     });
     steps.timings.extend(side_steps.timings);
-    let outcome = tested.and(result);
-    steps.report();
-    eprintln!("ci: the whole run took {:.0?}", started.elapsed());
-    outcome?;
-    eprintln!("ci: all green in {:.0?}", started.elapsed());
-    Ok(())
+    tested.and(result)
 }
 
 /// The builds of their own that some tests need, one after another beside the tests: the
@@ -216,7 +238,8 @@ fn builds(steps: &mut Steps, features: &str, nextest: bool) -> Result<(), String
     Ok(())
 }
 
-/// What is checked rather than run across the workspace: the lints and the docs.
+/// What is checked rather than run across the workspace: the lints, the docs, and that the
+/// plain test build compiles.
 fn checks(steps: &mut Steps, features: &str) -> Result<(), String> {
     steps.cargo(
         "lints",
@@ -236,6 +259,14 @@ fn checks(steps: &mut Steps, features: &str) -> Result<(), String> {
         "docs",
         &["doc", "--workspace", "--no-deps", "--features", features],
         &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    // What a contributor runs first, `cargo test --workspace` with no features named, must at
+    // least build: its tests are checked here (and every test that measures its process runs in
+    // a process of its own, which tidy checks, so they pass there too).
+    steps.cargo(
+        "plain `cargo test --workspace` builds",
+        &["check", "--workspace", "--tests"],
+        &[],
     )
 }
 
@@ -294,7 +325,14 @@ fn verify_packages(steps: &mut Steps, metadata: &Value) -> Result<(), String> {
     };
     // Outside the workspace's folder, or cargo would take each for a member of it.
     let target = steps.target_dir();
-    let unpacked = std::env::temp_dir().join("gptimage-package-check");
+    // One folder per target folder: runs of other clones on this machine never share it.
+    let unpacked = {
+        let key = target.display().to_string();
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        std::env::temp_dir().join(format!("gptimage-package-check-{hash:016x}"))
+    };
     let _ = std::fs::remove_dir_all(&unpacked);
     std::fs::create_dir_all(&unpacked).map_err(|e| format!("{}: {e}", unpacked.display()))?;
     let mut crates = Vec::new();
@@ -324,7 +362,14 @@ fn verify_packages(steps: &mut Steps, metadata: &Value) -> Result<(), String> {
         .iter()
         .flat_map(|(_, dir)| files_under(dir))
         .collect();
-    xtask::keep_file_times(&unpacked_files, &target.join("package-file-times.tsv"));
+    // Decided at the start of the run, before its own builds touched the folder.
+    let (restore, floor) = FILE_TIMES.get().copied().unwrap_or((false, None));
+    xtask::keep_file_times(
+        &unpacked_files,
+        &target.join("package-file-times.tsv"),
+        restore,
+        floor,
+    );
     let patches: Vec<String> = crates
         .iter()
         .map(|(name, dir)| {

@@ -300,3 +300,52 @@ fn a_test_measuring_its_process_outside_a_process_of_its_own_is_reported() {
     let here = xtask::check_process_measures_run_alone(&xtask::workspace_root());
     assert!(here.is_empty(), "{here:?}");
 }
+
+#[test]
+fn unchanged_files_get_their_old_times_back_and_changed_ones_never_do() {
+    use std::time::{Duration, SystemTime};
+    let dir = std::env::temp_dir().join(format!("xtask-times-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let (same, changed) = (dir.join("same.rs"), dir.join("changed.rs"));
+    let (record, spare) = (dir.join("record.tsv"), dir.join("spare.tsv"));
+    let modified = |f: &std::path::Path| fs::metadata(f).unwrap().modified().unwrap();
+    fs::write(&same, "fn a() {}").unwrap();
+    fs::write(&changed, "fn b() {}").unwrap();
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    for file in [&same, &changed] {
+        fs::File::open(file).unwrap().set_modified(old).unwrap();
+    }
+    let files = vec![same.clone(), changed.clone()];
+    // The first run: nothing recorded yet, nothing given back.
+    assert_eq!(xtask::keep_file_times(&files, &record, true, None), 0);
+    fs::copy(&record, &spare).unwrap();
+    // A fresh checkout: both files dated now; one has other content.
+    fs::write(&same, "fn a() {}").unwrap();
+    fs::write(&changed, "fn b() { changed() }").unwrap();
+    // Not restoring (a folder someone else built in since): nothing is given back.
+    assert_eq!(xtask::keep_file_times(&files, &spare, false, None), 0);
+    assert!(modified(&same) > old + Duration::from_secs(60));
+    // Restoring, the last run having "ended" in the future (a clock that went back): the
+    // unchanged file has its old time back, the changed one is dated after that end.
+    let floor = SystemTime::now() + Duration::from_secs(600);
+    assert_eq!(
+        xtask::keep_file_times(&files, &record, true, Some(floor)),
+        1
+    );
+    assert_eq!(
+        modified(&same),
+        old,
+        "the unchanged file has its old time back"
+    );
+    assert!(
+        modified(&changed) > floor,
+        "the changed file is newer than any build"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_test_build_gives_reqwest_no_tls_of_its_own() {
+    let here = xtask::check_test_build_tls(&xtask::workspace_root());
+    assert!(here.is_empty(), "{here:?}");
+}

@@ -843,7 +843,9 @@ fn hostile_paths_get_a_4xx_and_never_a_panic_through_the_listener_handle_and_axu
     let (_emulator, listener, path) = setup("127.0.0.1:0", &ListenOptions::new());
     let addr = listener.local_addr();
     let receiver = Receiver::new("http://127.0.0.1:9/hooks/").unwrap();
+    #[cfg(feature = "axum")]
     let router: axum::Router = receiver.axum_router();
+    #[cfg(feature = "axum")]
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -858,7 +860,8 @@ fn hostile_paths_get_a_4xx_and_never_a_panic_through_the_listener_handle_and_axu
             answer.is_none_or(|s| (400..500).contains(&s)),
             "{shown}: {answer:?}"
         );
-        // `handle` and the axum router, with whatever `http` makes of the path.
+        // `handle` and (with the `axum` feature) the axum router, with whatever `http` makes
+        // of the path.
         let Ok(uri) = http::Uri::try_from(hostile.as_slice()) else {
             continue;
         };
@@ -867,21 +870,25 @@ fn hostile_paths_get_a_4xx_and_never_a_panic_through_the_listener_handle_and_axu
             .unwrap();
         let status = receiver.handle(request).status();
         assert!(status.is_client_error(), "{shown}: {status}");
-        let request = http::Request::post(uri)
-            .body(axum::body::Body::from("{}"))
-            .unwrap();
-        use tower::ServiceExt;
-        let status = runtime
-            .block_on(router.clone().oneshot(request))
-            .unwrap()
-            .status();
-        assert!(status.is_client_error(), "{shown}: {status}");
+        #[cfg(feature = "axum")]
+        {
+            let request = http::Request::post(uri)
+                .body(axum::body::Body::from("{}"))
+                .unwrap();
+            use tower::ServiceExt;
+            let status = runtime
+                .block_on(router.clone().oneshot(request))
+                .unwrap()
+                .status();
+            assert!(status.is_client_error(), "{shown}: {status}");
+        }
     }
     // The genuine path still works after all that.
     assert_eq!(ask(addr, &post(&path, "{}")), Some(200));
     assert_eq!(panics.load(Ordering::SeqCst), 0, "the listener panicked");
 }
 
+#[cfg(feature = "axum")]
 #[test]
 fn the_axum_router_refuses_on_the_head_without_reading_a_body() {
     let receiver = Receiver::new("http://127.0.0.1:9/hooks/").unwrap();
@@ -916,6 +923,7 @@ fn the_axum_router_refuses_on_the_head_without_reading_a_body() {
     assert_eq!(answer.status(), 405);
 }
 
+#[cfg(feature = "axum")]
 /// A stream of a channel's items (what tokio-stream's `ReceiverStream` does), for a body.
 fn tokio_stream_of<T: Send + 'static>(
     receiver: tokio::sync::mpsc::Receiver<T>,
@@ -933,6 +941,7 @@ fn tokio_stream_of<T: Send + 'static>(
     Stream(receiver)
 }
 
+#[cfg(feature = "axum")]
 #[test]
 fn a_receiver_behind_a_path_stripping_proxy_takes_its_callbacks_at_its_local_path() {
     let receiver =
