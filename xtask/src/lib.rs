@@ -285,7 +285,8 @@ pub fn keep_file_times(
 }
 
 /// Whether nothing has built in `target` since `stamp` was written (at the end of the last
-/// `cargo xtask ci`): no fingerprint of any unit in it is newer. A run killed midway, a build
+/// `cargo xtask ci`): no fingerprint of any unit in it is newer (but xtask's own, which
+/// `cargo xtask` builds before it runs). A run killed midway, a build
 /// of a developer's, a run beside this one: each leaves a newer fingerprint, and then no old
 /// time is given back.
 pub fn target_untouched(target: &Path, stamp: &Path) -> bool {
@@ -296,6 +297,10 @@ pub fn target_untouched(target: &Path, stamp: &Path) -> bool {
     for profile in profiles {
         let fingerprints = profile.path().join(".fingerprint");
         for unit in fs::read_dir(&fingerprints).into_iter().flatten().flatten() {
+            // `cargo xtask` builds xtask itself before anything runs: its own units are new.
+            if unit.file_name().to_string_lossy().starts_with("xtask-") {
+                continue;
+            }
             let mut paths = vec![unit.path()];
             paths.extend(
                 fs::read_dir(unit.path())
