@@ -176,7 +176,7 @@ impl Postgres {
         }
         let data = dir.path().join("data");
         let port = free_port();
-        let cluster = Self {
+        let mut cluster = Self {
             dir,
             bin,
             port,
@@ -208,29 +208,39 @@ impl Postgres {
             .chain(setup.listen.iter().cloned())
             .collect::<Vec<_>>()
             .join(",");
-        let mut options = format!(
-            "-p {port} -c listen_addresses={listen} -k {} -c fsync=off -c max_connections=200",
-            cluster.dir.path().display()
-        );
-        let tls = setup.tls.iter().flat_map(Tls::settings);
-        for setting in setup.settings.iter().cloned().chain(tls) {
-            options.push_str(&format!(" -c {setting}"));
+        // A free port is free only until someone binds it: with tests side by side, another may
+        // take it between `free_port` and the server's bind. Then the start is tried again on
+        // another port (a few times at most).
+        for attempt in 1..=5 {
+            let mut options = format!(
+                "-p {} -c listen_addresses={listen} -k {} -c fsync=off -c max_connections=200",
+                cluster.port,
+                cluster.dir.path().display()
+            );
+            let tls = setup.tls.iter().flat_map(Tls::settings);
+            for setting in setup.settings.iter().cloned().chain(tls) {
+                options.push_str(&format!(" -c {setting}"));
+            }
+            let log = cluster.dir.path().join("log");
+            let _ = std::fs::remove_file(&log);
+            let output = cluster
+                .tool("pg_ctl")
+                .args(["-D", path(&data), "-o", &options, "-l", path(&log)])
+                .args(["-w", "-t", "60", "start"])
+                .current_dir(cluster.dir.path())
+                .output()
+                .unwrap_or_else(|e| panic!("pg_ctl could not run: {e}"));
+            if output.status.success() {
+                break;
+            }
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                attempt < 5 && said.contains("already in use"),
+                "pg_ctl failed: {}\n{said}",
+                text(&output)
+            );
+            cluster.port = free_port();
         }
-        cluster.run(
-            "pg_ctl",
-            &[
-                "-D",
-                path(&data),
-                "-o",
-                &options,
-                "-l",
-                path(&cluster.dir.path().join("log")),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        );
         cluster
     }
 
