@@ -598,9 +598,10 @@ impl Client {
     ) -> Result<Vec<PathBuf>> {
         let images = self.download(task).await?;
         let (dir, stem) = (dir.as_ref().to_path_buf(), stem.to_owned());
-        tokio::task::spawn_blocking(move || files::save_all(&images, &dir, &stem))
-            .await
-            .map_err(|e| Error::download("the writing thread failed", Some(Box::new(e))))?
+        files::on_a_thread("the writing thread", move || {
+            files::save_all(&images, &dir, &stem)
+        })
+        .await
     }
 
     /// The drive loop of a submission: like [`drive`](Self::drive), except that a pause (a
@@ -633,14 +634,11 @@ impl Client {
                             return Err(unsent());
                         }
                     }
-                    Next::Send(request, options, _op) => {
+                    Next::Send(request, options, op) => {
                         if left() {
                             return Err(unsent());
                         }
-                        let send = self.inner.transport.send(request, options);
-                        #[cfg(feature = "tracing")]
-                        let send = tracing::Instrument::instrument(send, drive::span(_op));
-                        let answer = send.await;
+                        let answer = self.send(request, options, op).await;
                         machine.handle(now(), answer);
                     }
                 }
@@ -649,6 +647,19 @@ impl Client {
         #[cfg(feature = "tracing")]
         let run = tracing::Instrument::instrument(run, span);
         run.await
+    }
+
+    /// Sends one request a machine asked for, in its operation's span (with `tracing`).
+    async fn send(
+        &self,
+        request: crate::transport::HttpRequest,
+        options: crate::transport::SendOptions,
+        _op: crate::core::request::Op,
+    ) -> std::result::Result<crate::transport::HttpResponse, crate::transport::TransportError> {
+        let send = self.inner.transport.send(request, options);
+        #[cfg(feature = "tracing")]
+        let send = tracing::Instrument::instrument(send, drive::span(_op));
+        send.await
     }
 
     /// The one loop: asks the machine what to do, does it on tokio, and reports back; a pause
@@ -681,11 +692,8 @@ impl Client {
                             }
                         }
                     },
-                    Next::Send(request, options, _op) => {
-                        let send = self.inner.transport.send(request, options);
-                        #[cfg(feature = "tracing")]
-                        let send = tracing::Instrument::instrument(send, drive::span(_op));
-                        let answer = send.await;
+                    Next::Send(request, options, op) => {
+                        let answer = self.send(request, options, op).await;
                         machine.handle(now(), answer);
                     }
                 }

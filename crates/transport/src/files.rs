@@ -26,6 +26,23 @@ pub(crate) fn save_all(images: &[Image], dir: &Path, stem: &str) -> Result<Vec<P
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    publish(path, |file| file.write_all(bytes))
+}
+
+/// Copies the file `from` to `path` as [`write_atomically`] writes: whole or not at all.
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
+pub(crate) fn copy_atomically(from: &Path, path: &Path) -> std::io::Result<()> {
+    publish(path, |file| {
+        std::io::copy(&mut std::fs::File::open(from)?, file).map(drop)
+    })
+}
+
+/// Puts at `path` what `fill` writes into a temporary file of the same folder: given the
+/// published mode, synced, renamed over the name, the folder synced.
+fn publish(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -34,29 +51,23 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
         .prefix(".gptimage-")
         .suffix(".part")
         .tempfile_in(dir)?;
-    temporary.write_all(bytes)?;
+    fill(temporary.as_file_mut())?;
     publish_mode(temporary.as_file())?;
     temporary.as_file().sync_all()?;
     temporary.persist(path).map_err(|e| e.error)?;
     sync_folder(dir)
 }
 
-/// Copies the file `from` to `path` as [`write_atomically`] writes: whole or not at all.
-#[cfg_attr(not(feature = "async"), allow(dead_code))]
-pub(crate) fn copy_atomically(from: &Path, path: &Path) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut temporary = tempfile::Builder::new()
-        .prefix(".gptimage-")
-        .suffix(".part")
-        .tempfile_in(dir)?;
-    std::io::copy(&mut std::fs::File::open(from)?, temporary.as_file_mut())?;
-    publish_mode(temporary.as_file())?;
-    temporary.as_file().sync_all()?;
-    temporary.persist(path).map_err(|e| e.error)?;
-    sync_folder(dir)
+/// Runs file work on a thread made for blocking, off the async runtime's; `thread` names it
+/// should it fail ("the writing thread").
+#[cfg(feature = "async")]
+pub(crate) async fn on_a_thread<T: Send + 'static>(
+    thread: &str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::download(format!("{thread} failed"), Some(Box::new(e))))?
 }
 
 /// Makes a rename in `dir` durable: until the folder itself is synced, a power cut can lose the

@@ -17,6 +17,7 @@ use super::results::{ResultStore, Stored, content_type, sha256_hex};
 use super::{HostedUrl, ImageHost, LocalImage, VALIDITY_MARGIN};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::files::on_a_thread;
 
 /// The longest a signed URL may live (S3's limit).
 const MAX_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -381,6 +382,89 @@ impl ObjectStoreResults {
     }
 }
 
+/// An object a results store is about to keep: its name, where it is, and its content's hash.
+struct Object<'a> {
+    bucket: &'a Bucket,
+    key: &'a str,
+    path: StorePath,
+    location: String,
+    sha256: String,
+}
+
+impl<'a> Object<'a> {
+    /// `key` in `bucket`, for content whose SHA-256 is `sha256`; a key that could leave the
+    /// prefix is refused.
+    fn new(bucket: &'a Bucket, key: &'a str, sha256: String) -> Result<Self> {
+        super::results::check_key(key)?;
+        Ok(Self {
+            bucket,
+            key,
+            path: bucket.prefix.clone().join(key),
+            location: format!("{}/{key}", bucket.shown.trim_end_matches('/')),
+            sha256,
+        })
+    }
+
+    /// Whether the same content is there already (its SHA-256 in the object's metadata). A
+    /// look-up the store refuses lets the write decide: S3 answers 403 for a missing key to a
+    /// role without ListBucket, as least-privilege policies have it.
+    async fn there(&self) -> Result<bool> {
+        use object_store::{Attribute, GetOptions};
+        let head = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        match self.bucket.store().get_opts(&self.path, head).await {
+            Ok(there) => Ok(there
+                .attributes
+                .get(&Attribute::Metadata(SHA256.into()))
+                .is_some_and(|v| v.as_ref() == self.sha256)),
+            Err(
+                object_store::Error::NotFound { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. },
+            ) => Ok(false),
+            Err(e) => Err(self.failed("looked up in", e)),
+        }
+    }
+
+    /// What the object is written with: its content type, and its content's hash.
+    fn attributes(&self, extension: &str) -> object_store::Attributes {
+        use object_store::{Attribute, AttributeValue, Attributes};
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            Attribute::ContentType,
+            AttributeValue::from(content_type(extension)),
+        );
+        attributes.insert(
+            Attribute::Metadata(SHA256.into()),
+            AttributeValue::from(self.sha256.clone()),
+        );
+        attributes
+    }
+
+    /// The object could not be `what` ("written to") the store.
+    fn failed(&self, what: &str, e: object_store::Error) -> Error {
+        Error::stored_nowhere(
+            format!(
+                "{} could not be {what} the results store {}",
+                self.location, self.bucket.shown
+            ),
+            Box::new(e),
+        )
+    }
+
+    /// The object as kept; `written` if this call wrote it.
+    fn stored(&self, written: bool) -> Stored {
+        Stored {
+            key: self.key.to_owned(),
+            location: self.location.clone(),
+            sha256: self.sha256.clone(),
+            written,
+        }
+    }
+}
+
 /// The marker a results store's write check puts under the prefix, and what it says.
 const WRITE_CHECK: &str = ".gptimage-write-check";
 const WRITE_CHECK_TEXT: &[u8] =
@@ -395,147 +479,51 @@ const PART: usize = 8 * 1024 * 1024;
 #[async_trait::async_trait]
 impl ResultStore for ObjectStoreResults {
     async fn put(&self, key: &str, bytes: &[u8], extension: &str) -> Result<Stored> {
-        use object_store::{Attribute, AttributeValue, Attributes, GetOptions, PutOptions};
-        super::results::check_key(key)?;
-        let bucket = &self.bucket;
-        let path = bucket.prefix.clone().join(key);
-        let location = format!("{}/{key}", bucket.shown.trim_end_matches('/'));
-        let sha256 = sha256_hex(bytes);
-        let failed = |what: &str, e: object_store::Error| {
-            Error::stored_nowhere(
-                format!(
-                    "{location} could not be {what} the results store {}",
-                    bucket.shown
-                ),
-                Box::new(e),
-            )
-        };
-        let head = GetOptions {
-            head: true,
-            ..GetOptions::default()
-        };
-        match bucket.store().get_opts(&path, head).await {
-            Ok(there) => {
-                let same = there
-                    .attributes
-                    .get(&Attribute::Metadata(SHA256.into()))
-                    .is_some_and(|v| v.as_ref() == sha256);
-                if same {
-                    return Ok(Stored {
-                        key: key.to_owned(),
-                        location,
-                        sha256,
-                        written: false,
-                    });
-                }
-            }
-            // Not there; or not ours to look at (S3 answers 403 for a missing key to a
-            // role without ListBucket, as least-privilege policies have it): the write decides.
-            Err(
-                object_store::Error::NotFound { .. }
-                | object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. },
-            ) => {}
-            Err(e) => return Err(failed("looked up in", e)),
+        let object = Object::new(&self.bucket, key, sha256_hex(bytes))?;
+        if object.there().await? {
+            return Ok(object.stored(false));
         }
-        let mut attributes = Attributes::new();
-        attributes.insert(
-            Attribute::ContentType,
-            AttributeValue::from(content_type(extension)),
-        );
-        attributes.insert(
-            Attribute::Metadata(SHA256.into()),
-            AttributeValue::from(sha256.clone()),
-        );
-        let options = PutOptions {
-            attributes,
-            ..PutOptions::default()
+        let options = object_store::PutOptions {
+            attributes: object.attributes(extension),
+            ..object_store::PutOptions::default()
         };
-        bucket
+        self.bucket
             .store()
-            .put_opts(&path, PutPayload::from(bytes.to_vec()), options)
+            .put_opts(&object.path, PutPayload::from(bytes.to_vec()), options)
             .await
-            .map_err(|e| failed("written to", e))?;
-        Ok(Stored {
-            key: key.to_owned(),
-            location,
-            sha256,
-            written: true,
-        })
+            .map_err(|e| object.failed("written to", e))?;
+        Ok(object.stored(true))
     }
 
     async fn put_file(&self, key: &str, file: &Path, extension: &str) -> Result<Stored> {
-        use object_store::{
-            Attribute, AttributeValue, Attributes, GetOptions, PutMultipartOptions, WriteMultipart,
-        };
+        use object_store::{PutMultipartOptions, WriteMultipart};
+        // A name that could leave the prefix is refused before the file is read.
         super::results::check_key(key)?;
-        let bucket = &self.bucket;
-        let path = bucket.prefix.clone().join(key);
-        let location = format!("{}/{key}", bucket.shown.trim_end_matches('/'));
         let unread = |e| Error::write(format!("could not read {}", file.display()), e);
         let sha256 = {
             let file = file.to_path_buf();
-            tokio::task::spawn_blocking(move || super::results::file_sha256_hex(&file))
-                .await
-                .map_err(|e| Error::download("the reading thread failed", Some(Box::new(e))))?
-                .map_err(unread)?
+            on_a_thread("the reading thread", move || {
+                super::results::file_sha256_hex(&file)
+                    .map_err(|e| Error::write(format!("could not read {}", file.display()), e))
+            })
+            .await?
         };
-        let failed = |what: &str, e: object_store::Error| {
-            Error::stored_nowhere(
-                format!(
-                    "{location} could not be {what} the results store {}",
-                    bucket.shown
-                ),
-                Box::new(e),
-            )
-        };
-        let head = GetOptions {
-            head: true,
-            ..GetOptions::default()
-        };
-        let stored = |written| Stored {
-            key: key.to_owned(),
-            location: location.clone(),
-            sha256: sha256.clone(),
-            written,
-        };
-        match bucket.store().get_opts(&path, head).await {
-            Ok(there)
-                if there
-                    .attributes
-                    .get(&Attribute::Metadata(SHA256.into()))
-                    .is_some_and(|v| v.as_ref() == sha256) =>
-            {
-                return Ok(stored(false));
-            }
-            Ok(_)
-            | Err(
-                object_store::Error::NotFound { .. }
-                | object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. },
-            ) => {}
-            Err(e) => return Err(failed("looked up in", e)),
+        let object = Object::new(&self.bucket, key, sha256)?;
+        if object.there().await? {
+            return Ok(object.stored(false));
         }
-        let mut attributes = Attributes::new();
-        attributes.insert(
-            Attribute::ContentType,
-            AttributeValue::from(content_type(extension)),
-        );
-        attributes.insert(
-            Attribute::Metadata(SHA256.into()),
-            AttributeValue::from(sha256.clone()),
-        );
         // A multipart upload: its parts are invisible until it completes, and one that fails is
         // aborted, so no half-written object ever carries the name.
         let options = PutMultipartOptions {
-            attributes,
+            attributes: object.attributes(extension),
             ..PutMultipartOptions::default()
         };
-        let upload = bucket
+        let upload = self
+            .bucket
             .store()
-            .put_multipart_opts(&path, options)
+            .put_multipart_opts(&object.path, options)
             .await
-            .map_err(|e| failed("written to", e))?;
+            .map_err(|e| object.failed("written to", e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
         let copied: Result<()> = async {
             let mut reader = Some((
@@ -546,14 +534,13 @@ impl ResultStore for ObjectStoreResults {
                 writer
                     .wait_for_capacity(2)
                     .await
-                    .map_err(|e| failed("written to", e))?;
+                    .map_err(|e| object.failed("written to", e))?;
                 let (mut from, mut buffer) = reader.take().expect("put back each round");
-                let (read, from, buffer) = tokio::task::spawn_blocking(move || {
+                let (read, from, buffer) = on_a_thread("the reading thread", move || {
                     use std::io::Read;
-                    (from.read(&mut buffer), from, buffer)
+                    Ok((from.read(&mut buffer), from, buffer))
                 })
-                .await
-                .map_err(|e| Error::download("the reading thread failed", Some(Box::new(e))))?;
+                .await?;
                 match read.map_err(unread)? {
                     0 => return Ok(()),
                     n => writer.write(&buffer[..n]),
@@ -564,8 +551,11 @@ impl ResultStore for ObjectStoreResults {
         .await;
         match copied {
             Ok(()) => {
-                writer.finish().await.map_err(|e| failed("written to", e))?;
-                Ok(stored(true))
+                writer
+                    .finish()
+                    .await
+                    .map_err(|e| object.failed("written to", e))?;
+                Ok(object.stored(true))
             }
             Err(error) => {
                 let _ = writer.abort().await;

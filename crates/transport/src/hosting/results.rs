@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::HostedUrl;
 use crate::error::{Error, Result};
+use crate::files::on_a_thread;
 
 /// An image kept in a [`ResultStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,29 @@ pub trait ResultStore: Send + Sync {
     /// and a file made in it and removed; a bucket is written a small marker,
     /// `.gptimage-write-check` under the prefix (the same bytes each time).
     async fn check_writable(&self) -> Result<()>;
+}
+
+/// Keeps, in the folder `dir` (created if missing), content whose SHA-256 is `sha256` as `key`:
+/// `write` puts it at its path, unless the same content is there already.
+fn keep(
+    dir: &Path,
+    key: String,
+    sha256: String,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<Stored> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::write(format!("could not create the folder {}", dir.display()), e))?;
+    let path = dir.join(&key);
+    let same = file_sha256_hex(&path).is_ok_and(|there| there == sha256);
+    if !same {
+        write(&path).map_err(|e| Error::write(format!("could not write {}", path.display()), e))?;
+    }
+    Ok(Stored {
+        location: path.display().to_string(),
+        key,
+        sha256,
+        written: !same,
+    })
 }
 
 /// The content type of an image by its extension.
@@ -139,54 +163,26 @@ impl ResultStore for FolderResults {
     async fn put(&self, key: &str, bytes: &[u8], _extension: &str) -> Result<Stored> {
         check_key(key)?;
         let (dir, key, bytes) = (self.dir.clone(), key.to_owned(), bytes.to_vec());
-        let run = move || {
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                Error::write(format!("could not create the folder {}", dir.display()), e)
-            })?;
-            let path = dir.join(&key);
+        on_a_thread("the writing thread", move || {
             let sha256 = sha256_hex(&bytes);
-            let same = std::fs::read(&path).is_ok_and(|there| sha256_hex(&there) == sha256);
-            if !same {
-                crate::files::write_atomically(&path, &bytes)
-                    .map_err(|e| Error::write(format!("could not write {}", path.display()), e))?;
-            }
-            Ok(Stored {
-                location: path.display().to_string(),
-                key,
-                sha256,
-                written: !same,
+            keep(&dir, key, sha256, |path| {
+                crate::files::write_atomically(path, &bytes)
             })
-        };
-        tokio::task::spawn_blocking(run)
-            .await
-            .map_err(|e| Error::download("the writing thread failed", Some(Box::new(e))))?
+        })
+        .await
     }
 
     async fn put_file(&self, key: &str, file: &Path, _extension: &str) -> Result<Stored> {
         check_key(key)?;
         let (dir, key, file) = (self.dir.clone(), key.to_owned(), file.to_path_buf());
-        let run = move || {
-            let unread = |e| Error::write(format!("could not read {}", file.display()), e);
-            let sha256 = file_sha256_hex(&file).map_err(unread)?;
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                Error::write(format!("could not create the folder {}", dir.display()), e)
-            })?;
-            let path = dir.join(&key);
-            let same = file_sha256_hex(&path).is_ok_and(|there| there == sha256);
-            if !same {
-                crate::files::copy_atomically(&file, &path)
-                    .map_err(|e| Error::write(format!("could not write {}", path.display()), e))?;
-            }
-            Ok(Stored {
-                location: path.display().to_string(),
-                key,
-                sha256,
-                written: !same,
+        on_a_thread("the writing thread", move || {
+            let sha256 = file_sha256_hex(&file)
+                .map_err(|e| Error::write(format!("could not read {}", file.display()), e))?;
+            keep(&dir, key, sha256, |path| {
+                crate::files::copy_atomically(&file, path)
             })
-        };
-        tokio::task::spawn_blocking(run)
-            .await
-            .map_err(|e| Error::download("the writing thread failed", Some(Box::new(e))))?
+        })
+        .await
     }
 
     async fn signed_url(&self, key: &str, _: Duration) -> Result<HostedUrl> {
@@ -213,9 +209,7 @@ impl ResultStore for FolderResults {
                 .map(drop)
                 .map_err(|e| Error::write(format!("could not write in {}", dir.display()), e))
         };
-        tokio::task::spawn_blocking(run)
-            .await
-            .map_err(|e| Error::download("the writing thread failed", Some(Box::new(e))))?
+        on_a_thread("the writing thread", run).await
     }
 }
 
