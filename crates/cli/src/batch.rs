@@ -238,37 +238,23 @@ fn exit_code(progress: &Progress, reasons: &[Reason]) -> u8 {
 
 /// `batch-status --write-index`: the gallery and the manifest written again into `out`.
 async fn write_index_again(store: &Store, out: &Path) -> u8 {
-    let written = match Out::of(out) {
-        Out::Bucket(url) => {
-            // The bucket is reached through the HTTP stack a client would use; no request goes
-            // to the API, so no key is needed.
-            let config = match gptimage::Client::builder().api_key("sk-unused").build() {
-                Ok(client) => client.config().clone(),
-                Err(error) => {
-                    say!("error: {}", crate::report::describe(&error, None));
-                    return code::USAGE;
-                }
-            };
-            let bucket = match gptimage::hosting::ObjectStoreResults::from_url(&url, &config) {
-                Ok(bucket) => bucket,
-                Err(error) => {
-                    say!("error: {}", crate::report::describe(&error, None));
-                    return code::USAGE;
-                }
-            };
-            gptimage_batch::write_index_to(
-                store,
-                &ResultsStore(std::sync::Arc::new(bucket)),
-                &std::env::temp_dir(),
-                gptimage_batch::GALLERY_VALIDITY,
-            )
-            .await
+    // A bucket is reached through the HTTP stack a client would use; no request goes to the
+    // API, so no key is needed.
+    let config = match gptimage::Client::builder().api_key("sk-unused").build() {
+        Ok(client) => client.config().clone(),
+        Err(error) => {
+            say!("error: {}", crate::report::describe(&error, None));
+            return code::USAGE;
         }
-        Out::Folder(folder) => gptimage_batch::write_index(store, &folder)
-            .await
-            .map(|()| folder.join("index.html").display().to_string()),
     };
-    match written {
+    let destination = match Destination::of(out, &config) {
+        Ok(destination) => destination,
+        Err((message, exit)) => {
+            say!("error: {message}");
+            return exit;
+        }
+    };
+    match write_gallery(store, &destination).await {
         Ok(location) => {
             say!("wrote {location} and results.jsonl beside it");
             code::OK
@@ -277,25 +263,30 @@ async fn write_index_again(store: &Store, out: &Path) -> u8 {
     }
 }
 
-/// Writes the gallery and the manifest where the images are; a failure is a warning (the
-/// images are safe, and `batch-status --write-index` writes them again).
-async fn write_index(store: &Store, destination: &Destination, quiet: bool) {
-    let written = match destination {
-        Destination::Folder(out) => gptimage_batch::write_index(store, out).await.map(|()| None),
+/// Writes `index.html` and `results.jsonl` where `destination` keeps the images; the
+/// gallery's location.
+async fn write_gallery(store: &Store, destination: &Destination) -> Result<String, Error> {
+    match destination {
+        Destination::Folder(folder) => gptimage_batch::write_index(store, folder)
+            .await
+            .map(|()| folder.join("index.html").display().to_string()),
         Destination::Bucket(bucket) => {
-            let results = ResultsStore(bucket.clone());
             gptimage_batch::write_index_to(
                 store,
-                &results,
+                &ResultsStore(bucket.clone()),
                 &std::env::temp_dir(),
                 gptimage_batch::GALLERY_VALIDITY,
             )
             .await
-            .map(Some)
         }
-    };
-    match written {
-        Ok(Some(location)) if !quiet => say!(
+    }
+}
+
+/// Writes the gallery and the manifest where the images are; a failure is a warning (the
+/// images are safe, and `batch-status --write-index` writes them again).
+async fn write_index(store: &Store, destination: &Destination, quiet: bool) {
+    match write_gallery(store, destination).await {
+        Ok(location) if !quiet && matches!(destination, Destination::Bucket(_)) => say!(
             "the gallery is {location} (its pictures' signed links last a week; \
              gptimage batch-status --write-index writes a fresh one)"
         ),

@@ -238,12 +238,7 @@ impl Context {
     /// Where `--out` puts images: a bucket for a URL (`s3://`, `gs://`, `az://`…); a folder
     /// otherwise (`file://` included).
     pub(crate) fn destination(&self, out: &Path) -> Result<Destination, (String, u8)> {
-        match Out::of(out) {
-            Out::Folder(folder) => Ok(Destination::Folder(folder)),
-            Out::Bucket(url) => ObjectStoreResults::from_url(&url, self.client.config())
-                .map(|bucket| Destination::Bucket(std::sync::Arc::new(bucket)))
-                .map_err(|e| (describe(&e, None), code::USAGE)),
-        }
+        Destination::of(out, self.client.config())
     }
 
     /// Waits for a task with a spinner, then puts its images where `destination` says. Ctrl-C
@@ -345,6 +340,18 @@ pub(crate) enum Destination {
     Folder(PathBuf),
     /// A bucket (S3, Google Cloud Storage, Azure).
     Bucket(std::sync::Arc<ObjectStoreResults>),
+}
+
+impl Destination {
+    /// Where `out` puts images, a bucket reached through the HTTP stack `config` describes.
+    pub(crate) fn of(out: &Path, config: &gptimage::Config) -> Result<Self, (String, u8)> {
+        match Out::of(out) {
+            Out::Folder(folder) => Ok(Destination::Folder(folder)),
+            Out::Bucket(url) => ObjectStoreResults::from_url(&url, config)
+                .map(|bucket| Destination::Bucket(std::sync::Arc::new(bucket)))
+                .map_err(|e| (describe(&e, None), code::USAGE)),
+        }
+    }
 }
 
 /// What `--out` names: a folder of this machine, or a bucket's URL. One reading for every
