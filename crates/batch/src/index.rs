@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::Error;
 use crate::inputs::ResultsStore;
 use crate::machine::LineState;
+use crate::run::describe;
 use crate::store::Store;
 
 /// Lines read from the state at a time.
@@ -60,7 +61,11 @@ pub async fn write_index_to(
     let html = render_html(
         store,
         scratch,
-        &Pictures::Store(results, valid_for.min(GALLERY_VALIDITY)),
+        &Pictures::Store(
+            results,
+            results.0.describe(),
+            valid_for.min(GALLERY_VALIDITY),
+        ),
     )
     .await?;
     let index = results
@@ -80,7 +85,8 @@ pub async fn write_index_to(
 /// How a gallery shows a picture: by its path relative to the folder, or by a signed URL.
 enum Pictures<'a> {
     Folder(&'a Path),
-    Store(&'a ResultsStore, Duration),
+    /// A store, its URL (as it describes itself), and how long a picture's link is valid.
+    Store(&'a ResultsStore, String, Duration),
 }
 
 impl Pictures<'_> {
@@ -92,13 +98,9 @@ impl Pictures<'_> {
                 .strip_prefix(out)
                 .ok()
                 .map(|relative| relative.display().to_string())),
-            Pictures::Store(results, valid_for) => {
+            Pictures::Store(results, base, valid_for) => {
                 let location = file.display().to_string();
-                let base = results.0.describe();
-                let Some(key) = location
-                    .strip_prefix(base.trim_end_matches('/'))
-                    .and_then(|rest| rest.strip_prefix('/'))
-                else {
+                let Some(key) = key_in(base, &location) else {
                     return Ok(None);
                 };
                 let url = results.0.signed_url(key, *valid_for).await?;
@@ -108,17 +110,12 @@ impl Pictures<'_> {
     }
 }
 
-fn describe(error: &gptimage::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(&format!(": {cause_text}"));
-        }
-        source = cause.source();
-    }
-    text
+/// The key of the object at `location` (its name under the prefix), if it is one of the store
+/// whose URL is `base` (as the store describes itself).
+fn key_in<'a>(base: &str, location: &'a str) -> Option<&'a str> {
+    location
+        .strip_prefix(base.trim_end_matches('/'))
+        .and_then(|rest| rest.strip_prefix('/'))
 }
 
 /// A temporary file in `dir`, for a page to be written into before it is published.
@@ -241,7 +238,7 @@ async fn render_manifest(
         path: path.clone(),
         source: e.into(),
     };
-    let base = results.map(|r| format!("{}/", r.0.describe().trim_end_matches('/')));
+    let base = results.map(|results| results.0.describe());
     let mut manifest = std::io::BufWriter::new(file);
     let mut pages = store.pages(PAGE);
     while let Some(page) = pages.next().await? {
@@ -251,7 +248,7 @@ async fn render_manifest(
                 .iter()
                 .map(|file| {
                     let file = file.display().to_string();
-                    match base.as_deref().and_then(|base| file.strip_prefix(base)) {
+                    match base.as_deref().and_then(|base| key_in(base, &file)) {
                         Some(key) => key.to_owned(),
                         None => file,
                     }

@@ -994,13 +994,16 @@ fn url_refused(error: &gptimage::Error) -> bool {
         && matches!(error.http_status(), Some(403 | 404 | 410))
 }
 
-/// The error and its causes in one line.
-fn describe(error: &gptimage::Error) -> String {
+/// The error and its causes in one line (a cause its text already holds is not repeated).
+pub(crate) fn describe(error: &gptimage::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
