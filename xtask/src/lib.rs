@@ -24,6 +24,11 @@ const SKIPPED_DIRS: &[&str] = &["target", ".git", "node_modules", "out"];
 
 /// Every `.rs` file below `root`, outside build output and VCS folders, sorted.
 pub fn rust_files(root: &Path) -> Vec<PathBuf> {
+    files_below(root, |path| path.extension().is_some_and(|e| e == "rs"))
+}
+
+/// Every file below `root` that `keep` keeps, outside build output and VCS folders, sorted.
+pub fn files_below(root: &Path, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
@@ -40,7 +45,7 @@ pub fn rust_files(root: &Path) -> Vec<PathBuf> {
                 if !SKIPPED_DIRS.iter().any(|s| name == *s) {
                     pending.push(path);
                 }
-            } else if path.extension().is_some_and(|e| e == "rs") {
+            } else if keep(&path) {
                 files.push(path);
             }
         }

@@ -360,7 +360,7 @@ fn verify_packages(steps: &mut Steps, metadata: &Value) -> Result<(), String> {
     }
     let unpacked_files: Vec<PathBuf> = crates
         .iter()
-        .flat_map(|(_, dir)| files_under(dir))
+        .flat_map(|(_, dir)| xtask::files_below(dir, |_| true))
         .collect();
     // Decided at the start of the run, before its own builds touched the folder.
     let (restore, floor) = FILE_TIMES.get().copied().unwrap_or((false, None));
@@ -437,23 +437,6 @@ fn lld_installed() -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// Every file under `dir`.
-fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
 }
 
 /// The files git tracks in the workspace, as paths.
