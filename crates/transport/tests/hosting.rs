@@ -461,3 +461,66 @@ fn a_store_that_never_answers_is_given_up_and_plain_http_needs_leave() {
     done.store(true, Ordering::SeqCst);
     held.join().unwrap();
 }
+
+#[test]
+fn a_store_that_refuses_look_ups_but_takes_writes_gets_the_write() {
+    use gptimage_transport::hosting::{ObjectStoreResults, ResultStore};
+    use std::io::{BufRead, BufReader, Read, Write};
+    // A store as a least-privilege S3 policy makes it (PutObject without ListBucket): every
+    // look-up is answered 403, every write 200. It records each request's method.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let served = std::thread::spawn(move || {
+        let mut methods = Vec::new();
+        listener.set_nonblocking(false).unwrap();
+        for stream in listener.incoming().take(2) {
+            let stream = stream.unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let method = line.split(' ').next().unwrap_or_default().to_owned();
+            let mut length = 0usize;
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).unwrap();
+                if header.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let answer = if method == "HEAD" {
+                "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            } else {
+                "HTTP/1.1 200 OK\r\netag: \"1\"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            };
+            (&stream).write_all(answer.as_bytes()).unwrap();
+            methods.push(method);
+        }
+        methods
+    });
+    let rt = runtime();
+    let client = Client::builder().api_key("sk-unused-here").build().unwrap();
+    let settings = [
+        ("aws_access_key_id", "test-key"),
+        ("aws_secret_access_key", "test-secret"),
+        ("aws_region", "us-east-1"),
+        ("aws_endpoint", endpoint.as_str()),
+        ("aws_allow_http", "true"),
+    ];
+    let bucket =
+        ObjectStoreResults::from_url_with("s3://drop/run", &settings, client.config()).unwrap();
+    let stored = rt
+        .block_on(bucket.put("a-1.png", b"\x89PNG not really", "png"))
+        .unwrap();
+    assert!(stored.written);
+    assert_eq!(served.join().unwrap(), ["HEAD", "PUT"]);
+}
