@@ -194,6 +194,16 @@ impl Store {
             StateUrl::Postgres(_) => Backend::Postgres,
         };
         let connect_url = url.connect_url(create)?;
+        // SQLite: one process at a time opens (and creates, and turns to WAL) a state. Two that
+        // race there can meet SQLite's deadlock rule (one holding a read lock it wants to make a
+        // write lock while the other waits to make its write lock exclusive, for the switch to
+        // WAL): the first gets "database is locked" at once, its busy timeout never asked.
+        let _opening = match &backend {
+            Backend::Sqlite { path } => {
+                Some(opening_lock(path).await.map_err(|e| state_error(url, e))?)
+            }
+            Backend::Postgres => None,
+        };
         // The first connection is made by hand: a pool retries a failing connect until its
         // timeout and then reports only that, where this reports the cause (a full disk, a
         // refused password) at once.
@@ -367,6 +377,40 @@ fn newer_format(url: &StateUrl, newer: Option<i64>) -> Result<(), Error> {
         None => Ok(()),
     }
 }
+
+/// The lock a process holds while it opens the SQLite state at `db` (`….sqlite.open.lock`
+/// beside it), taken within [`OPEN_WAIT`] (an open takes milliseconds) and given up when the
+/// returned file is dropped.
+async fn opening_lock(db: &Path) -> std::io::Result<std::fs::File> {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".open.lock");
+    let path = db.with_file_name(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&path)?;
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < OPEN_WAIT => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::other(format!(
+                    "another process has been opening this state for {OPEN_WAIT:?} ({} is \
+                     locked)",
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
+/// The longest a process waits for another to finish opening the same SQLite state.
+const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn state_error(url: &StateUrl, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::State {
